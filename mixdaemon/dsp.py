@@ -1,0 +1,258 @@
+"""Shared DSP primitives: the small building blocks that FX normalization, the FXmanipulator, the
+matching engine and the metrics all use. Each primitive exists once, here.
+
+Conventions (ALGORITHMS.md, top): audio is float, shape (n_samples, channels), 44.1 kHz; dB(a) =
+20·log10(a + 1e-30). Functions accept float32 or float64 and compute in float64.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pyloudnorm
+from scipy import signal
+
+WORKING_RATE = 44100
+
+
+def db(a):
+    """Amplitude → dB, with the spec's 1e-30 floor so that silence maps to -600 dB, not -inf."""
+    return 20.0 * np.log10(np.abs(a) + 1e-30)
+
+
+def db_to_amp(level_db):
+    return 10.0 ** (np.asarray(level_db, dtype=np.float64) / 20.0)
+
+
+def as_2d(x: np.ndarray) -> np.ndarray:
+    """View a mono (n,) signal as (n, 1) so channel loops work on both shapes."""
+    return x[:, None] if x.ndim == 1 else x
+
+
+def peak(x: np.ndarray) -> float:
+    return float(np.max(np.abs(x))) if x.size else 0.0
+
+
+def rms_match(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Scale y to x's RMS over the whole segment and all channels (ALGORITHMS.md §2.1)."""
+    scale = np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(1e-7, np.mean(np.square(y, dtype=np.float64))))
+    return y * scale
+
+
+# --- loudness -------------------------------------------------------------------------------------
+
+_meters: dict[int, pyloudnorm.Meter] = {}
+
+
+def integrated_loudness(x: np.ndarray, sr: int = WORKING_RATE) -> float:
+    """BS.1770-4 integrated loudness in LUFS (K-weighting, 400 ms blocks, 75 % overlap, absolute
+    and relative gates, channel powers summed). Returns -inf for silence or input shorter than one
+    400 ms block — callers decide what that means for them."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[0] < int(0.4 * sr) + 1:
+        return float("-inf")
+    meter = _meters.setdefault(sr, pyloudnorm.Meter(sr))
+    with np.errstate(divide="ignore"):
+        return float(meter.integrated_loudness(x))
+
+
+def lufs_norm(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:
+    """Gain x to target_lufs, then divide by max(1, peak + 1e-6) so it cannot clip (ALGORITHMS.md
+    §1.0; the result may therefore land below the target). The 1e-10 offset keeps an all-zero
+    signal measurable, as in the reference implementation."""
+    x = np.asarray(x, dtype=np.float64)
+    loudness = integrated_loudness(x + 1e-10, sr)
+    if not np.isfinite(loudness):
+        return x.copy()
+    y = x * 10.0 ** ((target_lufs - loudness) / 20.0)
+    return y / max(1.0, peak(y) + 1e-6)
+
+
+# --- STFT without centring (the statistics' convention) --------------------------------------------
+
+def sqrt_hann(n: int) -> np.ndarray:
+    """Square root of the periodic Hann window: at 50 % overlap its square sums to one, so the same
+    window serves analysis and synthesis."""
+    return np.sqrt(np.hanning(n + 1)[:-1])
+
+
+def frame_signal(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """(n, c) → (frames, c, n_fft) strided view, no padding: frames = 1 + (n - n_fft) // hop."""
+    x = as_2d(np.asarray(x))
+    n_frames = 1 + (x.shape[0] - n_fft) // hop
+    if n_frames < 1:
+        return np.zeros((0, x.shape[1], n_fft), dtype=x.dtype)
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=0)[::hop]
+    return frames[:n_frames]
+
+
+def stft_np(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """Un-normalised rFFT with a sqrtHann window, no centring: (frames, channels, n_fft//2 + 1)."""
+    frames = frame_signal(np.asarray(x, dtype=np.float64), n_fft, hop)
+    return np.fft.rfft(frames * sqrt_hann(n_fft), axis=-1)
+
+
+def istft_np(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
+    """Inverse of stft_np by windowed overlap-add (sqrtHann synthesis window); exact at 50 %
+    overlap away from the first and last half frame. Returns (length, channels)."""
+    frames = np.fft.irfft(spec, n=n_fft, axis=-1) * sqrt_hann(n_fft)
+    n_frames, channels, _ = frames.shape
+    out = np.zeros((max(length, (n_frames - 1) * hop + n_fft), channels))
+    for i in range(n_frames):
+        out[i * hop:i * hop + n_fft] += frames[i].T
+    return out[:length]
+
+
+# --- compressor (ALGORITHMS.md §1.3 "Compressor DSP") ---------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _compress_channel(x, threshold_db, ratio, alpha_attack, alpha_release, out):
+    smoothed = 0.0
+    for n in range(x.shape[0]):
+        a = abs(x[n])
+        level = -120.0 if a < 1e-6 else 20.0 * np.log10(a)
+        if level >= threshold_db:
+            gain_reduction = (level - threshold_db) * (1.0 - 1.0 / ratio)
+        else:
+            gain_reduction = 0.0
+        alpha = alpha_attack if gain_reduction > smoothed else alpha_release
+        smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
+        out[n] = x[n] * 10.0 ** (-smoothed / 20.0)
+
+
+def compress(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float, release_ms: float,
+             sr: int = WORKING_RATE) -> np.ndarray:
+    """Hard-knee feed-forward compressor with an instantaneous peak detector and a one-pole
+    attack/release smoother on the gain reduction; channels are independent; no make-up gain.
+    Shared by FX normalization and the FXmanipulator, so both apply the same dynamics."""
+    x2 = as_2d(np.ascontiguousarray(x, dtype=np.float64))
+    out = np.empty_like(x2)
+    alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
+    alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
+    for c in range(x2.shape[1]):
+        _compress_channel(np.ascontiguousarray(x2[:, c]), float(threshold_db), float(ratio),
+                          alpha_attack, alpha_release, out[:, c])
+    return out.reshape(np.shape(x))
+
+
+# --- RBJ biquads (Audio EQ Cookbook) ----------------------------------------------------------------
+
+def _normalised(b0, b1, b2, a0, a1, a2) -> np.ndarray:
+    return np.array([b0 / a0, b1 / a0, b2 / a0, 1.0, a1 / a0, a2 / a0])
+
+
+def low_shelf(freq_hz: float, gain_db: float, q: float = 0.707, sr: int = WORKING_RATE) -> np.ndarray:
+    """One second-order section (b0 b1 b2 1 a1 a2) of an RBJ low shelf."""
+    a = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * np.pi * freq_hz / sr
+    cos_w0, alpha = np.cos(w0), np.sin(w0) / (2.0 * q)
+    sq = 2.0 * np.sqrt(a) * alpha
+    return _normalised(a * ((a + 1) - (a - 1) * cos_w0 + sq), 2 * a * ((a - 1) - (a + 1) * cos_w0),
+                       a * ((a + 1) - (a - 1) * cos_w0 - sq), (a + 1) + (a - 1) * cos_w0 + sq,
+                       -2 * ((a - 1) + (a + 1) * cos_w0), (a + 1) + (a - 1) * cos_w0 - sq)
+
+
+def high_shelf(freq_hz: float, gain_db: float, q: float = 0.707, sr: int = WORKING_RATE) -> np.ndarray:
+    """One second-order section of an RBJ high shelf."""
+    a = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * np.pi * freq_hz / sr
+    cos_w0, alpha = np.cos(w0), np.sin(w0) / (2.0 * q)
+    sq = 2.0 * np.sqrt(a) * alpha
+    return _normalised(a * ((a + 1) + (a - 1) * cos_w0 + sq), -2 * a * ((a - 1) + (a + 1) * cos_w0),
+                       a * ((a + 1) + (a - 1) * cos_w0 - sq), (a + 1) - (a - 1) * cos_w0 + sq,
+                       2 * ((a - 1) - (a + 1) * cos_w0), (a + 1) - (a - 1) * cos_w0 - sq)
+
+
+def peaking(freq_hz: float, gain_db: float, q: float, sr: int = WORKING_RATE) -> np.ndarray:
+    """One second-order section of an RBJ peaking EQ."""
+    a = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * np.pi * freq_hz / sr
+    cos_w0, alpha = np.cos(w0), np.sin(w0) / (2.0 * q)
+    return _normalised(1 + alpha * a, -2 * cos_w0, 1 - alpha * a, 1 + alpha / a, -2 * cos_w0, 1 - alpha / a)
+
+
+def apply_sos(x: np.ndarray, sos: np.ndarray) -> np.ndarray:
+    """Run a cascade of second-order sections along time (state starts at zero)."""
+    return signal.sosfilt(np.atleast_2d(sos), np.asarray(x, dtype=np.float64), axis=0)
+
+
+# --- mid/side ---------------------------------------------------------------------------------------
+
+def to_mid_side(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M = L+R, S = L−R (the spec's unnormalised convention)."""
+    return x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]
+
+
+def from_mid_side(mid: np.ndarray, side: np.ndarray) -> np.ndarray:
+    return np.stack([(mid + side) / 2.0, (mid - side) / 2.0], axis=1)
+
+
+def mid_energy_fraction(x: np.ndarray) -> float:
+    """E_M / (E_M + E_S): 1 for a mono-compatible centred signal, 0.5 for uncorrelated channels."""
+    mid, side = to_mid_side(np.asarray(x, dtype=np.float64))
+    e_mid, e_side = float(np.sum(mid ** 2)), float(np.sum(side ** 2))
+    return e_mid / (e_mid + e_side) if e_mid + e_side > 0 else 1.0
+
+
+# --- long-term spectra, zero-phase FIR, exact loudness gain (added for FX normalization) -----------
+
+def average_magnitude_spectrum(x: np.ndarray, n_fft: int, hop: int, block_frames: int = 32) -> np.ndarray:
+    """Frame-mean of |stft_np(x, n_fft, hop)| per channel: (channels, n_fft//2 + 1). Frames are
+    transformed a block at a time, so a long signal with a 65 536-point FFT never needs the whole
+    spectrogram in memory. Returns zeros when x is shorter than one frame."""
+    x = as_2d(np.asarray(x, dtype=np.float64))
+    n_frames = max(0, 1 + (x.shape[0] - n_fft) // hop)
+    total = np.zeros((x.shape[1], n_fft // 2 + 1))
+    window = sqrt_hann(n_fft)
+    for first in range(0, n_frames, block_frames):
+        last = min(n_frames, first + block_frames)
+        frames = frame_signal(x[first * hop:(last - 1) * hop + n_fft], n_fft, hop)
+        total += np.abs(np.fft.rfft(frames * window, axis=-1)).sum(axis=0)
+    return total / max(1, n_frames)
+
+
+def _fir_valid(x: np.ndarray, taps: np.ndarray, block: int = 16384) -> np.ndarray:
+    """'valid'-mode convolution of a 1-D signal with an FIR by overlap-save: one batched rFFT over
+    all blocks (about twice as fast as scipy's oaconvolve for a 1001-tap filter on minutes of audio)."""
+    n_taps = taps.shape[0]
+    block = max(block, 2 * n_taps)
+    step = block - n_taps + 1
+    n_out = x.shape[0] - n_taps + 1
+    n_blocks = -(-n_out // step)
+    padded = np.concatenate([x, np.zeros(n_blocks * step + n_taps - 1 - x.shape[0])])
+    blocks = np.lib.stride_tricks.sliding_window_view(padded, block)[::step][:n_blocks]
+    spectrum = np.fft.rfft(blocks, axis=-1) * np.fft.rfft(taps, block)
+    return np.fft.irfft(spectrum, block, axis=-1)[:, n_taps - 1:].reshape(-1)[:n_out]
+
+
+def fir_filtfilt(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
+    """Zero-phase FIR filtering along axis 0: the same result as scipy.signal.filtfilt(taps, 1, x,
+    axis=0) (odd extension of 3·len(taps) samples at both ends, steady-state initial conditions),
+    computed with FFT convolution, which is far faster than filtfilt's direct form for long FIRs.
+    For an FIR, a steady-state start is the same as a history of constant input, which is what the
+    prepended constant block below provides."""
+    x = np.asarray(x, dtype=np.float64)
+    taps = np.asarray(taps, dtype=np.float64)
+    n_taps, padlen = taps.shape[0], 3 * taps.shape[0]
+    if x.shape[0] <= padlen:
+        raise ValueError(f"fir_filtfilt: signal of {x.shape[0]} samples is too short for {n_taps} taps "
+                         f"(needs more than {padlen})")
+    columns = as_2d(x)
+    out = np.empty_like(columns)
+    for c in range(columns.shape[1]):
+        col = columns[:, c]
+        y = np.concatenate([2.0 * col[0] - col[padlen:0:-1], col, 2.0 * col[-1] - col[-2:-padlen - 2:-1]])
+        for _ in range(2):  # forward pass, then the same on the time-reversed result
+            y = _fir_valid(np.concatenate([np.full(n_taps - 1, y[0]), y]), taps)[::-1]
+        out[:, c] = y[padlen:padlen + col.shape[0]]
+    return out.reshape(x.shape)
+
+
+def gain_to_lufs(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:
+    """Gain x so that its integrated loudness is exactly target_lufs, with no anti-clip division
+    (unlike lufs_norm): for float pipelines that must hit the target, so peaks may exceed 1. Silence
+    and signals too short to measure are returned unchanged."""
+    x = np.asarray(x, dtype=np.float64)
+    loudness = integrated_loudness(x, sr)
+    if not np.isfinite(loudness):
+        return x.copy()
+    return x * 10.0 ** ((target_lufs - loudness) / 20.0)

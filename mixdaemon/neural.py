@@ -1,0 +1,90 @@
+"""The neural engine (MST): FX-normalize the input stems, embed each reference stem with the
+FXencoder, and let the MixFXcloner convert each input stem toward its reference stem's embedding.
+
+One engine object holds one loaded model pair, so a daemon worker loads the models once and
+converts many songs with them.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .errors import EngineUnavailable, ModelFileError
+from .fxnorm import FxStats, default_stats_path, normalize_stems
+from .inference import convert, embed_reference, interpolated_embedding
+from .modelfiles import load_pair, store_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+
+
+class NeuralEngine:
+    name = "neural"
+    supports_reference_b = True
+
+    def __init__(self, encoder, cloner, pair_info, stats: FxStats, *, chunk_seconds: float = 12.0,
+                 batch_size: int = 1, seed: int = 0):
+        self.encoder, self.cloner = encoder.eval(), cloner.eval()
+        self.stats = stats
+        self.chunk_seconds, self.batch_size, self.seed = chunk_seconds, batch_size, seed
+        self.info = {"name": pair_info.name, "path": str(pair_info.path),
+                     "encoder_sha256": pair_info.encoder.weights_sha256,
+                     "cloner_sha256": pair_info.cloner.weights_sha256}
+
+    @classmethod
+    def from_settings(cls, settings) -> "NeuralEngine":
+        if settings.backend not in ("auto", "torch"):
+            raise EngineUnavailable(f"backend '{settings.backend}' is not available for the neural engine yet; "
+                                    "use --backend torch")
+        name = settings.model or DEFAULT_MODEL
+        try:
+            encoder, cloner, info = load_pair(name)
+        except ModelFileError as exc:
+            if settings.model is None:
+                raise ModelFileError(f"{exc}; import the authors' models with `mixdaemon models import`, "
+                                     "or use --engine match") from None
+            raise
+        stats = FxStats.load(settings.stats or default_stats_path("mst"))
+        log.info("neural engine: model pair %s from %s", info.name, store_dir())
+        return cls(encoder, cloner, info, stats, chunk_seconds=settings.chunk_seconds,
+                   batch_size=settings.batch_size, seed=settings.seed)
+
+    def embed(self, stems: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+        """Embedding per reference stem; a silent reference stem gives None (its input stem is
+        passed through unconverted: there is no style to copy)."""
+        out = {}
+        for name, audio in stems.items():
+            if np.max(np.abs(audio)) < 1e-3:  # −60 dBFS: the same silence rule as embed_reference
+                out[name] = None
+            else:
+                out[name] = embed_reference(self.encoder, audio, name=f"reference {name}")
+        return out
+
+    def convert_song(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
+                     progress=lambda stage, fraction: None,
+                     reference_b_stems: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        progress("normalizing input", 0.02)
+        normalized = normalize_stems(input_stems, self.stats, order="mst_inference", seed=self.seed)
+        progress("embedding reference", 0.1)
+        embeddings = self.embed(reference_stems)
+        if reference_b_stems is not None:
+            embeddings_b = self.embed(reference_b_stems)
+        converted = {}
+        names = list(input_stems)
+        for i, name in enumerate(names):
+            x = np.clip(normalized[name], -1.0, 1.0).astype(np.float32)
+            e = embeddings.get(name)
+            if reference_b_stems is not None and e is not None and embeddings_b.get(name) is not None:
+                e = interpolated_embedding(e, embeddings_b[name])
+            if e is None or np.max(np.abs(x)) == 0:
+                converted[name] = x
+                continue
+            start, span = 0.15 + 0.8 * i / len(names), 0.8 / len(names)
+            converted[name] = convert(
+                self.cloner, x, e, chunk_seconds=None if callable(e) else self.chunk_seconds,
+                batch_size=self.batch_size,
+                progress=lambda done, total, s=start, w=span, n=name: progress(f"converting {n}", s + w * done / total))
+        return converted
+

@@ -1,0 +1,166 @@
+"""One style-transfer job, top to bottom: the API that the CLI and the daemon both call.
+
+    load input and reference (stems.py) → separate mixtures into stems (separation.py)
+    → the engine converts each input stem toward the reference's mixing style (matching.py / neural.py)
+    → linked true-peak limiting and remix (mastering.py) → atomic writes (audio.py)
+
+`transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .audio import write_audio
+from .dsp import integrated_loudness
+from .errors import MixdaemonError
+from .mastering import TRUE_PEAK_CEILING_DBTP, limit_linked, true_peak_dbtp
+from .stems import STEM_NAMES, Song, load_song
+
+# progress(stage, fraction): stage is a short human label ("separating input", "converting drums"),
+# fraction goes from 0 to 1 over the whole job.
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    pass
+
+
+@dataclass
+class TransferSettings:
+    engine: str = "match"
+    model: str | None = None  # neural: a model pair name in the engine store or a path
+    backend: str = "auto"
+    chunk_seconds: float = 12.0
+    batch_size: int = 1
+    stats: str | None = None  # FX-normalization statistics file; None = the shipped default
+    separation_model: str = "htdemucs"
+    separation_dir: str | None = None
+    ceiling_dbtp: float = TRUE_PEAK_CEILING_DBTP
+    subtype: str = "PCM_24"
+    seed: int = 0
+
+
+@dataclass
+class TransferResult:
+    outputs: dict[str, str]
+    engine: str
+    model: dict = field(default_factory=dict)
+    loudness_before: dict[str, float] = field(default_factory=dict)
+    loudness_after: dict[str, float] = field(default_factory=dict)
+    reference_loudness: dict[str, float] = field(default_factory=dict)
+    true_peak_dbtp: float = float("-inf")
+    seconds_audio: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _loudness_table(stems: dict[str, np.ndarray]) -> dict[str, float]:
+    """Integrated loudness per stem, None-free: silence reads as -70 LUFS (the absolute gate)."""
+    out = {}
+    for name, x in stems.items():
+        value = integrated_loudness(x)
+        out[name] = round(value, 2) if np.isfinite(value) else -70.0
+    return out
+
+
+def _as_stems(song: Song, what: str, settings: TransferSettings, progress: Progress) -> dict[str, np.ndarray]:
+    if song.mixture is None:
+        return song.stems
+    from .separation import Separator  # demucs and its model load only when a mixture needs it
+
+    separator = Separator(settings.separation_model, model_dir=settings.separation_dir)
+    return separator.separate(song.mixture, progress=lambda done, total: progress(f"separating {what}", done / max(total, 1)))
+
+
+def make_engine(settings: TransferSettings):
+    """The engine object for settings.engine; each engine maps (input stems, reference stems) to
+    converted stems with the same names and lengths."""
+    if settings.engine == "match":
+        from .matching import MatchingEngine
+        return MatchingEngine(seed=settings.seed)
+    if settings.engine == "neural":
+        from .neural import NeuralEngine
+        return NeuralEngine.from_settings(settings)
+    raise MixdaemonError(f"unknown engine '{settings.engine}': choose match or neural")
+
+
+def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool) -> list[Path]:
+    """The files this job will write; refuse to replace an input, or existing outputs unless told."""
+    targets = [out_dir / f"{name}.wav" for name in (*STEM_NAMES, "mixture")]
+    inputs = {Path(p).resolve() for p in input_files}
+    for t in targets:
+        if t.resolve() in inputs:
+            raise MixdaemonError(f"{t}: is one of the input files; choose another output folder")
+        if t.exists() and not overwrite:
+            raise MixdaemonError(f"{t}: already exists; choose another output folder or pass --overwrite")
+    return targets
+
+
+def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, out_dir: str | os.PathLike,
+             settings: TransferSettings | None = None, progress: Progress = _no_progress,
+             overwrite: bool = False, engine=None,
+             reference_b_path: str | os.PathLike | None = None) -> TransferResult:
+    """Convert the input song's stems to the reference's mixing style and write them to out_dir.
+
+    With `reference_b_path`, the style fades from the reference at the start of the song to
+    reference B at its end (engines that support it: neural).
+
+    `engine` lets a long-lived caller (the daemon) pass an engine it already built, so models load
+    once; otherwise one is made from settings.
+    """
+    settings = settings or TransferSettings()
+    timings: dict[str, float] = {}
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    song = load_song(input_path)
+    reference = load_song(reference_path)
+    reference_b = load_song(reference_b_path) if reference_b_path is not None else None
+    protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
+    check_output_folder(out_dir, protected, overwrite)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    input_stems = _as_stems(song, "input", settings, progress)
+    reference_stems = _as_stems(reference, "reference", settings, progress)
+    reference_b_stems = _as_stems(reference_b, "reference B", settings, progress) if reference_b else None
+    timings["separate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    engine = engine or make_engine(settings)
+    if reference_b_stems is None:
+        converted = engine.convert_song(input_stems, reference_stems, progress=progress)
+    elif getattr(engine, "supports_reference_b", False):
+        converted = engine.convert_song(input_stems, reference_stems, progress=progress,
+                                        reference_b_stems=reference_b_stems)
+    else:
+        raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
+    timings["convert"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("limiting", 0.97)
+    limited, mixture = limit_linked(converted, settings.ceiling_dbtp)
+    outputs = {}
+    for name, samples in (*limited.items(), ("mixture", mixture)):
+        path = write_audio(out_dir / f"{name}.wav", samples, out_rate=song.output_rate,
+                           subtype=settings.subtype, protected=protected)
+        outputs[name] = str(path)
+    timings["write"] = time.perf_counter() - t0
+    progress("done", 1.0)
+
+    before = _loudness_table(input_stems)
+    before["mixture"] = _loudness_table({"m": np.sum(list(input_stems.values()), axis=0)})["m"]
+    after = _loudness_table(limited)
+    after["mixture"] = _loudness_table({"m": mixture})["m"]
+    return TransferResult(
+        outputs=outputs, engine=settings.engine, model=getattr(engine, "info", {}),
+        loudness_before=before, loudness_after=after, reference_loudness=_loudness_table(reference_stems),
+        true_peak_dbtp=round(true_peak_dbtp(mixture), 2), seconds_audio=round(song.n_samples / 44100, 3),
+        timings={k: round(v, 3) for k, v in timings.items()})

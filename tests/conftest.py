@@ -1,0 +1,40 @@
+"""Shared test fixtures: where ../shared lies, the real stems, and small generated audio."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_STEMS = SHARED / "data" / "real_stems"
+FX_STATS = SHARED / "data" / "musdb18_fx_stats"
+REFERENCE = SHARED / "reference"
+STEM_NAMES = ("drums", "bass", "other", "vocals")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared is not beside the checkout ({SHARED})")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def real_stems(shared_dir) -> Path:
+    """Folder holding song_a, song_b, song_c, each with mixture + 4 stems."""
+    return REAL_STEMS
+
+
+@pytest.fixture(scope="session")
+def mst_stats_path(shared_dir) -> Path:
+    return FX_STATS / "mst_musdb18_fxfeatures_eqcompimagegain.npy"
+
+
+@pytest.fixture(scope="session")
+def fxnorm_stats_path(shared_dir) -> Path:
+    return FX_STATS / "fxnorm_features_MUSDB18.npy"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
