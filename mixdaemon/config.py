@@ -21,10 +21,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .transfer import TransferSettings
+from .osc import DEFAULT_OSC_PORT
 
 ENV_PREFIX = "MIXDAEMON__"
-DEFAULT_OSC_PORT = 7700
 # Fields the output pattern may use; see OutputConfig.
 PATTERN_FIELDS = ("folder", "job_id", "engine", "reference", "date")
 
@@ -122,7 +121,10 @@ class TransferConfig(_Section):
     subtype: Literal["PCM_16", "PCM_24", "PCM_32", "FLOAT"] = "PCM_24"
     seed: int = 0
 
-    def to_settings(self) -> TransferSettings:
+    def to_settings(self):
+        """The mixdaemon.transfer.TransferSettings (imported here: the audio stack is slow to import
+        and `mixdaemon send --config` needs none of it)."""
+        from .transfer import TransferSettings
         return TransferSettings(**self.model_dump())
 
 
@@ -211,6 +213,8 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     msg = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return msg  # a check across keys: its message names them
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     return f"{key}: {msg}{shown}"

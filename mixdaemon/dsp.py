@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pyloudnorm
+import scipy.fft
 from scipy import signal
 
 WORKING_RATE = 44100
@@ -196,17 +197,18 @@ def mid_energy_fraction(x: np.ndarray) -> float:
 # --- long-term spectra, zero-phase FIR, exact loudness gain (added for FX normalization) -----------
 
 def average_magnitude_spectrum(x: np.ndarray, n_fft: int, hop: int, block_frames: int = 32) -> np.ndarray:
-    """Frame-mean of |stft_np(x, n_fft, hop)| per channel: (channels, n_fft//2 + 1). Frames are
-    transformed a block at a time, so a long signal with a 65 536-point FFT never needs the whole
-    spectrogram in memory. Returns zeros when x is shorter than one frame."""
-    x = as_2d(np.asarray(x, dtype=np.float64))
+    """Frame-mean of |stft_np(x, n_fft, hop)| per channel: (channels, n_fft//2 + 1), float64. Frames
+    are transformed a block at a time, so a long signal with a 65 536-point FFT never needs the whole
+    spectrogram in memory, and in float32 (relative error ~1e-7, irrelevant for a long-term average;
+    twice as fast), accumulated in float64. Returns zeros when x is shorter than one frame."""
+    x = as_2d(np.asarray(x))
     n_frames = max(0, 1 + (x.shape[0] - n_fft) // hop)
     total = np.zeros((x.shape[1], n_fft // 2 + 1))
-    window = sqrt_hann(n_fft)
+    window = sqrt_hann(n_fft).astype(np.float32)
     for first in range(0, n_frames, block_frames):
         last = min(n_frames, first + block_frames)
-        frames = frame_signal(x[first * hop:(last - 1) * hop + n_fft], n_fft, hop)
-        total += np.abs(np.fft.rfft(frames * window, axis=-1)).sum(axis=0)
+        frames = frame_signal(x[first * hop:(last - 1) * hop + n_fft].astype(np.float32), n_fft, hop)
+        total += np.abs(scipy.fft.rfft(frames * window, axis=-1)).sum(axis=0, dtype=np.float64)
     return total / max(1, n_frames)
 
 
@@ -240,6 +242,13 @@ def fir_filtfilt(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
     out = np.empty_like(columns)
     for c in range(columns.shape[1]):
         col = columns[:, c]
+        if not (np.any(col[:padlen + 1]) or np.any(col[-padlen - 1:])):
+            # Zero-padded input: the extension and both passes' initial states are zero, so the two
+            # passes are one convolution with the taps' autocorrelation (half the work).
+            kernel = np.convolve(taps, taps[::-1])
+            edge = np.zeros(n_taps - 1)
+            out[:, c] = _fir_valid(np.concatenate([edge, col, edge]), kernel)
+            continue
         y = np.concatenate([2.0 * col[0] - col[padlen:0:-1], col, 2.0 * col[-1] - col[-2:-padlen - 2:-1]])
         for _ in range(2):  # forward pass, then the same on the time-reversed result
             y = _fir_valid(np.concatenate([np.full(n_taps - 1, y[0]), y]), taps)[::-1]
@@ -256,3 +265,42 @@ def gain_to_lufs(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> n
     if not np.isfinite(loudness):
         return x.copy()
     return x * 10.0 ** ((target_lufs - loudness) / 20.0)
+
+
+# --- compressor with a precomputed detector level (for parameter searches) ----------------------------
+
+def compressor_level_db(x: np.ndarray) -> np.ndarray:
+    """The detector input of `compress` per sample: 20·log10|x|, or −120 dB where |x| < 1e-6. It
+    depends on the signal only, so a search over thresholds and ratios computes it once."""
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        return np.where(a < 1e-6, -120.0, 20.0 * np.log10(a))
+
+
+@numba.njit(cache=True, nogil=True)
+def _compress_level_channel(x, level, threshold_db, slope, alpha_attack, alpha_release, out):
+    smoothed = 0.0
+    to_gain = -np.log(10.0) / 20.0
+    for n in range(x.shape[0]):
+        gain_reduction = (level[n] - threshold_db) * slope if level[n] >= threshold_db else 0.0
+        alpha = alpha_attack if gain_reduction > smoothed else alpha_release
+        smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
+        out[n] = x[n] * np.exp(to_gain * smoothed)
+
+
+def compress_with_level(x: np.ndarray, level_db: np.ndarray, threshold_db: float, ratio: float,
+                        attack_ms: float, release_ms: float, sr: int = WORKING_RATE) -> np.ndarray:
+    """`compress` given level_db = compressor_level_db(x): the same compressor (equal to within float
+    rounding, ~1e-16 relative), about 3× faster per call because the per-sample log10 is done once
+    and the gain uses exp instead of a power — for searches that run one signal through many
+    settings (FX normalization's compression matching)."""
+    x2 = as_2d(np.ascontiguousarray(x, dtype=np.float64))
+    level2 = as_2d(np.ascontiguousarray(level_db, dtype=np.float64))
+    out = np.empty_like(x2)
+    alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
+    alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
+    for c in range(x2.shape[1]):
+        _compress_level_channel(np.ascontiguousarray(x2[:, c]), np.ascontiguousarray(level2[:, c]),
+                                float(threshold_db), 1.0 - 1.0 / float(ratio), alpha_attack, alpha_release,
+                                out[:, c])
+    return out.reshape(np.shape(x))

@@ -133,7 +133,8 @@ def convert(cloner: MixFXcloner, audio: np.ndarray, embedding: np.ndarray | Embe
     needed if neighbouring chunks disagreed. Memory holds the audio, the output and one batch of
     windows, whatever the song length.
 
-    progress(done, total) is called with output samples after each batch.
+    progress(done, total) is called with output samples after each batch; an exception raised in
+    it stops the conversion (a way to cancel).
     """
     _check_audio(audio)
     n = len(audio)

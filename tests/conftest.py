@@ -35,6 +35,15 @@ def fxnorm_stats_path(shared_dir) -> Path:
     return FX_STATS / "fxnorm_features_MUSDB18.npy"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Separation results and other caches go to a temporary folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MIXDAEMON_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -169,3 +169,16 @@ def test_configs_round_trip_and_refuse_bad_values():
         ClonerConfig(kernel_size=4)
     with pytest.raises(ConfigError, match="same length"):
         EncoderConfig(channels=(4, 8), kernels=(5,), strides=(2, 1))
+
+
+def test_small_cloner_and_encoder_train():
+    """The in-place inference arithmetic must leave autograd intact (training uses these modules)."""
+    torch.manual_seed(0)
+    encoder = FXencoder(EncoderConfig(channels=(4, 8), kernels=(5, 3), strides=(4, 1))).train()
+    cloner = MixFXcloner(ClonerConfig(nblocks=3, channel_width=8, cond_dim=8)).train()
+    x = torch.rand(2, 2, 2000) - 0.5
+    y = cloner(x, encoder(x))
+    y.square().mean().backward()
+    grads = [p.grad for p in (*encoder.parameters(), *cloner.parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert cloner.blocks[0].film.film_fc.weight.grad.abs().sum() > 0
