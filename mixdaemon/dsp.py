@@ -33,9 +33,12 @@ def peak(x: np.ndarray) -> float:
     return float(np.max(np.abs(x))) if x.size else 0.0
 
 
-def rms_match(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Scale y to x's RMS over the whole segment and all channels (ALGORITHMS.md §2.1)."""
-    scale = np.sqrt(np.mean(np.square(x, dtype=np.float64)) / max(1e-7, np.mean(np.square(y, dtype=np.float64))))
+def rms_match(y: np.ndarray, x: np.ndarray, measure: slice = slice(None)) -> np.ndarray:
+    """Scale y to x's RMS over the whole segment and all channels (ALGORITHMS.md §2.1), measured
+    over the samples `measure` selects (the whole signal by default)."""
+    xm, ym = x[measure].ravel(), y[measure].ravel()
+    # dot products: ~2x faster than mean(square()) and no temporary arrays
+    scale = np.sqrt((np.dot(xm, xm) / max(xm.size, 1)) / max(1e-7, np.dot(ym, ym) / max(ym.size, 1)))
     return y * scale
 
 

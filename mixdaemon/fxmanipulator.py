@@ -453,8 +453,8 @@ class FXManipulator:
         if stem == "drums":
             refilter = drums_refilter_without_reverb and single_fx in (None, "reverb")
             reverb = DrumsReverbBlock(reverb, 0.0, refilter, sr)
-        self.effects = {"eq": ParametricEQ(sr), "comp": Compressor(sr), "pan": Panner(), "imager": Imager(),
-                        "reverb": reverb, "gain": Gain()}
+        self.effects = {effect.name: effect for effect in
+                        (ParametricEQ(sr), Compressor(sr), Panner(), Imager(), reverb, Gain())}
         self._base = {**DEFAULT_PROBABILITIES, "reverb": DEFAULT_REVERB_BASE[stem]}
         self._probabilities: dict[str, float] = {}
         if single_fx is not None:
@@ -537,9 +537,13 @@ class FXManipulator:
                 raise ValueError(f"signals[{i}]: shape {x.shape}; expected (n, 2) stereo"
                                  + (f" with n > {2 * margin} (padded)" if padded else ""))
             y = x.astype(np.float64)
+            # Level is matched on the segment proper, not the margins: a compressor's settling
+            # burst at the start of the padding would otherwise dominate the RMS and leave the
+            # rest of the stem up to 20 dB quieter, so "gain" would no longer be the only level FX.
+            middle = slice(margin, y.shape[0] - margin)
             for fx in chain:
                 processed = self.effects[fx].apply(y, drawn_params["params"][fx])
-                y = processed if fx == "gain" else dsp.rms_match(processed, y)
+                y = processed if fx == "gain" else dsp.rms_match(processed, y, middle)
             y = y[margin:y.shape[0] - margin]
             outputs.append(np.clip(y, -1.0, 1.0).astype(np.float32))
         return outputs

@@ -176,8 +176,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     started REAL,
     finished REAL
 );
--- At most one live-or-finished job per key: the database itself refuses duplicates.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_per_key ON jobs(key) WHERE state IN ('queued', 'running', 'done');
+-- At most one live job per key: the database itself refuses duplicates. (A finished key may be
+-- done again, but only once its results are gone: JobStore.add.)
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_live_per_key ON jobs(key) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -241,11 +242,11 @@ class JobStore:
         return out
 
     def add(self, job: Job) -> tuple[Job, bool]:
-        """Insert a queued job; (job, True). If its key is already queued, running or done, that
-        job instead; (existing, False)."""
+        """Insert a queued job; (job, True). If its key is queued or running, or done with its
+        result folder still there, that job instead; (existing, False)."""
         with self._lock:
             existing = self.find_key(job.key, ("queued", "running", "done"))
-            if existing is not None:
+            if existing is not None and (existing.state != "done" or (existing.out_dir and Path(existing.out_dir).is_dir())):
                 return existing, False
             values = asdict(job)
             values.pop("id")
@@ -516,6 +517,11 @@ class LocalExecutor:
         try:
             t_start = time.perf_counter()
             shutil.rmtree(staging, ignore_errors=True)
+            if hash_files(job.inputs) != job.input_hashes or hash_files(list(job.reference_hashes)) != job.reference_hashes:
+                # The manifest would name contents that were not converted; a watched bounce that
+                # changed has been queued again as a new job anyway.
+                raise MixdaemonError("the input or reference files changed after the job was queued; "
+                                     "not converting them under the old contents (submit again)")
             settings = TransferSettings(**job.settings)
             progress("loading engine", 0.0)
             engine = self._engine_for(settings)

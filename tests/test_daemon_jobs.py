@@ -42,10 +42,17 @@ def test_store_refuses_duplicate_work_and_survives_reopening(tmp_path):
     store.set_state(first.id, "error", error="bad file")
     retry, created = store.add(_job(tmp_path))  # failed work may be submitted again
     assert created and retry.id == 2
+    result = tmp_path / "out" / "song-2"
+    result.mkdir(parents=True)
+    store.set_state(retry.id, "done", out_dir=str(result))
+    assert store.add(_job(tmp_path)) == (store.get(2), False)  # finished work is not redone...
+    result.rmdir()
+    redo, created = store.add(_job(tmp_path))  # ... unless its results were deleted
+    assert created and redo.id == 3
     store.close()
 
     reopened = JobStore(tmp_path / "jobs.sqlite3")
-    assert [(j.id, j.state) for j in reopened.list()] == [(1, "error"), (2, "queued")]
+    assert [(j.id, j.state) for j in reopened.list()] == [(1, "error"), (2, "done"), (3, "queued")]
     assert reopened.get(1).error == "bad file"
     # The database itself, not only the code, refuses a second live job with the same key.
     db = sqlite3.connect(tmp_path / "jobs.sqlite3")

@@ -102,12 +102,17 @@ class DaemonProcess:
         self.port: int | None = None
         self.stderr_path = state_dir.parent / "daemon.stderr"
 
-    def start(self, timeout: float = 60.0) -> "DaemonProcess":
+    def spawn(self) -> "DaemonProcess":
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        info_path = self.state_dir / "daemon.json"
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "mixdaemon.daemon", "serve", "--config", str(self.config_path)],
                                          cwd=REPO, env=self.env, stdout=err, stderr=err)
+        return self
+
+    def start(self, timeout: float = 60.0) -> "DaemonProcess":
+        """Spawn and wait until it serves (its daemon.json names its pid)."""
+        self.spawn()
+        info_path = self.state_dir / "daemon.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
