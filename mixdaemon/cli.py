@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import MixdaemonError
 
 log = logging.getLogger("mixdaemon")
@@ -76,7 +78,7 @@ def cmd_example(args) -> int:
 
 
 def cmd_fxnorm_fit(args) -> int:
-    from .fxnorm import fit
+    from .fxnorm_stats import fit
     stats = fit(args.songs_dir, flavour=args.flavour)
     stats.save(args.out)
     print(f"statistics of {args.songs_dir} ({args.flavour}) written to {args.out}")
@@ -85,26 +87,32 @@ def cmd_fxnorm_fit(args) -> int:
 
 def cmd_fxnorm_apply(args) -> int:
     from .audio import write_audio
-    from .fxnorm import FxStats, default_stats_path, normalize_stems
+    from .fxnorm import ORDER_FLAVOUR, ORDERS, default_stats_path, normalize_stems
+    from .fxnorm_stats import FxStats
     from .stems import load_song
     from .transfer import check_output_folder
     song = load_song(args.stems)
     if song.mixture is not None:
         raise MixdaemonError(f"{args.stems}: FX normalization works on stems; give a folder of "
                              "drums/bass/other/vocals files")
-    stats = FxStats.load(args.stats or default_stats_path())
+    if args.order not in ORDERS:
+        raise MixdaemonError(f"--order {args.order}: choose one of {', '.join(ORDERS)}")
+    stats = FxStats.load(args.stats or default_stats_path(ORDER_FLAVOUR[args.order]))
     out = Path(args.out)
     check_output_folder(out, song.input_files, args.overwrite)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         normalized = normalize_stems(song.stems, stats, order=args.order, seed=args.seed,
-                                     progress=lambda done, total: bar("normalizing", done / max(total, 1)))
+                                     progress=lambda done, total, label: bar(label, done / max(total, 1)))
     finally:
         bar.close()
     for name, samples in normalized.items():
-        path = write_audio(out / f"{name}.wav", samples, out_rate=song.output_rate, subtype=args.subtype,
+        # The final loudness step hits its target exactly, which can push a very peaky stem past
+        # full scale; such a stem is written as 32-bit float so nothing is clipped.
+        subtype = args.subtype or ("FLOAT" if np.max(np.abs(samples)) > 1.0 else "PCM_24")
+        path = write_audio(out / f"{name}.wav", samples, out_rate=song.output_rate, subtype=subtype,
                            protected=song.input_files)
-        print(path)
+        print(f"{path} ({subtype})")
     return 0
 
 
@@ -178,9 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stems")
     p.add_argument("--out", required=True)
     p.add_argument("--stats", help="statistics file (.npz of this project, or the papers' .npy)")
-    p.add_argument("--order", default="mst_inference")
+    p.add_argument("--order", default="mst_inference",
+                   help="mst_inference (default), mst_training, or fxnorm (needs fxnorm statistics)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--subtype", default="PCM_24")
+    p.add_argument("--subtype", help="output sample format (default: PCM_24, or FLOAT when a stem exceeds full scale)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_fxnorm_apply)

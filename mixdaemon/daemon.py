@@ -328,7 +328,7 @@ class Daemon:
             log.info("job %d: cancelled before it started", job.id)
             self.osc.notify(f"{PREFIX}/cancelled", [job.id], requester=_target(job.reply_to), exclude=sender)
             return [(f"{PREFIX}/cancelled", [job.id])]
-        if job.state == "running" or self.store.get(job.id).state == "running":
+        if self.store.get(job.id).state == "running":
             with self._lock:
                 self._cancel_requesters[job.id] = sender
             if self.executor.cancel(job.id):

@@ -14,25 +14,39 @@ Demucs-separated songs of ../shared/data/real_stems (song_a/b/c, 15–20 s each)
 order eq → compression → imager → loudness (resp. FxNorm's eq → compression → panning → loudness).
 Three short songs are a far smaller sample than MUSDB18's 100 training songs, so the MUSDB18 files
 (the papers' statistics, ../shared/data/musdb18_fx_stats, ALGORITHMS.md §1.8) remain the reference
-for reproducing the papers; pass them with `FxStats.load`. How the two compare (MST flavour; MUSDB18
-numbers are the MST paper's statistics file, ours from the shipped file):
+for reproducing the papers; pass them with `FxStats.load`. How they compare (MUSDB18 = the papers'
+statistics files; the default sets depend only on the songs and this code, so the numbers below are
+exactly what `python benchmarks/fit_default_stats.py` prints):
 
-    stem    | loudness LUFS     | imager (mid fraction) | compression μ/σ dB      | EQ mean dB 60–250 Hz / 250 Hz–2 kHz / 2–8 kHz / 8–16 kHz
-            | MUSDB18 | ours    | MUSDB18 | ours        | MUSDB18     | ours      | MUSDB18               | ours
-    vocals  | -25.4   | -25.4   | 0.918   | 0.966       | -14.2 / 1.4 | -13.6/1.1 |  -3.5/ 11.9/ 2.3/-13.4 | -13.2/ 11.5/ 4.2/-10.3
-    drums   | -29.0   | -27.7   | 0.945   | 0.946       | -13.5 / 1.1 | -13.5/1.0 |  23.7/ 12.7/ 5.9/ -4.3 |  24.5/ 13.1/ 4.6/ -3.6
-    bass    | -24.4   | -23.4   | 0.982   | 0.979       | -13.2 / 0.9 | -13.5/0.8 |  30.0/  8.2/-24.9/-41.7 |  29.8/  8.5/-20.6/-39.3
-    other   | -26.2   | -26.0   | 0.794   | 0.846       | -14.8 / 1.3 | -13.9/1.0 |   9.3/ 13.0/ 0.5/-13.9 |   9.2/ 12.8/ 1.8/-10.9
+    MST flavour   loudness LUFS     imager (mid fraction)   compression μ/σ dB
+                  MUSDB18   ours    MUSDB18   ours          MUSDB18     ours
+    drums         -29.0    -29.9    0.945    0.985          -13.5/1.13  -15.1/2.18
+    bass          -24.4    -22.4    0.982    0.997          -13.2/0.87  -11.7/1.47
+    other         -26.2    -24.4    0.794    0.682          -14.8/1.30  -13.6/1.48
+    vocals        -25.4    -24.0    0.918    0.935          -14.2/1.36  -12.4/1.13
 
-(EQ columns: mean of dB(curve) over the band, curve in raw-FFT magnitude at −30 LUFS. The numbers
-are regenerated and printed by benchmarks/fit_default_stats.py.)
+    EQ band means dB  MUSDB18                   ours
+    drums             25.9/ 7.4/  1.7/ -5.7     25.0/ 2.4/  1.2/ -0.4
+    bass              24.0/-4.2/-25.2/-43.1     23.7/-9.5/-32.1/-41.9
+    other             18.2/12.0/ -3.7/-21.8     19.5/12.0/ -6.1/-26.0
+    vocals            10.6/10.6/ -4.0/-15.1     12.1/12.5/  0.3/ -7.6
+
+    FxNorm flavour: loudness MUSDB18 → ours: drums -34.2 → -35.5, bass -29.7 → -28.3, other -31.2 →
+    -29.9, vocals -30.7 → -29.6 LUFS; mean panning coherence φ̄: 0.862 → 0.849, 0.891 → 0.839,
+    0.833 → 0.789, 0.920 → 0.872 (EQ and compression as for MST, up to the statistics' differences).
+
+EQ band means: mean of dB(curve) over 60–250 Hz / 250 Hz–2 kHz / 2–8 kHz / 8–16 kHz, the curve being
+raw-FFT magnitude at −30 LUFS. Against MUSDB18, the default loudness targets differ by −1.3 to
++2 LU, "other" is wider (mid fraction 0.68 vs 0.79), drums and vocals are 5–8 dB brighter above
+8 kHz (the Demucs estimates keep high-frequency bleed), and the compression targets are spread wider
+(σ 1.1–2.2 dB from three songs).
 
 Deviations from the released code, all deliberate (ALGORITHMS.md §5.2):
 - EQ gain is clamped to ±EQ_MAX_GAIN_DB and the measured spectrum floored (§5.2.4).
 - The onset-peak statistic P(x) uses our own re-implementation of aubio 0.4.9's "hfc" onset
   detector (aubio is not a dependency), see `hfc_onsets`.
-- The compression search bisects on the threshold grid instead of the 17 × 61 brute force (§5.2.5);
-  on a monotone P it returns the same grid point as the brute force.
+- The compression search is a bracketed secant search on the threshold grid instead of the released
+  brute force over up to 17 × 61 settings (§5.2.5); on a monotone P it returns the same grid point.
 - A channel without any detected onset is still peak-normalised (the original's `break` left it and
   every following channel unprocessed, §5.2.6).
 - The Haas step is seeded (§5.2.3): same stem, same seed → bit-identical output.
@@ -110,9 +124,9 @@ ONSET_MIN_IOI = int(np.floor(0.050 * SR + 0.5))   # 50 ms → 2205 samples
 ONSET_SILENCE_DB = -70.0
 ONSET_DELAY = int(4.3 * ONSET_FRAME)    # 4403 samples, subtracted from reported onset times
 # Peak picker: a 7-value window (1 ahead of the tested value, 5 behind) low-passed forwards and
-# backwards by a biquad. aubio 0.4.9 ships the biquad with the coefficients marked "broken since
+# backwards by a biquad. aubio's 0.4.x sources ship it with the coefficients marked "broken since
 # c9e20ca, revert for now", i.e. a = (1, 0.23484048, 0) rather than butter(2, 0.34)'s
-# (1, -0.59488894, 0.23484048); we reproduce what the statistics were computed with.
+# (1, -0.59488894, 0.23484048); we reproduce what the released library runs.
 _PICKER_B = (0.15998789, 0.31997577, 0.15998789)
 _PICKER_A = (1.0, 0.23484048, 0.0)
 _PICKER_LEN = 7
@@ -178,15 +192,16 @@ def hfc_onsets(x: np.ndarray) -> np.ndarray:
     non-overlapping 1024-sample frames (the trailing partial frame is dropped, as librosa's framing
     does in the originals).
 
-    Per frame: Hann window, |rFFT|, log(1 + |X|) (the "compression" aubio enables for hfc), HFC =
-    Σ (k+1)·|X_k|. Peak picker: the last 7 HFC values are low-passed forwards and backwards; the
-    value 5 frames back minus the window's median and 0.058·mean is a peak candidate when it is
-    positive and larger than both neighbours; its position is refined by a parabola. Candidates in a
-    frame whose power is below −70 dB are dropped, as are onsets within 50 ms of the previous one;
-    aubio reports each onset 4403 samples (4.3 frames) earlier than it was confirmed, and flags the
-    first non-silent frame of the file as an onset. Spectra are float32 as in aubio, but a different
-    FFT and float64 peak picking can still flip a candidate that sits on a threshold to within
-    rounding.
+    Per frame: periodic Hann window, |rFFT|, log(1 + |X|) (the magnitude "compression" aubio
+    enables for hfc), HFC = Σ (k+1)·log(1 + |X_k|). Peak picker: the last 7 HFC values are
+    low-passed forwards and backwards; the filtered value one frame back, minus the window's median
+    and 0.058 × its mean, is a peak when positive and larger than its neighbours; its position is
+    refined by a parabola. A peak is dropped if the frame being read when it is confirmed (the one
+    after it) has a power below −70 dB, or if it lies within 50 ms of the previous onset. aubio
+    reports each onset 4403 samples (4.3 frames) earlier than it confirmed it (≈ 1 frame before the
+    frame holding the attack), and marks the first non-silent frame among the first five as an onset.
+    Spectra are float32 as in aubio, but a different FFT and float64 peak picking can still flip a
+    candidate that sits on a threshold to within rounding.
 
     Vectorised except for the final accept/reject pass over candidate frames."""
     frames = dsp.frame_signal(np.asarray(x, dtype=np.float32), ONSET_FRAME, ONSET_FRAME)[:, 0, :]
@@ -274,6 +289,9 @@ class LoudnessMatch:
     or use a float format."""
 
     name = "loudness"
+    # A pure gain needs no padding, and measuring the padded signal would shift BS.1770's 400-ms
+    # block grid against the stem's own (up to 0.6 LU on a short stem with gaps): measure the stem.
+    padded = False
 
     def __init__(self, target_lufs: float):
         self.target_lufs = float(target_lufs)
@@ -331,14 +349,51 @@ class CompressionResult:
     passes: int                              # compressor + onset-detector runs
 
 
+# Where the threshold search starts and how far it steps before it has two probes to interpolate
+# between: on the real stems the first threshold that reaches μ+σ lay at indices 3–23 (−11.5 to
+# −21.5 dB), and P(θ) is flat down to the loudest peaks, then falls about linearly.
+COMP_SEARCH_START = 14
+COMP_SEARCH_STEP = 6
+
+
+def first_hit(level_at: Callable[[int], float], upper: float, lo: int, hi: int, start: int, step: int) -> int:
+    """Smallest index i in (lo, hi] with level_at(i) < upper, for a level that falls monotonically
+    with i, given that lo misses (or is outside the grid) and hi hits (or is outside the grid: then
+    hi is returned if nothing hits). Secant steps through the last two probes, kept inside the
+    bracket, find the crossing in ~4 probes on P(θ); when two probes in a row fail to halve the
+    bracket the next one bisects, which bounds the worst case."""
+    probes: list[tuple[int, float]] = []
+    guess, width, slow = start, hi - lo, 0
+    while hi - lo > 1:
+        guess = min(hi - 1, max(lo + 1, guess))
+        level = level_at(guess)
+        probes.append((guess, level))
+        if level < upper:
+            hi = guess
+        else:
+            lo = guess
+        slow = slow + 1 if hi - lo > width / 2 else 0
+        width = hi - lo
+        if slow >= 2:
+            guess, slow = (lo + hi) // 2, 0
+        elif len(probes) >= 2 and probes[-1][1] != probes[-2][1]:
+            (a, level_a), (b, level_b) = probes[-2], probes[-1]
+            guess = int(np.ceil(b + (level_b - upper) * (b - a) / (level_a - level_b)))
+        else:
+            guess = guess + step if level >= upper else guess - step
+    return hi
+
+
 def search_compression(x: np.ndarray, mean_db: float, std_db: float, setting: CompressorSetting
                        ) -> tuple[np.ndarray, CompressionResult]:
     """§1.3 matching for one peak-normalised channel. If P(x)'s mean is at or above μ+σ, find the
     setting the released brute force would pick — the first (ratio r0…20 outer, threshold −10…−40 dB
-    inner) whose output has P < μ+σ — by bisection, assuming P falls monotonically with a lower
-    threshold and a higher ratio: bisect the 61 thresholds at r0 (6 passes); only if even −40 dB is not
-    enough, bisect the ratios at −40 dB, then the thresholds at that ratio. About 6 passes instead of
-    up to 17 × 61. Below μ−σ nothing is done (the originals' expander is disabled)."""
+    inner) whose output has P < μ+σ — assuming P falls monotonically with a lower threshold and a
+    higher ratio: search the 61 thresholds at r0 (`first_hit`, ~4 passes); only if even −40 dB is not
+    enough, search the ratios at −40 dB, then the thresholds at that ratio. Compared with the brute
+    force's 1 to 17 × 61 passes (16 on average on the real stems). Below μ−σ nothing is done (the
+    originals' expander is disabled). Each pass is a compressor run plus an onset detection: compression
+    moves the onsets (see benchmarks/bench_fxnorm.py), so they cannot be reused between passes."""
     stat = onset_peak_stat(x)
     upper = mean_db + std_db
     if stat is None or stat[0] < upper:
@@ -347,9 +402,9 @@ def search_compression(x: np.ndarray, mean_db: float, std_db: float, setting: Co
     passes = 0
     level_db = dsp.compressor_level_db(x)
     latest: tuple[int, int, float, np.ndarray] | None = None   # (ratio, index, P mean, output)
-    chosen: tuple[int, int, float, np.ndarray] | None = None   # the latest trial that hit
+    chosen: tuple[int, int, float, np.ndarray] | None = None   # the hit with the least compression
 
-    def hits(ratio: int, index: int) -> bool:
+    def level_at(ratio: int, index: int) -> float:
         nonlocal passes, latest, chosen
         passes += 1
         y = dsp.compress_with_level(x, level_db, COMP_THRESHOLDS_DB[index], ratio, setting.attack_ms,
@@ -358,33 +413,23 @@ def search_compression(x: np.ndarray, mean_db: float, std_db: float, setting: Co
         # cannot act and is left out.
         p = onset_peak_stat(y)
         latest = (ratio, index, -np.inf if p is None else p[0], y)   # no onsets left: nothing above
-        if latest[2] < upper:
+        if latest[2] < upper and (chosen is None or (ratio, index) < chosen[:2]):
             chosen = latest
-        return latest[2] < upper
+        return latest[2]
 
-    def bisect(hit_at: Callable[[int], bool], lo: int, hi: int) -> int:
-        """Smallest i in (lo, hi] with hit_at(i), given that hit_at(hi) holds or is not asked."""
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if hit_at(mid):
-                hi = mid
-            else:
-                lo = mid
-        return hi
-
-    # Every hit found below uses less compression than the hits before it (bisection moves towards
-    # the first grid point in the brute force's order), so the latest hit is the answer.
     n_thresholds = len(COMP_THRESHOLDS_DB)
     last = n_thresholds - 1
-    if bisect(lambda i: hits(setting.ratio, i), -1, n_thresholds) > last:
+    if first_hit(lambda i: level_at(setting.ratio, i), upper, -1, n_thresholds,
+                 COMP_SEARCH_START, COMP_SEARCH_STEP) > last:
         # Even −40 dB at r0 is not enough: find the smallest ratio that gets there at −40 dB, then
         # the highest threshold at that ratio.
         ratios = list(range(setting.ratio + 1, COMP_MAX_RATIO + 1))
-        if ratios and hits(ratios[-1], last):
-            ratio = ratios[bisect(lambda j: hits(ratios[j], last), -1, len(ratios) - 1)]
-            bisect(lambda i: hits(ratio, i), -1, last)
-        elif latest is not None:
-            chosen = latest   # nothing reaches μ+σ: the brute force returns its last try
+        if ratios and level_at(ratios[-1], last) < upper:
+            found = first_hit(lambda j: level_at(ratios[j], last), upper, -1, len(ratios) - 1,
+                              (len(ratios) - 1) // 2, 2)
+            first_hit(lambda i: level_at(ratios[found], i), upper, -1, last, COMP_SEARCH_START, COMP_SEARCH_STEP)
+        else:
+            chosen = latest   # nothing reaches μ+σ: the brute force returns its last try (20, −40 dB)
     ratio, index, level, y = chosen
     return y, CompressionResult(stat, float(ratio), float(COMP_THRESHOLDS_DB[index]), level, passes)
 
@@ -400,17 +445,14 @@ class CompressionMatch:
         self.mean_db, self.std_db = float(mean_db), float(std_db)
         self.setting = setting
         self.min_db = min_db
-        self.results: list[CompressionResult] = []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = x.copy()
-        self.results = []
         for c in range(x.shape[1]):
             if _channel_is_quiet(x[:, c], self.min_db):
                 continue
             channel = peak_normalize(x[:, c], COMP_PEAK_DB)
-            out[:, c], result = search_compression(channel, self.mean_db, self.std_db, self.setting)
-            self.results.append(result)
+            out[:, c], _ = search_compression(channel, self.mean_db, self.std_db, self.setting)
         return out
 
 
@@ -574,7 +616,10 @@ class StemNormalizer:
         padded[STEP_PAD:STEP_PAD + n] = x
         for step in self.steps:
             if dsp.db(dsp.peak(padded)) > self.min_db:
-                padded = step(padded)
+                if getattr(step, "padded", True):
+                    padded = step(padded)
+                else:
+                    padded[STEP_PAD:STEP_PAD + n] = step(padded[STEP_PAD:STEP_PAD + n])
                 # crop back and re-pad, in place: whatever a step left in the padding is dropped
                 padded[:STEP_PAD] = 0.0
                 padded[STEP_PAD + n:] = 0.0
@@ -643,6 +688,9 @@ def normalize_stems(stems: dict[str, np.ndarray], stats: "FxStats", order: str =
         if name not in STEM_NAMES:
             raise StemLayoutError(f"stem {name!r}: FX normalization knows only {', '.join(STEM_NAMES)}")
     inputs = {name: as_stereo(audio, f"stem {name!r}") for name, audio in stems.items()}
+    for name, x in inputs.items():
+        if not np.isfinite(x).all():
+            raise StemLayoutError(f"stem {name!r}: contains NaN or infinite samples")
     normalizers = {name: build_normalizer(name, stats, order, np.random.default_rng(stem_seed(seed, name, audio)))
                    for name, audio in inputs.items()}
     total = sum(len(n.steps) for n in normalizers.values())

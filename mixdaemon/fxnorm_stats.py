@@ -144,7 +144,7 @@ class FxStats:
         path = Path(path)
         metadata = dict(self.metadata)
         metadata.update(flavour=self.flavour, stems=list(self.stems), format_version=FORMAT_VERSION,
-                        smoothing=metadata.get("smoothing", "curves are stored as matched; no smoothing at load"))
+                        stored_curves="as matched: no smoothing at load")
         metadata.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         arrays = {"metadata": np.array(json.dumps(metadata, sort_keys=True))}
         for stem, s in self.stems.items():
@@ -208,7 +208,8 @@ def _song_folders(songs_dir: Path) -> dict[str, dict[str, Path]]:
         raise StemLayoutError(f"{songs_dir}: not a folder of songs")
     songs = {}
     for folder in sorted(p for p in songs_dir.iterdir() if p.is_dir()):
-        files = {p.stem.lower(): p for p in folder.iterdir() if is_audio_file(p) and p.stem.lower() in fxnorm.STEM_NAMES}
+        files = {p.stem.lower(): p for p in sorted(folder.iterdir())
+                 if is_audio_file(p) and p.stem.lower() in fxnorm.STEM_NAMES}
         if files:
             songs[folder.name] = files
     if not songs:
@@ -223,25 +224,46 @@ def fit(songs_dir: str | Path, flavour: str = "mst", seed: int = 0,
     resampled to 44.1 kHz) with this project's code, sequentially (§1.8). Stems that are all zeros or
     peak at or below −50 dBFS, and songs without onsets for the compression feature, are left out of
     that stem's mean. Raises StemLayoutError if a stem ends up with no usable song."""
+    songs_dir = Path(songs_dir)
+    songs = {song: {stem: read_audio(path).samples for stem, path in files.items()}
+             for song, files in _song_folders(songs_dir).items()}
+    return fit_songs(songs, flavour, seed, progress, source=str(songs_dir.resolve()))
+
+
+# A reference stem without onsets (a pad, a drone) says nothing about dynamics: matching then
+# accepts any onset-peak statistic, i.e. leaves the input's dynamics alone.
+UNCONSTRAINED_COMPRESSION = (0.0, 200.0)
+
+
+def fit_songs(songs: dict[str, dict[str, np.ndarray]], flavour: str = "mst", seed: int = 0,
+              progress: Callable[[str], None] | None = None, source: str = "songs in memory",
+              require_all: bool = True) -> FxStats:
+    """`fit` on audio already in memory: songs[name][stem] = (n, 2) float at 44.1 kHz.
+
+    require_all=False (the matching engine, one reference song): a stem with no usable audio is
+    left out of the statistics instead of raising, and one without onsets gets
+    UNCONSTRAINED_COMPRESSION."""
     if flavour not in FIT_ORDERS:
         raise ConfigError(f"fxnorm flavour: {flavour!r} is not one of {sorted(FIT_ORDERS)}")
-    songs_dir = Path(songs_dir)
-    songs = _song_folders(songs_dir)
-    audio = {(song, stem): fxnorm.as_stereo(read_audio(path).samples, str(path))
-             for song, files in songs.items() for stem, path in files.items()}
+    audio = {(song, stem): fxnorm.as_stereo(x, f"{song} {stem}")
+             for song, stems in songs.items() for stem, x in stems.items()}
     pad = fxnorm.STEP_PAD
     usable = {key for key, x in audio.items() if np.any(x) and dsp.db(dsp.peak(x)) > FIT_MIN_DB}
     values: dict[str, dict[str, object]] = {}
     used: dict[str, dict[str, int]] = {}
     order = FIT_ORDERS[flavour]
+    fitted_stems = [stem for stem in fxnorm.STEM_NAMES
+                    if require_all or any(k[1] == stem for k in usable)]
     for position, name in enumerate(order):
         values[name], used[name] = {}, {}
-        for stem in fxnorm.STEM_NAMES:
+        for stem in fitted_stems:
             keys = [k for k in sorted(usable) if k[1] == stem]
             features = [f for f in (_feature(name, stem, np.pad(audio[k], ((pad, pad), (0, 0)))) for k in keys)
                         if f is not None]
+            if not features and not require_all and keys and name == "compression":
+                features = [np.asarray(UNCONSTRAINED_COMPRESSION)]
             if not features:
-                raise StemLayoutError(f"{songs_dir}: no song has a usable {stem!r} stem for the {name} "
+                raise StemLayoutError(f"{source}: no song has a usable {stem!r} stem for the {name} "
                                       f"statistic (missing, silent, or without onsets)")
             mean = np.mean(np.asarray(features, dtype=np.float64), axis=0)
             values[name][stem] = smooth_curve(name, stem, mean) if name in ("eq", "panning") else mean
@@ -255,7 +277,7 @@ def fit(songs_dir: str | Path, flavour: str = "mst", seed: int = 0,
                 step = _step(name, stem, values[name][stem], flavour, rng)
                 audio[key] = fxnorm.StemNormalizer([step], fxnorm.MIN_DB[flavour])(audio[key])
     stems = {}
-    for stem in fxnorm.STEM_NAMES:
+    for stem in fitted_stems:
         comp = values["compression"][stem]
         stems[stem] = StemFxStats(
             eq=smooth_curve("eq", stem, values["eq"][stem]),
@@ -264,7 +286,7 @@ def fit(songs_dir: str | Path, flavour: str = "mst", seed: int = 0,
             imager=float(values["imager"][stem]) if flavour == "mst" else None,
             panning=smooth_curve("panning", stem, values["panning"][stem]) if flavour == "fxnorm" else None)
     metadata = {
-        "source": f"mixdaemon fxnorm fit of {songs_dir.resolve()} ({len(songs)} songs: {', '.join(songs)})",
+        "source": f"mixdaemon fxnorm fit of {source} ({len(songs)} songs: {', '.join(songs)})",
         "songs": list(songs), "songs_used": used, "order": list(order), "seed": seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mixdaemon_version": _version,

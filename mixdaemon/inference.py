@@ -3,7 +3,11 @@
 - ``embed_reference``: FXencoder embedding of a reference track, averaged over segments with no
   zero padding and no silent segments in the average.
 - ``convert``: MixFXcloner over a song of any length in chunks whose result equals processing the
-  whole song in one call (overlap-save with enough context), in bounded memory.
+  whole song in one call (overlap-save with enough context, or a stream that carries the context
+  from chunk to chunk), in bounded memory.
+
+Both run the networks through a backend (backends.py: torch, ONNX Runtime or TensorRT); a bare
+FXencoder or MixFXcloner is run with torch.
 
 Audio is numpy float32 (n_samples, 2) at 44.1 kHz.
 """
@@ -12,14 +16,15 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 
+from .backends import Backend, as_backend
 from .dsp import WORKING_RATE, db_to_amp
 from .errors import MixdaemonError
 from .models import FXencoder, MixFXcloner
 
 SILENCE_DBFS = -60.0
 REFERENCE_SEGMENT = 2 ** 19  # 11.9 s: the authors' inference segment, also the encoder's training crop
+REFERENCE_BATCH = 4  # reference segments per encoder call
 CHUNK_SECONDS = 12.0  # output per cloner call; see benchmarks/bench_inference.py for the trade-off
 INTERPOLATION_CHUNK_SECONDS = 1.0  # time resolution of a reference → reference-B fade
 
@@ -27,18 +32,14 @@ Progress = Callable[[int, int], None]
 EmbeddingAt = Callable[[float], np.ndarray]
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _check_audio(audio: np.ndarray) -> None:
     if audio.ndim != 2 or audio.shape[1] != 2:
         raise ValueError(f"expected audio of shape (n_samples, 2), got {audio.shape}")
 
 
-def _to_batch(windows: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """(n, 2) float arrays of one length → [B, 2, n] float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.stack(windows).transpose(0, 2, 1), dtype=np.float32)).to(device)
+def _to_batch(windows: list[np.ndarray]) -> np.ndarray:
+    """(n, 2) float arrays of one length → [B, 2, n] float32."""
+    return np.ascontiguousarray(np.stack(windows).transpose(0, 2, 1), dtype=np.float32)
 
 
 def _trim_silence(audio: np.ndarray, threshold: float) -> np.ndarray:
@@ -56,8 +57,8 @@ def _segments(n: int, segment: int) -> list[tuple[int, float]]:
     return starts + [(n - segment, rest / segment)] if rest else starts
 
 
-def embed_reference(encoder: FXencoder, audio: np.ndarray, segment: int = REFERENCE_SEGMENT, *,
-                    batch_size: int = 4, silence_dbfs: float = SILENCE_DBFS,
+def embed_reference(encoder: FXencoder | Backend, audio: np.ndarray, segment: int = REFERENCE_SEGMENT, *,
+                    batch_size: int = REFERENCE_BATCH, silence_dbfs: float = SILENCE_DBFS,
                     name: str = "reference") -> np.ndarray:
     """The reference's mixing-style embedding [D] (float32): a weighted mean of segment embeddings.
 
@@ -76,7 +77,9 @@ def embed_reference(encoder: FXencoder, audio: np.ndarray, segment: int = REFERE
     Raises MixdaemonError naming `name` when nothing is left above the silence threshold.
     """
     _check_audio(audio)
-    min_length = encoder.config.min_input_length
+    backend = as_backend(encoder)
+    config = backend.encoder_config
+    min_length = config.min_input_length
     if segment < min_length:
         raise ValueError(f"segment {segment} is shorter than the encoder's minimum input {min_length}")
     threshold = float(db_to_amp(silence_dbfs))
@@ -90,13 +93,11 @@ def embed_reference(encoder: FXencoder, audio: np.ndarray, segment: int = REFERE
             if np.sqrt(np.mean(np.square(music[start:start + length], dtype=np.float64))) >= threshold]
     if not kept:
         raise MixdaemonError(f"{name}: the reference is silent (every segment is below {silence_dbfs:g} dBFS RMS)")
-    device = _device(encoder)
-    total = np.zeros(encoder.config.embedding_dim, dtype=np.float64)
-    with torch.inference_mode():
-        for i in range(0, len(kept), batch_size):
-            batch = kept[i:i + batch_size]
-            e = encoder(_to_batch([music[s:s + length] for s, _ in batch], device)).double().cpu().numpy()
-            total += np.asarray([w for _, w in batch]) @ e
+    total = np.zeros(config.embedding_dim, dtype=np.float64)
+    for i in range(0, len(kept), batch_size):
+        batch = kept[i:i + batch_size]
+        e = backend.embed(_to_batch([music[s:s + length] for s, _ in batch])).astype(np.float64)
+        total += np.asarray([w for _, w in batch]) @ e
     return (total / sum(w for _, w in kept)).astype(np.float32)
 
 
@@ -107,9 +108,9 @@ def interpolated_embedding(e_a: np.ndarray, e_b: np.ndarray) -> EmbeddingAt:
     return lambda position: ((1.0 - position) * e_a + position * e_b).astype(np.float32)
 
 
-def convert(cloner: MixFXcloner, audio: np.ndarray, embedding: np.ndarray | EmbeddingAt, *,
+def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndarray | EmbeddingAt, *,
             chunk_seconds: float | None = None, batch_size: int = 1, progress: Progress | None = None,
-            sample_rate: int = WORKING_RATE) -> np.ndarray:
+            sample_rate: int = WORKING_RATE, stream: bool = False) -> np.ndarray:
     """The audio in the embedding's mixing style, same shape, float32, clamped to [−1, 1] by the model
     (a later stage limits the sum of the stems; the clamp only matters for stems that already clip).
 
@@ -133,6 +134,11 @@ def convert(cloner: MixFXcloner, audio: np.ndarray, embedding: np.ndarray | Embe
     needed if neighbouring chunks disagreed. Memory holds the audio, the output and one batch of
     windows, whatever the song length.
 
+    stream=True (one style only): a song longer than one window is instead streamed through the
+    cloner in chunks of `chunk_seconds` (onnx_export.ClonerStream), each layer keeping the input
+    its next chunk needs, so that no sample is computed twice (with 12-s chunks and the full-size
+    cloner, overlap-save computes 1.43× as many samples for the same output). `batch_size` does not apply.
+
     progress(done, total) is called with output samples after each batch; an exception raised in
     it stops the conversion (a way to cancel).
     """
@@ -141,30 +147,49 @@ def convert(cloner: MixFXcloner, audio: np.ndarray, embedding: np.ndarray | Embe
     per_chunk = callable(embedding)
     if chunk_seconds is None:
         chunk_seconds = INTERPOLATION_CHUNK_SECONDS if per_chunk else CHUNK_SECONDS
-    context = cloner.receptive_field // 2
+    backend = as_backend(cloner)
+    context = backend.cloner_config.receptive_field // 2
     chunk = max(1, round(chunk_seconds * sample_rate))
     if not per_chunk and n <= chunk + 2 * context:
         chunk = max(n, 1)  # one call on the whole signal costs no more than one window
+    if stream and not per_chunk and chunk < n:
+        return _convert_stream(backend, audio, np.asarray(embedding, np.float32).reshape(1, -1), chunk, progress)
     window = min(chunk + 2 * context, n)
     starts = range(0, n, chunk)
-    device = _device(cloner)
-    if not per_chunk:
-        constant = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, -1).to(device)
     out = np.empty((n, 2), dtype=np.float32)
-    with torch.inference_mode():
-        for first in range(0, len(starts), batch_size):
-            batch = starts[first:first + batch_size]
-            offsets = [min(max(s - context, 0), n - window) for s in batch]
-            if per_chunk:
-                last = max(len(starts) - 1, 1)
-                cond = torch.from_numpy(np.stack([embedding(i / last) for i in range(first, first + len(batch))])
-                                        .astype(np.float32)).to(device)
-            else:
-                cond = constant
-            y = cloner(_to_batch([audio[o:o + window] for o in offsets], device), cond).cpu().numpy()
-            for k, (s, o) in enumerate(zip(batch, offsets)):
-                e = min(s + chunk, n)
-                out[s:e] = y[k, :, s - o:e - o].T
+    for first in range(0, len(starts), batch_size):
+        batch = starts[first:first + batch_size]
+        offsets = [min(max(s - context, 0), n - window) for s in batch]
+        if per_chunk:
+            last = max(len(starts) - 1, 1)
+            cond = np.stack([embedding(i / last) for i in range(first, first + len(batch))]).astype(np.float32)
+        else:
+            cond = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        y = backend.convert(_to_batch([audio[o:o + window] for o in offsets]), cond)
+        for k, (s, o) in enumerate(zip(batch, offsets)):
+            e = min(s + chunk, n)
+            out[s:e] = y[k, :, s - o:e - o].T
+        if progress is not None:
+            progress(min(batch[-1] + chunk, n), n)
+    return out
+
+
+def _convert_stream(backend: Backend, audio: np.ndarray, embedding: np.ndarray, chunk: int,
+                    progress: Progress | None) -> np.ndarray:
+    """convert(stream=True): blocks of `chunk` input samples, then the stream's delay of
+    receptive_field // 2 zeros (the padding after the song) to flush the last outputs."""
+    n = len(audio)
+    delay = backend.cloner_config.receptive_field // 2
+    stream_in = np.zeros((2, n + delay), np.float32)
+    stream_in[:, :n] = audio.T
+    states = backend.stream_states()
+    out = np.empty((n, 2), dtype=np.float32)
+    for position in range(0, n + delay, chunk):
+        block = stream_in[None, :, position:position + chunk]
+        y, states = backend.stream(block, embedding, position, n, states)
+        first, end = max(position - delay, 0), min(position + block.shape[-1] - delay, n)
+        if end > first:  # the block's outputs are at song times position − delay …
+            out[first:end] = y[0, :, first - (position - delay):end - (position - delay)].T
             if progress is not None:
-                progress(min(batch[-1] + chunk, n), n)
+                progress(end, n)
     return out

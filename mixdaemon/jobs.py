@@ -339,7 +339,8 @@ class Executor(Protocol):
         """A job was queued."""
 
     def cancel(self, job_id: int) -> bool:
-        """Stop a running job at its next progress point; True if it was running here."""
+        """Ask a running job to stop at its next progress point (then a "cancelled" event follows);
+        False if this executor cannot cancel it."""
 
     def progress_of(self, job_id: int) -> tuple[float, str] | None:
         """(percent, stage) of a job running here, None otherwise."""
@@ -440,11 +441,11 @@ class LocalExecutor:
         self._wake.set()
 
     def cancel(self, job_id: int) -> bool:
+        # Noted even if the worker has claimed the job but not started it yet: checked at every
+        # progress point of that job.
         with self._lock:
-            if self._current is not None and self._current.id == job_id:
-                self._cancel.add(job_id)
-                return True
-        return False
+            self._cancel.add(job_id)
+        return True
 
     def progress_of(self, job_id: int) -> tuple[float, str] | None:
         with self._lock:
@@ -525,9 +526,11 @@ class LocalExecutor:
             settings = TransferSettings(**job.settings)
             progress("loading engine", 0.0)
             engine = self._engine_for(settings)
+            # The transfer is 0–90 % of the job; the report and the manifest the rest.
             result = transfer(job.inputs if len(job.inputs) > 1 else job.inputs[0], job.reference, staging,
-                              settings, progress=progress, overwrite=True, engine=engine)
-            progress("writing report", 1.0)
+                              settings, progress=lambda stage, f: progress(stage, 0.9 * f), overwrite=True,
+                              engine=engine)
+            progress("writing report", 0.92)
             outputs = {name: str(final / Path(p).name) for name, p in result.outputs.items()}
             report_path = None
             timings = dict(result.timings)

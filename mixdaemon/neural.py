@@ -1,8 +1,9 @@
 """The neural engine (MST): FX-normalize the input stems, embed each reference stem with the
 FXencoder, and let the MixFXcloner convert each input stem toward its reference stem's embedding.
 
-One engine object holds one loaded model pair, so a daemon worker loads the models once and
-converts many songs with them.
+One engine object holds one loaded model pair on one inference backend (backends.py: TensorRT,
+ONNX Runtime or torch, `--backend`), so a daemon worker loads the models, and exports or builds
+their engines, once and converts many songs with them.
 """
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import logging
 
 import numpy as np
 
-from .errors import EngineUnavailable, ModelFileError
-from .fxnorm import FxStats, default_stats_path, normalize_stems
+from .backends import Backend, create_backend
+from .errors import ModelFileError
+from .fxnorm import default_stats_path, normalize_stems
+from .fxnorm_stats import FxStats
 from .inference import convert, embed_reference, interpolated_embedding
 from .modelfiles import load_pair, store_dir
 
@@ -24,20 +27,17 @@ class NeuralEngine:
     name = "neural"
     supports_reference_b = True
 
-    def __init__(self, encoder, cloner, pair_info, stats: FxStats, *, chunk_seconds: float = 12.0,
+    def __init__(self, backend: Backend, pair_info, stats: FxStats, *, chunk_seconds: float = 12.0,
                  batch_size: int = 1, seed: int = 0):
-        self.encoder, self.cloner = encoder.eval(), cloner.eval()
+        self.backend = backend
         self.stats = stats
         self.chunk_seconds, self.batch_size, self.seed = chunk_seconds, batch_size, seed
         self.info = {"name": pair_info.name, "path": str(pair_info.path),
                      "encoder_sha256": pair_info.encoder.weights_sha256,
-                     "cloner_sha256": pair_info.cloner.weights_sha256}
+                     "cloner_sha256": pair_info.cloner.weights_sha256, "backend": backend.describe()}
 
     @classmethod
     def from_settings(cls, settings) -> "NeuralEngine":
-        if settings.backend not in ("auto", "torch"):
-            raise EngineUnavailable(f"backend '{settings.backend}' is not available for the neural engine yet; "
-                                    "use --backend torch")
         name = settings.model or DEFAULT_MODEL
         try:
             encoder, cloner, info = load_pair(name)
@@ -48,7 +48,9 @@ class NeuralEngine:
             raise
         stats = FxStats.load(settings.stats or default_stats_path("mst"))
         log.info("neural engine: model pair %s from %s", info.name, store_dir())
-        return cls(encoder, cloner, info, stats, chunk_seconds=settings.chunk_seconds,
+        backend = create_backend(settings.backend, encoder, cloner, info, chunk_seconds=settings.chunk_seconds,
+                                 batch_size=settings.batch_size)
+        return cls(backend, info, stats, chunk_seconds=settings.chunk_seconds,
                    batch_size=settings.batch_size, seed=settings.seed)
 
     def embed(self, stems: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
@@ -59,7 +61,7 @@ class NeuralEngine:
             if np.max(np.abs(audio)) < 1e-3:  # −60 dBFS: the same silence rule as embed_reference
                 out[name] = None
             else:
-                out[name] = embed_reference(self.encoder, audio, name=f"reference {name}")
+                out[name] = embed_reference(self.backend, audio, name=f"reference {name}")
         return out
 
     def convert_song(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
@@ -74,7 +76,9 @@ class NeuralEngine:
         converted = {}
         names = list(input_stems)
         for i, name in enumerate(names):
-            x = np.clip(normalized[name], -1.0, 1.0).astype(np.float32)
+            # No clamp before the network (the authors clamp): the final loudness step can leave a
+            # rare peak above full scale, and clipping it would distort what the cloner hears.
+            x = normalized[name].astype(np.float32)
             e = embeddings.get(name)
             if reference_b_stems is not None and e is not None and embeddings_b.get(name) is not None:
                 e = interpolated_embedding(e, embeddings_b[name])
@@ -83,8 +87,8 @@ class NeuralEngine:
                 continue
             start, span = 0.15 + 0.8 * i / len(names), 0.8 / len(names)
             converted[name] = convert(
-                self.cloner, x, e, chunk_seconds=None if callable(e) else self.chunk_seconds,
-                batch_size=self.batch_size,
+                self.backend, x, e, chunk_seconds=None if callable(e) else self.chunk_seconds,
+                batch_size=self.batch_size, stream=True,
                 progress=lambda done, total, s=start, w=span, n=name: progress(f"converting {n}", s + w * done / total))
         return converted
 

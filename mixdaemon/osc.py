@@ -135,6 +135,9 @@ def encode(address: str, args: list | tuple = ()) -> bytes:
     for value in args:
         if isinstance(value, Path):
             value = str(value)
+        if isinstance(value, str):
+            # File names that are not valid UTF-8 reach Python as lone surrogates; show them as U+FFFD.
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         elif isinstance(value, float) and value != value:  # NaN has no place in a reply
             value = 0.0
         builder.add_arg(value)
@@ -220,7 +223,7 @@ class OscServer:
     def send(self, target: Target, address: str, args: list | tuple = ()) -> None:
         try:
             self._server.socket.sendto(encode(address, args), target)
-        except (OSError, ValueError) as exc:  # unreachable or odd target: notifications are best effort
+        except Exception as exc:  # unreachable or odd target: notifications are best effort
             log.debug("could not send %s to %s: %s", address, target, exc)
 
     def subscribe(self, target: Target, on: bool = True) -> None:

@@ -1,0 +1,405 @@
+"""Inference backends: one protocol, three engines that run it, and the choice between them.
+
+The protocol (``Backend``) is what inference.py needs from the two networks, on numpy float32:
+
+- ``embed(segments [B, 2, T]) → [B, D]``: FXencoder embeddings of reference segments;
+- ``convert(chunks [B, 2, T], embedding [B or 1, D]) → [B, 2, T]``: the MixFXcloner on whole windows;
+- ``stream(block [1, 2, L], embedding [1, D], position, length, states) → (block out, states)``:
+  one block of a song streamed through the cloner (onnx_export.ClonerStream), so that long songs
+  are converted without recomputing the context that overlap-save chunks share.
+
+inference.embed_reference and inference.convert take a Backend, or a bare FXencoder / MixFXcloner
+(wrapped in a TorchBackend), and keep all the song-level logic (segments, windows, streaming).
+
+Backends:
+
+- ``torch``: the nn.Modules, on CUDA when torch sees a GPU, else on the CPU.
+- ``onnxruntime``: the exported graphs (onnx_export.py, cached in the engine store), with every
+  graph optimization, sequential execution and ``threads`` intra-op threads (default: ONNX
+  Runtime's, one per physical core); the CUDA execution provider when the installed onnxruntime
+  has one. On the CPU the full-size cloner runs ~1.8× faster than eager torch
+  (docs/BENCHMARKS.md).
+- ``tensorrt``: engines built per GPU (trt_builder.py), FP16 by default.
+
+``auto`` picks TensorRT when it is importable and torch sees a CUDA GPU, else ONNX Runtime, else
+torch, and logs which and why; naming a backend that cannot run here raises EngineUnavailable
+with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, EngineUnavailable
+from .modelfiles import weights_sha256
+from .models import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
+from .onnx_export import GRAPHS, PRECISIONS, ClonerStream, ensure_onnx, list_artifacts, stream_state_shapes
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+CHOICES = ("auto", *BACKENDS)
+DEFAULT_TENSORRT_PRECISION = "fp16"
+BuildProgress = Callable[[str, float], None]
+
+
+class Backend(ABC):
+    """Runs the encoder and cloner of one model pair; see the module docstring for the protocol.
+    A backend built for the cloner only (or the encoder only) refuses the other model's calls."""
+
+    name: str
+
+    def __init__(self, encoder_config: EncoderConfig | None, cloner_config: ClonerConfig | None, device: str):
+        self.encoder_config, self.cloner_config, self.device = encoder_config, cloner_config, device
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"
+
+    @abstractmethod
+    def embed(self, segments: np.ndarray) -> np.ndarray:
+        """[B, 2, T] float32 → [B, D] float32 embeddings."""
+
+    @abstractmethod
+    def convert(self, chunks: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        """[B, 2, T] float32 and [B or 1, D] → [B, 2, T] float32, each chunk zero-padded at its ends."""
+
+    @abstractmethod
+    def stream(self, block: np.ndarray, embedding: np.ndarray, position: int, length: int,
+               states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One ClonerStream step: ([1, 2, L] output block, next states)."""
+
+    def stream_states(self) -> list[np.ndarray]:
+        """The states a stream starts from: zeros, the padding before the song."""
+        return [np.zeros(shape, np.float32) for shape in stream_state_shapes(self._cloner_config())]
+
+    def _encoder_config(self) -> EncoderConfig:
+        if self.encoder_config is None:
+            raise ValueError(f"this {self.name} backend holds no FXencoder")
+        return self.encoder_config
+
+    def _cloner_config(self) -> ClonerConfig:
+        if self.cloner_config is None:
+            raise ValueError(f"this {self.name} backend holds no MixFXcloner")
+        return self.cloner_config
+
+
+def as_backend(model: Backend | FXencoder | MixFXcloner) -> Backend:
+    """A Backend as it is, or a bare model wrapped in a TorchBackend on the model's device."""
+    if isinstance(model, Backend):
+        return model
+    if isinstance(model, FXencoder):
+        return TorchBackend(encoder=model)
+    if isinstance(model, MixFXcloner):
+        return TorchBackend(cloner=model)
+    raise TypeError(f"expected a Backend, an FXencoder or a MixFXcloner, got {type(model).__name__}")
+
+
+def _batch_embedding(embedding: np.ndarray, batch: int) -> np.ndarray:
+    """[1 or B, D] → [B, D]: the exported graphs take one embedding per chunk."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(embedding, np.float32), (batch, embedding.shape[-1])))
+
+
+# --- torch ----------------------------------------------------------------------------------------
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, encoder: FXencoder | None = None, cloner: MixFXcloner | None = None,
+                 device: str | torch.device | None = None):
+        models = [m for m in (encoder, cloner) if m is not None]
+        if not models:
+            raise ValueError("TorchBackend needs an encoder, a cloner or both")
+        self.torch_device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        self.encoder = encoder.to(self.torch_device).eval() if encoder is not None else None
+        self.cloner = cloner.to(self.torch_device).eval() if cloner is not None else None
+        self._stream = ClonerStream(self.cloner).eval() if cloner is not None else None
+        super().__init__(encoder.config if encoder is not None else None,
+                         cloner.config if cloner is not None else None, str(self.torch_device))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.torch_device)
+
+    def embed(self, segments):
+        self._encoder_config()
+        with torch.inference_mode():
+            return self.encoder(self._tensor(segments)).cpu().numpy()
+
+    def convert(self, chunks, embedding):
+        self._cloner_config()
+        with torch.inference_mode():
+            return self.cloner(self._tensor(chunks), self._tensor(embedding)).cpu().numpy()
+
+    def stream(self, block, embedding, position, length, states):
+        self._cloner_config()
+        with torch.inference_mode():
+            out, *next_states = self._stream(self._tensor(block), self._tensor(embedding), torch.tensor(position),
+                                             torch.tensor(length), *(self._tensor(s) for s in states))
+            return out.cpu().numpy(), [s.cpu().numpy() for s in next_states]
+
+
+# --- ONNX Runtime ---------------------------------------------------------------------------------
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, graphs: dict[str, Path], encoder_config: EncoderConfig | None,
+                 cloner_config: ClonerConfig | None, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # one graph is a chain of convolutions: nothing runs side by side, all threads go to each op
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.sessions = {graph: ort.InferenceSession(str(path), options, providers=providers)
+                         for graph, path in graphs.items()}
+        self.threads = threads
+        device = "CUDA" if providers[0] == "CUDAExecutionProvider" else f"CPU, {threads or 'default'} threads"
+        super().__init__(encoder_config, cloner_config, f"{device}, onnxruntime {ort.__version__}")
+
+    @classmethod
+    def from_models(cls, encoder: FXencoder | None, cloner: MixFXcloner | None, encoder_sha256: str | None = None,
+                    cloner_sha256: str | None = None, *, store=None, threads: int | None = None) -> "OnnxRuntimeBackend":
+        """Sessions of the cached graphs of these models, exported first if the cache lacks them.
+        The weights hashes key the cache (modelfiles.weights_sha256 of each state_dict)."""
+        graphs = {}
+        if encoder is not None:
+            graphs["fxencoder"] = ensure_onnx("fxencoder", encoder, encoder_sha256 or _sha(encoder), "fp32", store)
+        if cloner is not None:
+            sha = cloner_sha256 or _sha(cloner)
+            for graph in ("mixfxcloner", "mixfxcloner-stream"):
+                graphs[graph] = ensure_onnx(graph, cloner, sha, "fp32", store)
+        return cls(graphs, encoder.config if encoder is not None else None,
+                   cloner.config if cloner is not None else None, threads)
+
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if graph not in self.sessions:
+            raise ValueError(f"this onnxruntime backend holds no {graph} graph")
+        return self.sessions[graph].run(None, feed)
+
+    def embed(self, segments):
+        return self._run("fxencoder", {"audio": np.ascontiguousarray(segments, np.float32)})[0]
+
+    def convert(self, chunks, embedding):
+        chunks = np.ascontiguousarray(chunks, np.float32)
+        return self._run("mixfxcloner", {"audio": chunks, "embedding": _batch_embedding(embedding, len(chunks))})[0]
+
+    def stream(self, block, embedding, position, length, states):
+        feed = {"audio": np.ascontiguousarray(block, np.float32), "embedding": _batch_embedding(embedding, 1),
+                "position": np.array(position, np.int64), "length": np.array(length, np.int64)}
+        feed.update({f"state{n}": s for n, s in enumerate(states)})
+        out, *next_states = self._run("mixfxcloner-stream", feed)
+        return out, next_states
+
+
+def _sha(model: torch.nn.Module) -> str:
+    return weights_sha256(model.state_dict())
+
+
+# --- TensorRT -------------------------------------------------------------------------------------
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engines: dict, encoder_config: EncoderConfig | None, cloner_config: ClonerConfig | None,
+                 precision: str):
+        from .trt_builder import current_gpu
+
+        self.engines, self.precision = engines, precision
+        gpu = current_gpu()
+        super().__init__(encoder_config, cloner_config, f"{gpu.name} (compute {gpu.compute_capability}), {precision}")
+
+    @classmethod
+    def from_models(cls, encoder: FXencoder | None, cloner: MixFXcloner | None, encoder_sha256: str | None = None,
+                    cloner_sha256: str | None = None, *, store=None, precision: str = DEFAULT_TENSORRT_PRECISION,
+                    chunk_seconds: float = 12.0, batch_size: int = 1,
+                    progress: BuildProgress | None = None) -> "TensorRTBackend":
+        """Engines for this GPU, built first (minutes each, once per GPU) when the cache lacks them."""
+        from .trt_builder import TrtEngine, ensure_engine, pipeline_profile
+
+        engines = {}
+        for graph, model, sha in (("fxencoder", encoder, encoder_sha256),
+                                  ("mixfxcloner", cloner, cloner_sha256), ("mixfxcloner-stream", cloner, cloner_sha256)):
+            if model is None:
+                continue
+            profile = pipeline_profile(graph, model.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
+            plan = ensure_engine(graph, model, sha or _sha(model), profile, precision, store, progress)
+            engines[graph] = TrtEngine(plan)
+        return cls(engines, encoder.config if encoder is not None else None,
+                   cloner.config if cloner is not None else None, precision)
+
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if graph not in self.engines:
+            raise ValueError(f"this tensorrt backend holds no {graph} engine")
+        return self.engines[graph].run(feed)
+
+    def embed(self, segments):
+        return self._run("fxencoder", {"audio": segments})[0]
+
+    def convert(self, chunks, embedding):
+        return self._run("mixfxcloner", {"audio": chunks, "embedding": _batch_embedding(embedding, len(chunks))})[0]
+
+    def stream(self, block, embedding, position, length, states):
+        feed = {"audio": block, "embedding": _batch_embedding(embedding, 1),
+                "position": np.array(position, np.int64), "length": np.array(length, np.int64)}
+        feed.update({f"state{n}": s for n, s in enumerate(states)})
+        out, *next_states = self._run("mixfxcloner-stream", feed)
+        return out, next_states
+
+
+# --- choosing -------------------------------------------------------------------------------------
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why `backend` cannot run on this machine, or None when it can."""
+    if backend == "tensorrt":
+        from .trt_builder import tensorrt_unavailable_reason
+
+        return tensorrt_unavailable_reason()
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except Exception as exc:
+            return f"the onnxruntime package is not importable ({type(exc).__name__}: {exc})"
+        return None
+    if backend == "torch":
+        return None
+    raise ConfigError(f"backend {backend!r}: expected one of {', '.join(CHOICES)}")
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """The backend to use for `requested` ("auto" or a name), logged with the reason for the choice."""
+    if requested != "auto":
+        reason = unavailable_reason(requested)
+        if reason is not None:
+            raise EngineUnavailable(f"backend '{requested}' is not available: {reason}")
+        log.info("backend %s (requested)", requested)
+        return requested
+    skipped = []
+    for name in ("tensorrt", "onnxruntime"):
+        reason = unavailable_reason(name)
+        if reason is None:
+            why = "; ".join(skipped) or "the fastest engine on this machine"
+            log.info("backend auto → %s (%s)", name, f"{why}" if skipped else why)
+            return name
+        skipped.append(f"{name}: {reason}")
+    log.info("backend auto → torch (%s)", "; ".join(skipped))
+    return "torch"
+
+
+def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXcloner | None, pair_info=None, *,
+                   store=None, threads: int | None = None, precision: str = DEFAULT_TENSORRT_PRECISION,
+                   chunk_seconds: float = 12.0, batch_size: int = 1,
+                   progress: BuildProgress | None = None) -> Backend:
+    """The chosen backend (choose_backend) for these models. pair_info (modelfiles.PairInfo) gives
+    the recorded weights hashes, which key the engine cache; without it they are computed. Missing
+    ONNX graphs are exported and missing TensorRT engines built here, so a daemon pays for it at start."""
+    name = choose_backend(requested)
+    encoder_sha = pair_info.encoder.weights_sha256 if pair_info is not None else None
+    cloner_sha = pair_info.cloner.weights_sha256 if pair_info is not None else None
+    if name == "tensorrt":
+        backend = TensorRTBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store, precision=precision,
+                                              chunk_seconds=chunk_seconds, batch_size=batch_size, progress=progress)
+    elif name == "onnxruntime":
+        backend = OnnxRuntimeBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store, threads=threads)
+    else:
+        if threads:
+            torch.set_num_threads(threads)
+        backend = TorchBackend(encoder, cloner, "cuda" if torch.cuda.is_available() else "cpu")
+    log.info("neural backend: %s", backend.describe())
+    return backend
+
+
+# --- `mixdaemon engines build | list` -------------------------------------------------------------
+
+def add_engines_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `engines build` and `engines list` to the CLI's subparsers; each sets `func(args) -> int`."""
+    engines = subparsers.add_parser("engines", help="ONNX graphs and TensorRT engines built from the model pairs")
+    sub = engines.add_subparsers(dest="engines_command", required=True)
+    p = sub.add_parser("build", help="export the ONNX graphs and, where TensorRT runs, build its engines")
+    p.add_argument("--model", default=None, help="model pair name or file (default: the neural engine's default pair)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+                   help="auto: ONNX graphs, plus TensorRT engines when TensorRT runs here")
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                   help="TensorRT engine precisions to build (default: both)")
+    p.add_argument("--chunk-seconds", type=float, default=12.0, help="the transfer setting the engines are tuned for")
+    p.add_argument("--batch-size", type=int, default=1, help="the transfer setting the engines are tuned for")
+    p.add_argument("--store", help="engine store folder (default: $MIXDAEMON_ENGINES or engines/)")
+    p.set_defaults(func=cmd_engines_build)
+    p = sub.add_parser("list", help="list the built ONNX graphs and TensorRT engines")
+    p.add_argument("--store", help="engine store folder (default: $MIXDAEMON_ENGINES or engines/)")
+    p.set_defaults(func=cmd_engines_list)
+    return engines
+
+
+class _PrintProgress:
+    """Build progress on stderr, a line per phase and per tenth of it."""
+
+    def __init__(self, what: str):
+        self.what, self.shown = what, {}
+
+    def __call__(self, phase: str, fraction: float) -> None:
+        tenth = int(fraction * 10)
+        if self.shown.get(phase) != tenth:
+            self.shown[phase] = tenth
+            print(f"  {self.what}: {phase} {100 * fraction:.0f}%", file=sys.stderr, flush=True)
+
+
+def cmd_engines_build(args) -> int:
+    from .modelfiles import load_pair
+    from .neural import DEFAULT_MODEL
+
+    encoder, cloner, info = load_pair(args.model or DEFAULT_MODEL, store=args.store)
+    for graph, model, sha in (("fxencoder", encoder, info.encoder.weights_sha256),
+                              ("mixfxcloner", cloner, info.cloner.weights_sha256),
+                              ("mixfxcloner-stream", cloner, info.cloner.weights_sha256)):
+        print(f"ONNX {graph}: {ensure_onnx(graph, model, sha, 'fp32', args.store)}")
+    reason = unavailable_reason("tensorrt")
+    if reason is not None:
+        if args.backend == "tensorrt":
+            raise EngineUnavailable(f"backend 'tensorrt' is not available: {reason}")
+        print(f"TensorRT engines skipped: {reason}")
+        return 0
+    from .trt_builder import ensure_engine, pipeline_profile
+
+    for precision in args.precision:
+        for graph, model, sha in (("fxencoder", encoder, info.encoder.weights_sha256),
+                                  ("mixfxcloner", cloner, info.cloner.weights_sha256),
+                                  ("mixfxcloner-stream", cloner, info.cloner.weights_sha256)):
+            profile = pipeline_profile(graph, model.config, chunk_seconds=args.chunk_seconds, batch_size=args.batch_size)
+            path = ensure_engine(graph, model, sha, profile, precision, args.store,
+                                 _PrintProgress(f"TensorRT {graph} {precision}"))
+            print(f"TensorRT {graph} {precision}: {path}")
+    return 0
+
+
+def cmd_engines_list(args) -> int:
+    from .modelfiles import list_pairs
+
+    owners: dict[str, list[str]] = {}
+    for pair in list_pairs(args.store):
+        for model in (pair.encoder, pair.cloner):
+            owners.setdefault(model.weights_sha256, []).append(pair.name)
+    artifacts = list_artifacts(args.store)
+    if not artifacts:
+        print("no built engines in the engine store (build them with `mixdaemon engines build`)")
+        return 0
+    for record in artifacts:
+        key = record["key"]
+        graph_key = key["graph"] if key["artifact"] == "tensorrt" else key
+        pairs = ", ".join(sorted(set(owners.get(graph_key["weights_sha256"], [])))) or "no pair in the store"
+        target = (f"TensorRT {key['tensorrt']} on {key['gpu']} (sm {key['compute_capability']})"
+                  if key["artifact"] == "tensorrt" else f"ONNX opset {key['opset']}")
+        print(f"{graph_key['graph']:<19} {graph_key['precision']}  {target}  [{pairs}]  "
+              f"{record['bytes'] / 1e6:.1f} MB  {record['created']}\n    {record['path']}")
+    return 0

@@ -1,0 +1,309 @@
+"""ONNX graphs of the FXencoder and MixFXcloner, and the engine cache that holds them.
+
+Three graphs are exported from one model pair (inputs and outputs float32 unless said otherwise):
+
+- ``fxencoder``: audio [batch, 2, time] → embedding [batch, D]; time ≥ the encoder's minimum input.
+- ``mixfxcloner``: audio [batch, 2, time], embedding [batch, D] → converted [batch, 2, time]. The
+  embedding has the audio's batch size (the backends repeat a single one), so that one batch axis
+  describes both inputs, as a TensorRT optimization profile needs.
+- ``mixfxcloner-stream``: one block of a song streamed through the cloner, see ``ClonerStream``:
+  audio [batch, 2, block], embedding [batch, D], position and length (int64 scalars), state0…
+  state{N−1} → converted [batch, 2, block], next_state0…next_state{N−1}.
+
+Precision ``fp32`` computes in float32; ``fp16`` computes in float16 inside the graph, with float32
+inputs and outputs. TensorRT 11 builds only strongly typed networks (the FP16 builder flag is gone),
+so an FP16 engine is built from a graph whose types say FP16, which these are.
+
+The exporter is torch.onnx's dynamo exporter (onnxscript), opset 18: it folds every BatchNorm into
+its convolution and writes the reflection and zero padding as Pad / Conv pads, with named dynamic
+batch and time axes. The legacy TorchScript exporter gives the same arithmetic but turns the FiLM
+split into Shape/Gather/Div/Slice chains.
+
+**Engine cache.** Exported graphs and built TensorRT engines are build artifacts, kept in
+``<store>/cache/<weights sha256[:16]>/<name>-<key digest[:16]><suffix>`` (the store is
+modelfiles.store_dir(); ``engines/cache/`` is git-ignored) next to ``<file>.json`` holding the full
+key. The key names everything the artifact depends on (weights hash, model config, precision,
+exporter and opset, and for engines the profile, TensorRT version and GPU); a changed key gives a
+new file name, and an artifact is reused only when its JSON holds exactly the requested key.
+Files are written under a temporary name and renamed into place, so a reader never sees half an
+artifact and two processes building the same one at once both end with a whole file.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError, ModelFileError
+from .modelfiles import store_dir
+from .models import AUDIO_CHANNELS, ClonerConfig, FXencoder, MixFXcloner
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+# Bump when a graph's definition changes (names, inputs, the stream formulation), so that cached
+# files from an older mixdaemon are not reused.
+GRAPH_FORMAT = 1
+GRAPHS = ("fxencoder", "mixfxcloner", "mixfxcloner-stream")
+PRECISIONS = ("fp32", "fp16")
+CACHE_FOLDER = "cache"
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+# --- the graphs -----------------------------------------------------------------------------------
+
+class EncoderGraph(nn.Module):
+    """audio → embedding, computed in `dtype`; float32 in and out."""
+
+    def __init__(self, encoder: FXencoder, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.encoder, self.dtype = encoder.to(dtype), dtype
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.encoder(audio.to(self.dtype)).float()
+
+
+class ClonerGraph(nn.Module):
+    """(audio, embedding) → converted audio, computed in `dtype`; float32 in and out."""
+
+    def __init__(self, cloner: MixFXcloner, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cloner, self.dtype = cloner.to(dtype), dtype
+
+    def forward(self, audio: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return self.cloner(audio.to(self.dtype), embedding.to(self.dtype)).float()
+
+
+def stream_state_shapes(config: ClonerConfig, batch: int = 1) -> list[tuple[int, int, int]]:
+    """Shape of each block's carried input: [batch, its input channels, (kernel − 1) · dilation]."""
+    return [(batch, AUDIO_CHANNELS if n == 0 else config.channel_width, (config.kernel_size - 1) * d)
+            for n, d in enumerate(config.dilations)]
+
+
+def stream_delay(config: ClonerConfig) -> int:
+    """Samples by which a stream's output lags its input: one half receptive field."""
+    return config.receptive_field // 2
+
+
+class ClonerStream(nn.Module):
+    """The MixFXcloner applied to a song one block at a time, each sample computed once.
+
+    Why: the cloner's context is 2.6 s on each side, so overlap-save chunks of 12 s recompute
+    5.2 s of input per chunk (43 % more work). Here every block n keeps the last (k−1)·d_n samples
+    of its own input (``states``) and prepends them to the next call's input, so that its dilated
+    convolution needs no padding and sees exactly the samples it would see in a whole-song call.
+
+    Block n's output lags its input by h_n = (k−1)/2 · d_n, so block n's outputs in a call are at song
+    times t − D_n (D_n = h_0 + … + h_n) for the call's input times t = position … position+block−1.
+    Outputs at times outside [0, length) are set to zero: that is exactly the zero padding that the
+    next block sees at the ends of a whole-song call. Zero initial states stand for the padding
+    before the song; feeding D = receptive_field // 2 zeros after the song flushes the last outputs.
+    The stream's output is the whole-song output delayed by D, equal up to float rounding.
+
+    The block formula is _TCNBlock.forward with a "valid" convolution and the residual taken at the
+    centre of the convolution window; the layers' own modules (BN, FiLM, res) are used as they are.
+    """
+
+    def __init__(self, cloner: MixFXcloner, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cloner, self.dtype = cloner.to(dtype), dtype
+        config = cloner.config
+        self.halves = [(config.kernel_size - 1) // 2 * d for d in config.dilations]
+        self.delays = np.cumsum(self.halves).tolist()
+
+    def forward(self, audio: torch.Tensor, embedding: torch.Tensor, position: torch.Tensor, length: torch.Tensor,
+                *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, cond = audio.to(self.dtype), embedding.to(self.dtype)
+        block = x.shape[-1]
+        times = position + torch.arange(block, device=x.device)
+        next_states = []
+        for layer, state, half, delay in zip(self.cloner.blocks, states, self.halves, self.delays):
+            window = torch.cat([state.to(self.dtype), x], dim=-1)  # input times t − 2h … t + block − 1
+            next_states.append(window[..., window.shape[-1] - 2 * half:].float())
+            h = nn.functional.conv1d(window, layer.conv1.weight, dilation=layer.conv1.dilation)
+            h = layer.film(nn.functional.leaky_relu(layer.bn(h), 0.01), cond) + layer.res(window[..., half:half + block])
+            out_times = times - delay
+            x = h * ((out_times >= 0) & (out_times < length)).to(self.dtype)
+        return (self.cloner.output(x).clamp(-1.0, 1.0).float(), *next_states)
+
+
+def graph_module(graph: str, model: nn.Module, precision: str = "fp32") -> nn.Module:
+    """The nn.Module that `graph` exports (eval mode; a copy when the precision changes the dtype)."""
+    dtype = _DTYPES[_check_precision(precision)]
+    if dtype != torch.float32:
+        model = _copy(model)
+    if graph == "fxencoder":
+        return EncoderGraph(model, dtype).eval()
+    if graph == "mixfxcloner":
+        return ClonerGraph(model, dtype).eval()
+    if graph == "mixfxcloner-stream":
+        return ClonerStream(model, dtype).eval()
+    raise ConfigError(f"ONNX graph {graph!r}: expected one of {', '.join(GRAPHS)}")
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = type(model)(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def input_names(graph: str, config) -> list[str]:
+    if graph == "fxencoder":
+        return ["audio"]
+    if graph == "mixfxcloner":
+        return ["audio", "embedding"]
+    return ["audio", "embedding", "position", "length"] + [f"state{n}" for n in range(config.nblocks)]
+
+
+def output_names(graph: str, config) -> list[str]:
+    if graph == "fxencoder":
+        return ["embedding"]
+    if graph == "mixfxcloner":
+        return ["converted"]
+    return ["converted"] + [f"next_state{n}" for n in range(config.nblocks)]
+
+
+def _example_inputs(graph: str, config) -> tuple:
+    """Small inputs for tracing, with sizes that no dynamic axis can be mistaken for (not 0 or 1)."""
+    batch = 2
+    if graph == "fxencoder":
+        return (torch.zeros(batch, AUDIO_CHANNELS, 2 * config.min_input_length),)
+    audio, embedding = torch.zeros(batch, AUDIO_CHANNELS, 4099), torch.zeros(batch, config.cond_dim)
+    if graph == "mixfxcloner":
+        return audio, embedding
+    states = tuple(torch.zeros(shape) for shape in stream_state_shapes(config, batch))
+    return (audio, embedding, torch.tensor(0), torch.tensor(4099), *states)
+
+
+def _dynamic_shapes(graph: str, config) -> tuple:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if graph == "fxencoder":
+        return ({0: batch, 2: torch.export.Dim("time", min=config.min_input_length)},)
+    time_axis = torch.export.Dim("time", min=2)
+    if graph == "mixfxcloner":
+        return {0: batch, 2: time_axis}, {0: batch}
+    # torch.export groups *states into one tuple
+    return {0: batch, 2: time_axis}, {0: batch}, None, None, tuple({0: batch} for _ in range(config.nblocks))
+
+
+def export_onnx(graph: str, model: nn.Module, path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """Write `graph` of `model` (an FXencoder for "fxencoder", else a MixFXcloner) to `path`."""
+    module = graph_module(graph, model, precision)
+    config = model.config
+    with warnings.catch_warnings():
+        # the exporter's own deprecation and axis-naming notices say nothing about this graph
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        program = torch.onnx.export(module, _example_inputs(graph, config), dynamo=True, verbose=False,
+                                    input_names=input_names(graph, config), output_names=output_names(graph, config),
+                                    dynamic_shapes=_dynamic_shapes(graph, config), opset_version=OPSET)
+    program.save(path, external_data=False)
+    return Path(path)
+
+
+# --- the engine cache -----------------------------------------------------------------------------
+
+def cache_dir(store: str | os.PathLike | None = None) -> Path:
+    return store_dir(store) / CACHE_FOLDER
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def artifact_path(store: str | os.PathLike | None, weights_sha256: str, name: str, key: dict, suffix: str) -> Path:
+    return cache_dir(store) / weights_sha256[:16] / f"{name}-{key_digest(key)[:16]}{suffix}"
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cached_key(path: Path) -> dict | None:
+    """The key recorded beside an artifact, or None when the artifact or its record is missing or unreadable."""
+    try:
+        record = json.loads(_meta_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("key") if path.is_file() and isinstance(record, dict) else None
+
+
+def ensure_artifact(path: Path, key: dict, build: Callable[[Path], None], what: str) -> tuple[Path, bool]:
+    """(path, built): the artifact at `path`, built by `build(file)` unless one recorded with exactly
+    `key` is already there. The artifact is renamed into place before its record, so an artifact
+    without a record (a build cut short) is built again."""
+    if cached_key(path) == key:
+        log.debug("%s: reusing %s", what, path)
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    write_atomically(path, build)
+    record = {"key": key, "what": what, "bytes": path.stat().st_size, "build_seconds": round(time.monotonic() - started, 1),
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_atomically(_meta_path(path), lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True)))
+    log.info("%s: built %s in %.1f s", what, path, record["build_seconds"])
+    return path, True
+
+
+def list_artifacts(store: str | os.PathLike | None = None) -> list[dict]:
+    """Every cached artifact's record, with its "path"; sorted by path. Unreadable records are skipped."""
+    out = []
+    for meta in sorted(cache_dir(store).glob("*/*.json")):
+        path = meta.with_name(meta.name.removesuffix(".json"))
+        key = cached_key(path)
+        if key is None:
+            continue
+        record = json.loads(meta.read_text())
+        out.append({**record, "path": str(path)})
+    return out
+
+
+# --- exported graphs in the cache -----------------------------------------------------------------
+
+def onnx_key(graph: str, config, weights_sha256: str, precision: str = "fp32") -> dict:
+    """Everything an exported graph depends on."""
+    import onnxscript
+
+    return {"artifact": "onnx", "graph": graph, "weights_sha256": weights_sha256, "config": config.to_dict(),
+            "precision": _check_precision(precision), "graph_format": GRAPH_FORMAT, "opset": OPSET,
+            "exporter": f"torch {torch.__version__}, onnxscript {onnxscript.__version__}"}
+
+
+def ensure_onnx(graph: str, model: nn.Module, weights_sha256: str, precision: str = "fp32",
+                store: str | os.PathLike | None = None) -> Path:
+    """The cached ONNX file of `graph`, exported first if needed (seconds for a small model, ~30 s
+    for the full-size ones)."""
+    key = onnx_key(graph, model.config, weights_sha256, precision)
+    path = artifact_path(store, weights_sha256, f"{graph}-{precision}", key, ".onnx")
+    if cached_key(path) != key:
+        log.info("exporting %s (%s) to ONNX, once per model", graph, precision)
+    try:
+        return ensure_artifact(path, key, lambda file: export_onnx(graph, model, file, precision),
+                               f"ONNX {graph} {precision}")[0]
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot write the exported {graph} graph ({exc.strerror or exc})") from None

@@ -1,0 +1,212 @@
+"""Training data for the MST networks (ALGORITHMS.md §3.2, §4.2).
+
+`StemLibrary` turns a folder of songs (MUSDB18 layout: song/{drums,bass,other,vocals}.wav) into
+FX-normalized (order "mst_training"), clipped, silence-trimmed stems, computed once and cached as
+``<cache>/<song>/<stem>_normalized_mst_training_silence_trimmed.npy`` (memory-mapped when read, so
+data-loader workers share the pages). The cache is keyed on the statistics file's sha256, the
+order, the trimming rule and the seed; a change re-normalizes.
+
+Batches are pure functions of a numpy Generator: `encoder_batch` gives the contrastive pairs of
+§3.2, `cloner_batch` the (input, target, reference) triplets of §4.2. Per stem, segments A and B
+come from files drawn with probability ∝ length (with replacement) and uniform starts, so the four
+stems of an item come from unrelated songs. The trainers seed the Generator from (run seed, step),
+which makes every batch reproducible and a resumed run see exactly the batches an uninterrupted
+one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..dsp import WORKING_RATE, db_to_amp
+from ..errors import ConfigError
+from ..fxmanipulator import MARGIN_SAMPLES, FXManipulator
+from ..fxnorm import normalize_stems
+from ..fxnorm_stats import FxStats
+from ..stems import load_song
+
+STEMS = ("drums", "bass", "other", "vocals")
+NORMALIZE_ORDER = "mst_training"
+TRIM_WINDOW = 4410          # 100 ms
+TRIM_DBFS = -60.0           # [U→R] windows quieter than this (RMS, both channels) are dropped
+CACHE_FORMAT = 1
+CACHE_MANIFEST = "cache.json"
+
+
+def trim_silence(x: np.ndarray, window: int = TRIM_WINDOW, threshold_dbfs: float = TRIM_DBFS) -> np.ndarray:
+    """x without its 100-ms windows whose RMS over both channels is below threshold (a partial
+    last window is judged on its own samples)."""
+    n = len(x)
+    if n == 0:
+        return x
+    starts = np.arange(0, n, window)
+    power = np.add.reduceat(np.square(x, dtype=np.float64).sum(axis=1), starts) / (
+        np.diff(np.append(starts, n)) * x.shape[1])
+    keep = np.repeat(power >= db_to_amp(threshold_dbfs) ** 2, np.diff(np.append(starts, n)))
+    return x[keep]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def song_folders(songs_dir: Path) -> list[Path]:
+    if not songs_dir.is_dir():
+        raise ConfigError(f"{songs_dir}: not a folder of songs")
+    folders = [p for p in sorted(songs_dir.iterdir())
+               if p.is_dir() and not p.name.startswith(".") and any(any(p.glob(f"{s}.*")) for s in STEMS)]
+    if not folders:
+        raise ConfigError(f"{songs_dir}: no song folders with {'/'.join(STEMS)} stems")
+    return folders
+
+
+class StemLibrary:
+    """Normalized, trimmed stems of a folder of songs, with length-weighted segment draws."""
+
+    def __init__(self, songs_dir: str | Path, stats_path: str | Path, cache_dir: str | Path | None = None,
+                 seed: int = 0, progress: Callable[[int, int], None] | None = None):
+        self.songs_dir = Path(songs_dir)
+        self.stats_path = Path(stats_path)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.songs_dir / ".mixdaemon-normalized"
+        folders = song_folders(self.songs_dir)
+        key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": _sha256(self.stats_path),
+               "trim": [TRIM_WINDOW, TRIM_DBFS], "seed": seed}
+        manifest = self.cache_dir / CACHE_MANIFEST
+        fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
+        songs = json.loads(manifest.read_text()).get("songs", {}) if fresh else {}
+        stats = None
+        for i, folder in enumerate(folders):
+            if folder.name not in songs:
+                stats = stats or FxStats.load(self.stats_path)
+                songs[folder.name] = self._normalize(folder, stats, seed)
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                manifest.write_text(json.dumps({"key": key, "songs": songs}, indent=1))
+            if progress is not None:
+                progress(i + 1, len(folders))
+        self.key = key
+        self.songs = [f.name for f in folders]
+        # (path, length) of every usable stem file, per stem
+        self.files = {stem: [(self.cache_dir / song / f"{stem}{self._suffix}", songs[song][stem])
+                             for song in self.songs if songs[song].get(stem, 0) > 0] for stem in STEMS}
+        empty = [stem for stem, files in self.files.items() if not files]
+        if empty:
+            raise ConfigError(f"{self.songs_dir}: no audible {', '.join(empty)} stem in any song")
+        self._arrays: dict[Path, np.ndarray] = {}
+
+    _suffix = f"_normalized_{NORMALIZE_ORDER}_silence_trimmed.npy"
+
+    def _normalize(self, folder: Path, stats: FxStats, seed: int) -> dict[str, int]:
+        stems = {}
+        for stem in STEMS:
+            found = sorted(folder.glob(f"{stem}.*"))
+            if found:
+                stems[stem] = load_song(found[:1]).stems[stem]
+        normalized = normalize_stems(stems, stats, order=NORMALIZE_ORDER, seed=seed) if stems else {}
+        lengths = {}
+        (self.cache_dir / folder.name).mkdir(parents=True, exist_ok=True)
+        for stem, audio in normalized.items():
+            trimmed = trim_silence(np.clip(audio, -1.0, 1.0).astype(np.float32))
+            np.save(self.cache_dir / folder.name / f"{stem}{self._suffix}", trimmed)
+            lengths[stem] = int(len(trimmed))
+        return lengths
+
+    def seconds(self, stem: str) -> float:
+        return sum(n for _, n in self.files[stem]) / WORKING_RATE
+
+    def _array(self, path: Path) -> np.ndarray:
+        if path not in self._arrays:
+            self._arrays[path] = np.load(path, mmap_mode="r")
+        return self._arrays[path]
+
+    def segment(self, stem: str, rng: np.random.Generator, length: int) -> np.ndarray:
+        """`length` samples (float32 (length, 2)) of a file drawn ∝ length among those long enough,
+        from a uniform start."""
+        files = [(p, n) for p, n in self.files[stem] if n >= length]
+        if not files:
+            raise ConfigError(f"{self.songs_dir}: no {stem} stem has {length} samples of audio after trimming "
+                              f"(use shorter segments)")
+        lengths = np.array([n for _, n in files], dtype=np.float64)
+        path, n = files[int(rng.choice(len(files), p=lengths / lengths.sum()))]
+        start = int(rng.integers(0, n - length + 1))
+        return np.array(self._array(path)[start:start + length], dtype=np.float32)
+
+
+def manipulators(probabilities: Mapping[str, float] | None = None, ir_folder=None) -> dict[str, FXManipulator]:
+    return {stem: FXManipulator(stem, probabilities, ir_folder) for stem in STEMS}
+
+
+def _stack(segments: list[np.ndarray]) -> torch.Tensor:
+    """(n, 2) arrays of one length → [B, 2, n] float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(segments).transpose(0, 2, 1)))
+
+
+@dataclass
+class EncoderBatch:
+    """Per group (the four stems and "mixture"): views A and B, [N, 2, ℓ_A] and [N, 2, ℓ_B] with
+    N = items × (K+1) rows, item-major; row (i, m) of A and of B form a positive pair."""
+
+    views: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def encoder_batch(library: StemLibrary, fx: Mapping[str, FXManipulator], rng: np.random.Generator,
+                  items: int, length: int, strong_negatives: int = 1, mixture: bool = True) -> EncoderBatch:
+    """§3.2: per stem and item, files A and B; K+1 manipulator calls on [A, B] give the rows. Crop
+    lengths ℓ_A, ℓ_B ∈ U[L/2, L) are shared by the batch, crop starts are drawn per row and shared
+    by the stems of a row, so that the mixture (sum of the row's four manipulated stems) lines up."""
+    padded = length + 2 * MARGIN_SAMPLES
+    rows = items * (strong_negatives + 1)
+    a_rows: dict[str, list[np.ndarray]] = {stem: [] for stem in STEMS}
+    b_rows: dict[str, list[np.ndarray]] = {stem: [] for stem in STEMS}
+    for stem in STEMS:
+        for _ in range(items):
+            a, b = library.segment(stem, rng, padded), library.segment(stem, rng, padded)
+            for _ in range(strong_negatives + 1):
+                (a_m, b_m), _ = fx[stem].manipulate([a, b], rng, padded=True)
+                a_rows[stem].append(a_m)
+                b_rows[stem].append(b_m)
+    crop_a, crop_b = (int(rng.integers(length // 2, length)) for _ in range(2))
+    starts_a = rng.integers(0, length - crop_a + 1, size=rows)
+    starts_b = rng.integers(0, length - crop_b + 1, size=rows)
+
+    def cropped(signals, starts, crop):
+        return [s[o:o + crop] for s, o in zip(signals, starts)]
+
+    views = {stem: (_stack(cropped(a_rows[stem], starts_a, crop_a)), _stack(cropped(b_rows[stem], starts_b, crop_b)))
+             for stem in STEMS}
+    if mixture:
+        views["mixture"] = (sum(views[stem][0] for stem in STEMS), sum(views[stem][1] for stem in STEMS))
+    return EncoderBatch(views)
+
+
+@dataclass
+class ClonerBatch:
+    """§4.2 triplets, [4·items, 2, L] each, stem-major: input A1 (normalized A, unmanipulated),
+    target A2 (manipulated A) and reference B2 (B with the same draws)."""
+
+    input: torch.Tensor
+    target: torch.Tensor
+    reference: torch.Tensor
+
+
+def cloner_batch(library: StemLibrary, fx: Mapping[str, FXManipulator], rng: np.random.Generator,
+                 items_per_stem: int, length: int) -> ClonerBatch:
+    inputs, targets, references = [], [], []
+    padded = length + 2 * MARGIN_SAMPLES
+    for stem in STEMS:
+        for _ in range(items_per_stem):
+            a, b = library.segment(stem, rng, padded), library.segment(stem, rng, padded)
+            (a2, b2), _ = fx[stem].manipulate([a, b], rng, padded=True)
+            inputs.append(a[MARGIN_SAMPLES:MARGIN_SAMPLES + length])
+            targets.append(a2)
+            references.append(b2)
+    return ClonerBatch(_stack(inputs), _stack(targets), _stack(references))

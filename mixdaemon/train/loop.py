@@ -1,0 +1,294 @@
+"""What the FXencoder and MixFXcloner trainings share: seeds and determinism, devices, the
+step-indexed batch stream, resumable checkpoints, the CSV log and the progress bar.
+
+Reproducibility rests on one rule: the batch of update k is a pure function of (run seed, k) and of
+the FX probabilities in force (which only change at validations and are checkpointed). Model,
+optimizer, LR schedule and probabilities are saved together, so a run resumed from the checkpoint
+of update k performs updates k+1… exactly as the uninterrupted run does, and its CSV log continues
+the same loss curve (bit for bit on the same machine, thread count and device).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, ModelFileError
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.csv"
+CHECKPOINT_FORMAT = "mixdaemon-training-checkpoint"
+TRAIN_STREAM, VALIDATION_STREAM = 0, 1  # seed streams: training batches never share draws with validation
+LOG_FIELDS = ("step", "phase", "metric", "value", "seconds")
+
+
+def configure_torch(seed: int, threads: int | None) -> None:
+    """Seed torch (model initialisation), fix the thread count (float sums depend on it) and ask
+    for deterministic kernels wherever torch has them."""
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: not a torch device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (fast on CPUs with AMX/AVX512-BF16 and on GPUs) or plain fp32. Weights and
+    optimizer state stay fp32 either way, so the saved model runs in fp32."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision {precision!r}: expected fp32 or bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# --- the batch stream -------------------------------------------------------------------------------
+
+def step_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item k is make(rng of (seed, TRAIN_STREAM, k)): the batch of update k."""
+
+    def __init__(self, make: Callable[[np.random.Generator], Any], seed: int):
+        self.make, self.seed = make, seed
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, step: int):
+        return self.make(step_rng(self.seed, TRAIN_STREAM, step))
+
+
+def _worker_init(_):
+    # Data workers make audio with numpy/numba; a torch thread pool per worker would only compete.
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+def batches(make: Callable[[np.random.Generator], Any], seed: int, first: int, last: int,
+            workers: int) -> Iterator[tuple[int, Any]]:
+    """(k, batch of update k) for k in [first, last], made by `workers` processes ahead of use
+    (0: in this process)."""
+    steps = range(first, last + 1)
+    if workers == 0:
+        for k in steps:
+            yield k, _StepBatches(make, seed)[k]
+        return
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(make, seed), batch_size=None, sampler=steps, num_workers=workers, prefetch_factor=2,
+        worker_init_fn=_worker_init, multiprocessing_context="fork", collate_fn=lambda b: b)
+    yield from zip(steps, loader)
+
+
+# --- checkpoints and log ----------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic torch.save: a crash mid-write leaves the previous checkpoint intact."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """A training checkpoint (tensors and plain data only: read with weights_only=True)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no training checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable training checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{path}: not a mixdaemon training checkpoint")
+    if kind is not None and state.get("kind") != kind:
+        raise ModelFileError(f"{path}: a {state.get('kind')} checkpoint, expected {kind}")
+    return state
+
+
+class CsvLog:
+    """Long-format CSV (step, phase, metric, value, seconds): one row per number, so trainers log
+    whatever they measure. Resuming from update k drops the rows after k, so the file of a resumed
+    run reads like the uninterrupted run's."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, step: int, phase: str, values: dict[str, float], seconds: float) -> None:
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            for metric, value in values.items():
+                writer.writerow([step, phase, metric, f"{value:.9g}", f"{seconds:.1f}"])
+
+
+def read_log(path: str | os.PathLike, phase: str = "train", metric: str = "loss") -> dict[int, float]:
+    """{step: value} of one metric from a run's log.csv."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LOG
+    with path.open(newline="") as f:
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f)
+                if r["phase"] == phase and r["metric"] == metric}
+
+
+# --- the loop ---------------------------------------------------------------------------------------
+
+@dataclass
+class LoopSettings:
+    run_dir: Path
+    steps: int
+    validate_every: int
+    checkpoint_every: int
+    seed: int
+    workers: int = 1
+    resume: bool = False
+    stop_after: int | None = None  # end this process after that update (checkpointed), e.g. for time slices
+    progress: bool = True
+
+
+class Trainer:
+    """The shared loop; subclasses define make_batch, train_step, validate and their state.
+
+    Subclass contract:
+    - kind: "encoder" | "cloner"; model, optimizer; config(): the run's settings (JSON data), which
+      a resumed run must repeat;
+    - make_batch(rng) → batch (runs in data workers; must only read self);
+    - train_step(batch) → {"loss": float, ...};
+    - validate() → {metric: float}, may change what make_batch draws (probability scheduling);
+    - extra_state() / load_extra_state(state): what else a checkpoint must hold.
+    """
+
+    kind = ""
+
+    def __init__(self, loop: LoopSettings):
+        if loop.steps < 1 or loop.validate_every < 1 or loop.checkpoint_every < 1:
+            raise ConfigError("steps, validate_every and checkpoint_every must be positive")
+        self.loop = loop
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    # to override
+    def config(self) -> dict: raise NotImplementedError
+    def make_batch(self, rng: np.random.Generator): raise NotImplementedError
+    def train_step(self, batch) -> dict[str, float]: raise NotImplementedError
+    def validate(self) -> dict[str, float]: raise NotImplementedError
+    def extra_state(self) -> dict: return {}
+    def load_extra_state(self, state: dict) -> None: pass
+
+    def cosine_schedule(self, final_fraction: float) -> None:
+        """LR multiplier from 1 down to final_fraction over the run (half a cosine)."""
+        total = self.loop.steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda k: final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+
+    # checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.loop.run_dir / CHECKPOINT
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "kind": self.kind, "step": self.step, "elapsed_seconds": self.elapsed, "config": self.config(),
+            "model_config": self.model.config.to_dict(), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None, "extra": self.extra_state()})
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoint_path, self.kind)
+        if state["config"] != self.config():
+            changed = sorted(k for k in set(state["config"]) | set(self.config())
+                             if state["config"].get(k) != self.config().get(k))
+            raise ConfigError(f"{self.checkpoint_path}: cannot resume with different settings ({', '.join(changed)}); "
+                              "repeat the original command with --resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
+        self.load_extra_state(state["extra"])
+
+    # the loop
+    def run(self) -> None:
+        from tqdm import tqdm
+        loop = self.loop
+        loop.run_dir.mkdir(parents=True, exist_ok=True)
+        if loop.resume:
+            self._restore()
+        elif self.checkpoint_path.exists():
+            raise ConfigError(f"{self.checkpoint_path}: the run folder holds a run already; pass --resume to "
+                              "continue it, or choose another --run-dir")
+        log = CsvLog(loop.run_dir / LOG, self.step if loop.resume else None)
+        last = min(loop.steps, loop.stop_after) if loop.stop_after is not None else loop.steps
+        bar = tqdm(total=loop.steps, initial=self.step, desc=f"training {self.kind}", unit="step",
+                   disable=not loop.progress, dynamic_ncols=True)
+        smoothed = None
+        try:
+            while self.step < last:
+                # One batch stream per stretch between validations: a validation may change the
+                # FX probabilities that the workers draw with.
+                until = min(last, (self.step // loop.validate_every + 1) * loop.validate_every)
+                for k, batch in batches(self.make_batch, loop.seed, self.step + 1, until, loop.workers):
+                    started = time.perf_counter()
+                    self.model.train()
+                    values = self.train_step(batch)
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                    self.step = k
+                    self.elapsed += time.perf_counter() - started
+                    values["lr"] = self.optimizer.param_groups[0]["lr"]
+                    log.write(k, "train", values, self.elapsed)
+                    smoothed = values["loss"] if smoothed is None else 0.9 * smoothed + 0.1 * values["loss"]
+                    bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
+                    bar.update(1)
+                    if k % loop.checkpoint_every == 0 and k % loop.validate_every != 0:
+                        self.save()
+                started = time.perf_counter()
+                if self.step % loop.validate_every == 0 or self.step == loop.steps:
+                    self.model.eval()
+                    with torch.no_grad():
+                        metrics = self.validate()
+                    self.elapsed += time.perf_counter() - started
+                    log.write(self.step, "val", metrics, self.elapsed)
+                    bar.write(f"step {self.step}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
+                self.save()
+        except KeyboardInterrupt:
+            bar.write(f"interrupted: checkpoint of step {self.step} kept in {self.checkpoint_path} (resume with --resume)")
+            raise
+        finally:
+            bar.close()
