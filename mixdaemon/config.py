@@ -135,8 +135,8 @@ class DaemonConfig(_Section):
     transfer: TransferConfig = TransferConfig()
     osc: OscConfig = OscConfig()
     playback: PlaybackConfig = PlaybackConfig()
-    # Folders that OSC requests may name (stems, references, outputs). Empty: the watch folders, the
-    # output root and the configured references' folders.
+    # Folders that OSC requests may name (stems, references, outputs) besides the watch folders, the
+    # output root and the configured references' folders, which are always allowed.
     allowed_roots: list[Path] = []
     # A bounce starts once its files have not changed for this long (and every WAV header is final).
     settle_seconds: float = Field(2.0, ge=0.05, le=3600)
@@ -191,11 +191,8 @@ class DaemonConfig(_Section):
 
     def roots(self) -> list[Path]:
         """Resolved folders that OSC requests may read from or write into."""
-        if self.allowed_roots:
-            roots = list(self.allowed_roots)
-        else:
-            roots = [w.path for w in self.watch] + [self.output.root]
-            roots += [r.parent for r in [self.reference, *(w.reference for w in self.watch)] if r is not None]
+        roots = [*self.allowed_roots, *(w.path for w in self.watch), self.output.root]
+        roots += [r.parent for r in [self.reference, *(w.reference for w in self.watch)] if r is not None]
         return sorted({r.resolve() for r in roots})
 
 

@@ -205,7 +205,7 @@ def test_osc_submission_status_cancel_and_graceful_stop(tmp_path, listener, star
     stems = write_stems(tmp_path / "elsewhere" / "song", seconds=1.0, seed=2)
     folder = str(stems[0].parent)
     reply, args = request(listener, proc.address, "/mixdaemon/submit", folder, str(reference), reply=QUEUED)
-    assert reply == QUEUED
+    assert reply == QUEUED, args
     job_id = args[0]
     done = listener.wait_for(lambda a, a_: a in (DONE, ERROR) and a_[0] == job_id, 60)
     assert done[1] == DONE

@@ -117,3 +117,27 @@ def test_demo_main_job_writes_non_silent_outputs(tmp_path, capsys):
     for name in (*STEMS, "mixture"):
         x = read_audio(tmp_path / "converted" / f"{name}.wav").samples
         assert x.shape[0] == 6 * 44100 and np.sqrt(np.mean(x ** 2)) > 1e-3, name
+
+
+def test_mixture_input_is_separated_and_flows_through(real_stems, short_songs, tmp_path, capsys):
+    from tiny_demucs import build_tiny_demucs_repo
+
+    repo = build_tiny_demucs_repo(tmp_path / "models")
+    data, rate = sf.read(real_stems / "song_b" / "mixture.wav", dtype="float32")  # 48 kHz
+    sf.write(tmp_path / "My Song.wav", data[:5 * rate], rate, subtype="PCM_16")
+    out = tmp_path / "out"
+    code = main(["transfer", str(tmp_path / "My Song.wav"), "--reference", str(short_songs / "song_a"),
+                 "--out", str(out), "--separation-model", "tiny", "--separation-dir", str(repo), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    for name in (*STEMS, "mixture"):
+        info = sf.info(out / f"{name}.wav")
+        assert info.samplerate == 48000 and info.frames == 5 * 48000, name  # back at the input's rate
+
+
+def test_missing_separation_model_says_to_give_stems(real_stems, short_songs, tmp_path, capsys):
+    data, rate = sf.read(real_stems / "song_a" / "mixture.wav", dtype="float32")
+    sf.write(tmp_path / "mix.wav", data[: 3 * rate], rate)
+    code = main(["transfer", str(tmp_path / "mix.wav"), "--reference", str(short_songs / "song_a"),
+                 "--out", str(tmp_path / "out"), "--separation-dir", str(tmp_path / "nothing-here"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "stems" in err and len(err.strip().splitlines()) == 1

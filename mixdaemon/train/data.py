@@ -74,11 +74,17 @@ class StemLibrary:
     """Normalized, trimmed stems of a folder of songs, with length-weighted segment draws."""
 
     def __init__(self, songs_dir: str | Path, stats_path: str | Path, cache_dir: str | Path | None = None,
-                 seed: int = 0, progress: Callable[[int, int], None] | None = None):
+                 seed: int = 0, songs: list[str] | None = None, progress: Callable[[int, int], None] | None = None):
+        """songs: names of the song folders to use (default: all)."""
         self.songs_dir = Path(songs_dir)
         self.stats_path = Path(stats_path)
         self.cache_dir = Path(cache_dir) if cache_dir else self.songs_dir / ".mixdaemon-normalized"
         folders = song_folders(self.songs_dir)
+        if songs is not None:
+            missing = sorted(set(songs) - {f.name for f in folders})
+            if missing:
+                raise ConfigError(f"{self.songs_dir}: no song folder {', '.join(missing)}")
+            folders = [f for f in folders if f.name in songs]
         key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": _sha256(self.stats_path),
                "trim": [TRIM_WINDOW, TRIM_DBFS], "seed": seed}
         manifest = self.cache_dir / CACHE_MANIFEST
@@ -210,3 +216,26 @@ def cloner_batch(library: StemLibrary, fx: Mapping[str, FXManipulator], rng: np.
             targets.append(a2)
             references.append(b2)
     return ClonerBatch(_stack(inputs), _stack(targets), _stack(references))
+
+
+HOLDOUT_EVERY = 8  # without a validation folder, every 8th song (sorted by name) validates
+
+
+def libraries(songs_dir: str | Path, val_dir: str | Path | None, stats_path: str | Path,
+              cache_dir: str | Path | None = None, seed: int = 0,
+              progress: Callable[[str, int, int], None] | None = None) -> tuple[StemLibrary, StemLibrary]:
+    """(training library, validation library): val_dir's songs, or every HOLDOUT_EVERY-th song of
+    songs_dir held out from training."""
+    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
+    if val_dir is not None:
+        val_cache = Path(cache_dir) / "validation" if cache_dir else None
+        return (StemLibrary(songs_dir, stats_path, cache_dir, seed, progress=report("normalizing training songs")),
+                StemLibrary(val_dir, stats_path, val_cache, seed, progress=report("normalizing validation songs")))
+    names = [f.name for f in song_folders(Path(songs_dir))]
+    held_out = names[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
+    if not held_out:
+        raise ConfigError(f"{songs_dir}: fewer than {HOLDOUT_EVERY} songs, too few to hold some out for "
+                          "validation; give a validation folder")
+    train = StemLibrary(songs_dir, stats_path, cache_dir, seed, [n for n in names if n not in held_out],
+                        progress=report("normalizing songs"))
+    return train, StemLibrary(songs_dir, stats_path, cache_dir, seed, held_out)

@@ -199,7 +199,8 @@ class Trainer:
             raise ConfigError("steps, validate_every and checkpoint_every must be positive")
         self.loop = loop
         self.step = 0
-        self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.elapsed = 0.0  # wall seconds of this run over all its sessions (data waits included)
+        self._saved_step = 0
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     # to override
@@ -223,6 +224,7 @@ class Trainer:
         return self.loop.run_dir / CHECKPOINT
 
     def save(self) -> None:
+        self._saved_step = self.step
         save_checkpoint(self.checkpoint_path, {
             "kind": self.kind, "step": self.step, "elapsed_seconds": self.elapsed, "config": self.config(),
             "model_config": self.model.config.to_dict(), "model": self.model.state_dict(),
@@ -241,6 +243,7 @@ class Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
+        self._saved_step = self.step
         self.load_extra_state(state["extra"])
 
     # the loop
@@ -258,19 +261,21 @@ class Trainer:
         bar = tqdm(total=loop.steps, initial=self.step, desc=f"training {self.kind}", unit="step",
                    disable=not loop.progress, dynamic_ncols=True)
         smoothed = None
+        clock, base = time.perf_counter(), self.elapsed
+
+        def now() -> float:
+            return base + time.perf_counter() - clock
         try:
             while self.step < last:
                 # One batch stream per stretch between validations: a validation may change the
                 # FX probabilities that the workers draw with.
                 until = min(last, (self.step // loop.validate_every + 1) * loop.validate_every)
                 for k, batch in batches(self.make_batch, loop.seed, self.step + 1, until, loop.workers):
-                    started = time.perf_counter()
                     self.model.train()
                     values = self.train_step(batch)
                     if self.scheduler is not None:
                         self.scheduler.step()
-                    self.step = k
-                    self.elapsed += time.perf_counter() - started
+                    self.step, self.elapsed = k, now()
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
                     log.write(k, "train", values, self.elapsed)
                     smoothed = values["loss"] if smoothed is None else 0.9 * smoothed + 0.1 * values["loss"]
@@ -278,17 +283,17 @@ class Trainer:
                     bar.update(1)
                     if k % loop.checkpoint_every == 0 and k % loop.validate_every != 0:
                         self.save()
-                started = time.perf_counter()
                 if self.step % loop.validate_every == 0 or self.step == loop.steps:
                     self.model.eval()
                     with torch.no_grad():
                         metrics = self.validate()
-                    self.elapsed += time.perf_counter() - started
+                    self.elapsed = now()
                     log.write(self.step, "val", metrics, self.elapsed)
                     bar.write(f"step {self.step}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
                 self.save()
         except KeyboardInterrupt:
-            bar.write(f"interrupted: checkpoint of step {self.step} kept in {self.checkpoint_path} (resume with --resume)")
+            bar.write(f"interrupted: the checkpoint of step {self._saved_step} is in {self.checkpoint_path} "
+                      "(continue with --resume)")
             raise
         finally:
             bar.close()
