@@ -10,9 +10,9 @@ Parts:
          channels, NaN/Inf, silence, truncated headers and data, mismatched stem lengths, text and
          random bytes named .wav, empty files — dropped into a watched folder. Each bounce must end
          as the expected outcome (done, or an error whose reason names the problem).
-  kills  good bounces in a watched folder (more arrive during the run); the daemon is SIGKILLed at a
-         random moment (mostly while serving, some during start-up) and restarted, N times; then
-         it runs to the end. Every bounce must be converted exactly once, and no visible entry in
+  kills  good bounces in a watched folder (one more arrives every cycle); the daemon is SIGKILLed
+         at a random moment (0–8 s after it serves; every 10th cycle 0–6 s after it was spawned,
+         i.e. during start-up) and restarted, N times; then it runs to the end. Every bounce must be converted exactly once, and no visible entry in
          the output folder may ever be incomplete (polled every 2 ms throughout).
   osc    N random or malformed OSC packets (random bytes, mutated and truncated messages, wrong
          argument types and counts, odd bundles, huge strings, paths outside the allowed roots);
@@ -218,8 +218,7 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
     kill_log = []
     t0 = time.monotonic()
     for cycle in range(kills):
-        if cycle % 5 == 4:
-            add_bounce()
+        add_bounce()  # bounces keep arriving: kills also land while one is settling
         during_start = cycle % 10 == 9
         config = write_toml(work / "config.toml", daemon_config(work, listener.port, reference=str(reference), **extra))
         proc = DaemonProcess(config, work / "state")
@@ -230,7 +229,7 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
             moment = f"{delay:.2f} s after spawn"
         else:
             proc.start(timeout=120)
-            delay = rng.uniform(0.0, 3.0)
+            delay = rng.uniform(0.0, 8.0)  # a job takes 2–4 s here: some cycles finish jobs, some do not
             time.sleep(delay)
             moment = f"{delay:.2f} s after serving"
         if not proc.alive():
@@ -367,16 +366,19 @@ def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: fl
     proc = _start(work, listener, reference)
     packets = osc_packets(n, rng, list(COMMANDS))
     kinds: dict[str, int] = {}
+    unanswered: dict[str, int] = {}
     t0 = time.monotonic()
     start = len(listener.messages)
     for i, (kind, data) in enumerate(packets):
         kinds[kind] = kinds.get(kind, 0) + 1
+        mark = len(listener.messages)
         listener.send_raw(proc.address, data[:65507])
-        if i % 100 == 99:  # let the replies drain so that neither socket buffer overflows
-            time.sleep(0.02)
+        # One at a time: every packet must be answered, and no socket buffer may overflow.
+        if listener.wait_for(lambda a, _: True, 1.0, mark) is None:
+            unanswered[kind] = unanswered.get(kind, 0) + 1
             if not proc.alive():
                 break
-    time.sleep(2.0)
+    time.sleep(1.0)
     elapsed = time.monotonic() - t0
     replies = listener.messages[start:]
     alive = proc.alive()
@@ -395,6 +397,7 @@ def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: fl
         proc.terminate()
     log = (work / "state" / "mixdaemon.log").read_text()
     return {"packets": len(packets), "by_kind": kinds, "replies": len(replies),
+            "unanswered_packets": sum(unanswered.values()), "unanswered_by_kind": unanswered,
             "error_replies": sum(1 for _, a, _ in replies if a == "/mixdaemon/error"),
             "other_replies": sorted({a for _, a, _ in replies if a != "/mixdaemon/error"}),
             "daemon_crashes": int(not alive), "answered_ping_after": answered_ping,

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
+from .audio import is_audio_file
 from .config import DaemonConfig, load_config
 from .errors import ConfigError, MixdaemonError
 from .jobs import Job, JobEvent, JobStore, LocalExecutor, hash_files, input_files, job_key, reference_files
@@ -190,7 +191,7 @@ class Daemon:
         for p in entries:
             if p.name.startswith("."):
                 continue
-            if p.is_file() and is_reference_name(p) and p.suffix:
+            if p.is_file() and is_audio_file(p) and is_reference_name(p):
                 return p
             if p.is_dir() and p.name.lower() == REFERENCE_FOLDER:
                 return p
@@ -279,6 +280,8 @@ class Daemon:
     def cmd_submit(self, sender: Target, stems: str, reference: str = "", out: str = ""):
         path = self._allowed(stems, "stems")
         files = input_files(path)
+        for f in files:  # a link inside an allowed folder must not lead out of it
+            self._allowed(str(f), "stem file")
         return self._submit_request(sender, files, path if path.is_dir() else path.parent, reference, out)
 
     def cmd_submit_files(self, sender: Target, reference: str, out: str, *stems: str):

@@ -42,11 +42,10 @@ import numpy as np
 
 from .audio import read_audio, write_audio
 from .errors import ConfigError, MixdaemonError
-from .fxmanipulator import FXManipulator
-from .fxnorm import default_stats_path, normalize_stems
-from .fxnorm_stats import FxStats
-from .metrics import embedding_distance, mss_distance
 from .stems import STEM_NAMES, load_song
+
+# The CLI builds add_evaluate_parser on every call, so torch and the DSP modules are imported by
+# the functions that use them.
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,11 @@ def _stem_rng(seed: int, song: str, stem: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(song.encode()), STEM_NAMES.index(stem)]))
 
 
-def build_songs(songs_dir: str | Path, stats: FxStats, seed: int = 0, ir_folder=None,
+def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
                 progress: Progress = lambda stage, fraction: None) -> list[EvaluationSong]:
+    """The evaluation material of every song (stats: an fxnorm_stats.FxStats)."""
+    from .fxmanipulator import FXManipulator
+    from .fxnorm import normalize_stems
     folders = song_folders(songs_dir)
     songs = []
     for i, folder in enumerate(folders):
@@ -158,7 +160,7 @@ class MatcheringEngine:
         return out
 
 
-def make_engine(spec: str, stats: FxStats, seed: int = 0):
+def make_engine(spec: str, stats, seed: int = 0):
     """An engine object with convert_song(input_stems, reference_stems) from a name (module docstring)."""
     if spec == "identity":
         return IdentityEngine()
@@ -201,6 +203,7 @@ class _Embedder:
 
 
 def _scores(y: np.ndarray, gt: np.ndarray, e_y, e_ref, e_gt) -> dict[str, float | None]:
+    from .metrics import embedding_distance, mss_distance
     return {"lr": mss_distance(y, gt, "lr"), "ms": mss_distance(y, gt, "ms"),
             "y_ref": embedding_distance(e_y, e_ref) if e_y is not None and e_ref is not None else None,
             "y_gt": embedding_distance(e_y, e_gt) if e_y is not None and e_gt is not None else None}
@@ -234,6 +237,8 @@ def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_
              embedding_model: str | None = "default", ir_folder=None,
              progress: Progress = lambda stage, fraction: None) -> dict:
     """Run the protocol of the module docstring; returns the report (JSON-serialisable)."""
+    from .fxnorm import default_stats_path
+    from .fxnorm_stats import FxStats
     engines = ["identity"] + [e for e in dict.fromkeys(engines) if e != "identity"]
     stats_path = Path(stats_path) if stats_path else default_stats_path("mst")
     stats = FxStats.load(stats_path)

@@ -30,6 +30,7 @@ artifact and two processes building the same one at once both end with a whole f
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -206,15 +207,31 @@ def export_onnx(graph: str, model: nn.Module, path: str | os.PathLike, precision
     """Write `graph` of `model` (an FXencoder for "fxencoder", else a MixFXcloner) to `path`."""
     module = graph_module(graph, model, precision)
     config = model.config
-    with warnings.catch_warnings():
-        # the exporter's own deprecation and axis-naming notices say nothing about this graph
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    with _quiet_exporter():
         program = torch.onnx.export(module, _example_inputs(graph, config), dynamo=True, verbose=False,
                                     input_names=input_names(graph, config), output_names=output_names(graph, config),
                                     dynamic_shapes=_dynamic_shapes(graph, config), opset_version=OPSET)
     program.save(path, external_data=False)
     return Path(path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter narrates every optimization pass at INFO and warns about its own deprecations and
+    missing torchvision; none of it is about the graph (the parity tests check that), so a daemon
+    log at INFO would fill with it."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 # --- the engine cache -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from test_daemon_support import (RESULT_FILES, DaemonProcess, OscListener, OutputMonitor, daemon_config, make_reference,
-                                 request, song_stems, wav_bytes, write_stems, write_toml)
+                                 request, send_cli, song_stems, wav_bytes, write_stems, write_toml)
 
 DONE, ERROR, QUEUED, PROGRESS = "/mixdaemon/done", "/mixdaemon/error", "/mixdaemon/queued", "/mixdaemon/progress"
 
@@ -226,8 +226,15 @@ def test_osc_submission_status_cancel_and_graceful_stop(tmp_path, listener, star
     reply, args = request(listener, proc.address, "/mixdaemon/cancel", long_id, reply="/mixdaemon/cancelled")
     assert (reply, args) == ("/mixdaemon/cancelled", [long_id])
     assert [j["state"] for j in _jobs(tmp_path) if j["id"] == long_id] == ["cancelled"]
+    # `mixdaemon send submit --wait` follows a job to its end.
+    other = write_stems(tmp_path / "elsewhere" / "other song", seconds=1.0, seed=8)
+    status, out, _ = send_cli(proc.port, "submit", *map(str, other), "--reference", str(reference), "--wait",
+                              timeout=60)
+    lines = out.splitlines()
+    assert status == 0 and lines[0].startswith(QUEUED) and lines[-1].startswith(DONE), out
+    assert any(line.startswith(PROGRESS) for line in lines)
     # SIGTERM: a clean stop.
     assert proc.terminate() == 0
     assert "stopped" in proc.log().splitlines()[-1]
     assert not (tmp_path / "state" / "daemon.json").exists()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"song-{job_id}"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([f"song-{job_id}", f"other song-{job_id + 2}"])

@@ -1,9 +1,6 @@
 """The OSC interface of a real daemon process over real UDP: bad packets and bad arguments get an
 error reply and change nothing, paths outside the allowed roots are refused, and `mixdaemon send`
 works for every command."""
-import argparse
-import contextlib
-import io
 import os
 import socket
 import struct
@@ -13,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from mixdaemon.osc import COMMANDS, add_send_parser
-from test_daemon_support import REPO, DaemonProcess, OscListener, daemon_config, osc_packet, request, write_stems, write_toml
+from mixdaemon.osc import COMMANDS
+from test_daemon_support import (REPO, DaemonProcess, OscListener, daemon_config, osc_packet, request, send_cli,
+                                 write_stems, write_toml)
 
 ERROR = "/mixdaemon/error"
 
@@ -110,18 +108,6 @@ def test_paths_outside_the_allowed_roots_are_refused(daemon):
     assert values[:5] == [0, 0, 0, 0, 0]  # nothing was queued
 
 
-def _send(port, *args, timeout=5.0):
-    """`mixdaemon send --port PORT ARGS...` in this process (the real client, real UDP):
-    (exit status, stdout, stderr)."""
-    parser = argparse.ArgumentParser(prog="mixdaemon")
-    add_send_parser(parser.add_subparsers(dest="command"))
-    parsed = parser.parse_args(["send", "--port", str(port), "--timeout", str(timeout), *args])
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = parsed.func(parsed)
-    return status, out.getvalue(), err.getvalue()
-
-
 def _free_udp_port() -> int:
     """A UDP port number that nothing listens on (bound, then released)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -137,26 +123,26 @@ def test_send_command_line_client(daemon):
     ping = subprocess.run([sys.executable, "-m", "mixdaemon.daemon", "send", "--port", str(proc.port), "ping"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ping.returncode == 0 and ping.stdout.startswith("/mixdaemon/pong 0.")
-    status, out, _ = _send(proc.port, "status")
+    status, out, _ = send_cli(proc.port, "status")
     assert status == 0 and out.startswith("/mixdaemon/status/summary")
-    status, out, _ = _send(proc.port, "status", "4242")
+    status, out, _ = send_cli(proc.port, "status", "4242")
     assert status == 1 and "job 4242: no such job" in out
-    status, out, _ = _send(proc.port, "cancel", "4242")
+    status, out, _ = send_cli(proc.port, "cancel", "4242")
     assert status == 1 and "job 4242: no such job" in out
-    status, out, _ = _send(proc.port, "preview", "4242", "--mode", "ab")
+    status, out, _ = send_cli(proc.port, "preview", "4242", "--mode", "ab")
     assert status == 1 and "job 4242: no such job" in out
-    status, out, _ = _send(proc.port, "submit", "/etc")
+    status, out, _ = send_cli(proc.port, "submit", "/etc")
     assert status == 1 and "outside the allowed roots" in out
-    status, out, _ = _send(proc.port, "preview-stop")
+    status, out, _ = send_cli(proc.port, "preview-stop")
     assert status == 0 and out.strip() == "/mixdaemon/preview/stopped 0"
-    status, out, _ = _send(proc.port, "subscribe")
+    status, out, _ = send_cli(proc.port, "subscribe")
     assert status == 0 and out.strip() == "/mixdaemon/subscribed"
     # The default reference: set (kept in the job database), then cleared.
     ref = tmp / "watch" / "song" / "drums.wav"
-    status, out, _ = _send(proc.port, "reference", str(ref))
+    status, out, _ = send_cli(proc.port, "reference", str(ref))
     assert status == 0 and out.strip() == f"/mixdaemon/reference/ok  {ref}"
-    status, out, _ = _send(proc.port, "reference", "--clear")
+    status, out, _ = send_cli(proc.port, "reference", "--clear")
     assert status == 0 and out.strip() == "/mixdaemon/reference/ok"
     # Nobody listening on that port: exit status 3 after the timeout.
-    status, _, err = _send(_free_udp_port(), "ping", timeout=0.5)
+    status, _, err = send_cli(_free_udp_port(), "ping", timeout=0.5)
     assert status == 3 and "no reply from" in err

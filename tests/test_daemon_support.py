@@ -2,6 +2,8 @@
 daemon subprocess, and a UDP listener that records every OSC message it receives."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import io
 import json
 import os
@@ -77,7 +79,7 @@ def write_toml(path: Path, data: dict) -> Path:
 
 def daemon_config(tmp: Path, reply_port: int | None, **extra) -> dict:
     """A test configuration: everything under tmp, OS-chosen OSC port, short settle time."""
-    (tmp / "watch").mkdir(exist_ok=True)
+    (tmp / "watch").mkdir(parents=True, exist_ok=True)
     cfg = {"settle_seconds": 0.3, "stale_seconds": 2.0, "state_dir": str(tmp / "state"),
            "watch": [{"path": str(tmp / "watch")}],
            "output": {"root": str(tmp / "out")},
@@ -217,6 +219,19 @@ class OscListener:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+def send_cli(port: int, *args, timeout: float = 5.0) -> tuple[int, str, str]:
+    """`mixdaemon send --port PORT ARGS...` run in this process (the real client over real UDP; a
+    subprocess would spend seconds importing): (exit status, stdout, stderr)."""
+    from mixdaemon.osc import add_send_parser
+    parser = argparse.ArgumentParser(prog="mixdaemon")
+    add_send_parser(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args(["send", "--port", str(port), "--timeout", str(timeout), *args])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = parsed.func(parsed)
+    return status, out.getvalue(), err.getvalue()
 
 
 def request(listener: OscListener, target, address: str, *args, reply=None, timeout: float = 10.0):

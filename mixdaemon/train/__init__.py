@@ -7,3 +7,7 @@
 - cloner: MixFXcloner training against a frozen encoder with the multi-scale spectral loss (§4.3);
 - commands: the `mixdaemon train ...` command line (`add_train_parser`).
 """
+
+from .commands import add_train_parser, train_cloner, train_encoder
+
+__all__ = ["add_train_parser", "train_encoder", "train_cloner"]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..errors import ConfigError, ModelFileError
 
@@ -32,7 +33,10 @@ LOG_FIELDS = ("step", "phase", "metric", "value", "seconds")
 
 def configure_torch(seed: int, threads: int | None) -> None:
     """Seed torch (model initialisation), fix the thread count (float sums depend on it) and ask
-    for deterministic kernels wherever torch has them."""
+    for deterministic kernels wherever torch has them. Also limits numpy's BLAS to one thread: the
+    data pipeline only does small dot products with it, and on a busy machine OpenBLAS's spinning
+    idle threads made batch making 6× slower and starved torch's threads."""
+    threadpool_limits(limits=1, user_api="blas")
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
@@ -82,8 +86,9 @@ class _StepBatches(torch.utils.data.Dataset):
 
 
 def _worker_init(_):
-    # Data workers make audio with numpy/numba; a torch thread pool per worker would only compete.
+    # Data workers make audio with numpy/numba; a thread pool per worker would only compete.
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
@@ -169,11 +174,11 @@ def read_log(path: str | os.PathLike, phase: str = "train", metric: str = "loss"
 
 @dataclass
 class LoopSettings:
+    """How a run is carried out (not what it computes: that is the trainer's cfg)."""
+
     run_dir: Path
-    steps: int
-    validate_every: int
-    checkpoint_every: int
-    seed: int
+    validate_every: int = 100
+    checkpoint_every: int = 100
     workers: int = 1
     resume: bool = False
     stop_after: int | None = None  # end this process after that update (checkpointed), e.g. for time slices
@@ -184,8 +189,8 @@ class Trainer:
     """The shared loop; subclasses define make_batch, train_step, validate and their state.
 
     Subclass contract:
-    - kind: "encoder" | "cloner"; model, optimizer; config(): the run's settings (JSON data), which
-      a resumed run must repeat;
+    - kind: "encoder" | "cloner"; cfg (with .steps and .seed), model, optimizer; config(): the run's
+      settings (JSON data), which a resumed run must repeat;
     - make_batch(rng) → batch (runs in data workers; must only read self);
     - train_step(batch) → {"loss": float, ...};
     - validate() → {metric: float}, may change what make_batch draws (probability scheduling);
@@ -195,8 +200,8 @@ class Trainer:
     kind = ""
 
     def __init__(self, loop: LoopSettings):
-        if loop.steps < 1 or loop.validate_every < 1 or loop.checkpoint_every < 1:
-            raise ConfigError("steps, validate_every and checkpoint_every must be positive")
+        if loop.validate_every < 1 or loop.checkpoint_every < 1:
+            raise ConfigError("validate_every and checkpoint_every must be positive")
         self.loop = loop
         self.step = 0
         self.elapsed = 0.0  # wall seconds of this run over all its sessions (data waits included)
@@ -213,7 +218,7 @@ class Trainer:
 
     def cosine_schedule(self, final_fraction: float) -> None:
         """LR multiplier from 1 down to final_fraction over the run (half a cosine)."""
-        total = self.loop.steps
+        total = self.cfg.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda k: final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
@@ -249,7 +254,9 @@ class Trainer:
     # the loop
     def run(self) -> None:
         from tqdm import tqdm
-        loop = self.loop
+        loop, steps, seed = self.loop, self.cfg.steps, self.cfg.seed
+        if steps < 1:
+            raise ConfigError(f"steps {steps}: must be positive")
         loop.run_dir.mkdir(parents=True, exist_ok=True)
         if loop.resume:
             self._restore()
@@ -257,8 +264,8 @@ class Trainer:
             raise ConfigError(f"{self.checkpoint_path}: the run folder holds a run already; pass --resume to "
                               "continue it, or choose another --run-dir")
         log = CsvLog(loop.run_dir / LOG, self.step if loop.resume else None)
-        last = min(loop.steps, loop.stop_after) if loop.stop_after is not None else loop.steps
-        bar = tqdm(total=loop.steps, initial=self.step, desc=f"training {self.kind}", unit="step",
+        last = min(steps, loop.stop_after) if loop.stop_after is not None else steps
+        bar = tqdm(total=steps, initial=self.step, desc=f"training {self.kind}", unit="step",
                    disable=not loop.progress, dynamic_ncols=True)
         smoothed = None
         clock, base = time.perf_counter(), self.elapsed
@@ -270,7 +277,7 @@ class Trainer:
                 # One batch stream per stretch between validations: a validation may change the
                 # FX probabilities that the workers draw with.
                 until = min(last, (self.step // loop.validate_every + 1) * loop.validate_every)
-                for k, batch in batches(self.make_batch, loop.seed, self.step + 1, until, loop.workers):
+                for k, batch in batches(self.make_batch, seed, self.step + 1, until, loop.workers):
                     self.model.train()
                     values = self.train_step(batch)
                     if self.scheduler is not None:
@@ -283,7 +290,7 @@ class Trainer:
                     bar.update(1)
                     if k % loop.checkpoint_every == 0 and k % loop.validate_every != 0:
                         self.save()
-                if self.step % loop.validate_every == 0 or self.step == loop.steps:
+                if self.step % loop.validate_every == 0 or self.step == steps:
                     self.model.eval()
                     with torch.no_grad():
                         metrics = self.validate()

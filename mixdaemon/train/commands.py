@@ -1,0 +1,222 @@
+"""`mixdaemon train material | encoder | cloner | export`: the command line of training, and the API
+functions behind it (`train_encoder`, `train_cloner`), which tests and scripts call directly.
+
+    mixdaemon train material MATERIAL --songs 64 --seconds 30 --seed 0
+    mixdaemon train encoder MATERIAL --run-dir runs/encoder --steps 600
+    mixdaemon train cloner MATERIAL --encoder runs/encoder --run-dir runs/cloner --steps 600 --name default
+
+Every run keeps runs/<name>/checkpoint.pt (model, optimizer, LR schedule, FX probabilities, step)
+and runs/<name>/log.csv (step, phase, metric, value, seconds); `--resume` continues a run exactly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Building the parser must stay cheap (the CLI builds it on every call), so torch and the training
+# modules are imported by the functions that use them.
+
+RENDERERS = ("auto", "fluidsynth", "numpy")  # mixdaemon.train.material.RENDERERS
+SIZES = ("tiny", "small", "full")            # the presets of train.encoder and train.cloner
+
+
+def _libraries(songs_dir, val_dir, cache_dir, stats, seed, progress):
+    from ..fxnorm import default_stats_path
+    from .data import libraries
+
+    def report(stage, done, total):
+        if progress:
+            print(f"{stage}: {done}/{total}", end="\r" if done < total else "\n", flush=True)
+    return libraries(songs_dir, val_dir, stats or default_stats_path("mst"), cache_dir, seed, report)
+
+
+def train_encoder(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=None, device: str = "auto",
+                  threads: int | None = None, ir_folder=None) -> Path:
+    """Train (or with loop.resume, continue) an FXencoder (cfg: EncoderTrainingConfig, loop:
+    LoopSettings); returns the checkpoint path."""
+    from .encoder import EncoderTrainer
+    from .loop import configure_torch, resolve_device
+    configure_torch(cfg.seed, threads)
+    train, validation = _libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress)
+    trainer = EncoderTrainer(cfg, train, validation, loop, resolve_device(device), ir_folder)
+    trainer.run()
+    return trainer.checkpoint_path
+
+
+def train_cloner(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=None, device: str = "auto",
+                 threads: int | None = None, ir_folder=None, out: str | Path | None = None) -> Path:
+    """Train (or continue) a MixFXcloner on cfg.encoder's embeddings (cfg: ClonerTrainingConfig).
+    When the run reaches its last step, the pair is written to `out` (default:
+    <run_dir>/model.safetensors) and that path returned; the checkpoint path when the run stopped
+    early (loop.stop_after)."""
+    from .cloner import ClonerTrainer, export_pair
+    from .loop import configure_torch, resolve_device
+    configure_torch(cfg.seed, threads)
+    train, validation = _libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress)
+    trainer = ClonerTrainer(cfg, train, validation, loop, resolve_device(device), ir_folder)
+    trainer.run()
+    if trainer.step < cfg.steps:
+        return trainer.checkpoint_path
+    out = Path(out) if out else loop.run_dir / "model.safetensors"
+    export_pair(loop.run_dir, out, train)
+    return out
+
+
+# --- argument parsing -------------------------------------------------------------------------------
+
+def _model_config(preset: str, presets: dict, override: str | None) -> dict:
+    from ..errors import ConfigError
+    base = presets[preset].to_dict() if hasattr(presets[preset], "to_dict") else dict(presets[preset])
+    if not override:
+        return base
+    text = Path(override).read_text() if Path(override).is_file() else override
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-config: not JSON or a JSON file ({exc})") from None
+    if not isinstance(extra, dict):
+        raise ConfigError("--model-config: expected a JSON object of model config keys")
+    return {**base, **extra}
+
+
+def _loop(args):
+    from .loop import LoopSettings
+    return LoopSettings(run_dir=Path(args.run_dir), validate_every=args.validate_every,
+                        checkpoint_every=args.checkpoint_every, workers=args.workers, resume=args.resume,
+                        stop_after=args.stop_after, progress=not args.quiet)
+
+
+def _common(args) -> dict:
+    return {"val_dir": args.val_dir, "cache_dir": args.cache_dir, "stats": args.stats, "device": args.device,
+            "threads": args.threads, "ir_folder": args.ir_folder}
+
+
+def _given(**values) -> dict:
+    """The options given on the command line; the rest keep the training config's defaults."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def cmd_material(args) -> int:
+    from tqdm import tqdm
+
+    from .material import make_material
+    with tqdm(total=args.songs, desc="rendering songs", unit="song", disable=args.quiet) as bar:
+        folders = make_material(args.out, args.songs, args.seconds, args.seed, args.renderer, args.first,
+                                progress=lambda done, total: bar.update(done - bar.n))
+    print(f"{len(folders)} songs in {args.out}")
+    return 0
+
+
+def cmd_encoder(args) -> int:
+    from .encoder import ENCODER_PRESETS, EncoderTrainingConfig
+    cfg = EncoderTrainingConfig(**_given(
+        model=_model_config(args.size, ENCODER_PRESETS, args.model_config), steps=args.steps, items=args.items,
+        segment=args.segment, strong_negatives=args.negatives, temperature=args.temperature, lr=args.lr,
+        lr_final_fraction=args.lr_final, mixture=not args.no_mixture, schedule=not args.no_schedule,
+        validation_items=args.validation_items, precision=args.precision, seed=args.seed))
+    path = train_encoder(cfg, args.songs_dir, _loop(args), **_common(args))
+    print(f"encoder checkpoint: {path}")
+    return 0
+
+
+def _pair_destination(args, run_dir: Path) -> Path:
+    from ..modelfiles import store_dir
+    if args.name:
+        return store_dir(args.store) / f"{args.name}.safetensors"
+    return Path(args.out) if args.out else run_dir / "model.safetensors"
+
+
+def cmd_cloner(args) -> int:
+    from .cloner import CLONER_PRESETS, ClonerTrainingConfig
+    cfg = ClonerTrainingConfig(**_given(
+        encoder=str(Path(args.encoder).resolve()), model=_model_config(args.size, CLONER_PRESETS, args.model_config),
+        steps=args.steps, items_per_stem=args.items, segment=args.segment, lr=args.lr, lr_final_fraction=args.lr_final,
+        identity_init=False if args.no_identity_init else None, validation_items=args.validation_items,
+        precision=args.precision, seed=args.seed))
+    path = train_cloner(cfg, args.songs_dir, _loop(args), out=_pair_destination(args, Path(args.run_dir)),
+                        **_common(args))
+    print(f"{'model pair' if path.suffix == '.safetensors' else 'cloner checkpoint'}: {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .cloner import export_pair
+    info = export_pair(args.run_dir, _pair_destination(args, Path(args.run_dir)))
+    print(f"model pair '{info.name}': {info.path}")
+    return 0
+
+
+def _add_run_options(p) -> None:
+    p.add_argument("songs_dir", help="training songs: SONGS_DIR/<song>/{drums,bass,other,vocals}.wav")
+    p.add_argument("--run-dir", required=True, help="folder for checkpoint.pt and log.csv")
+    p.add_argument("--val-dir", help="validation songs (default: every 8th training song is held out)")
+    p.add_argument("--cache-dir", help="FX-normalized stems cache (default: SONGS_DIR/.mixdaemon-normalized)")
+    p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
+    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
+    p.add_argument("--size", default="small", choices=SIZES, help="model size preset (default: small)")
+    p.add_argument("--model-config", help="JSON object (or file) of model config keys overriding the preset")
+    p.add_argument("--steps", type=int, help="total updates of the run")
+    p.add_argument("--segment", type=int, help="samples per training segment (L)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--lr-final", type=float,
+                   help="cosine-decay the learning rate to this fraction of --lr by the last step (1: constant)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: autocast (fast on AMX CPUs and GPUs)")
+    p.add_argument("--validate-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=1, help="processes making batches ahead (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    p.add_argument("--stop-after", type=int, help="end this session after that update (resume later)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_pair_destination(p) -> None:
+    p.add_argument("--name", help="write the pair into the engine store under this name (e.g. default)")
+    p.add_argument("--store", help="engine store folder (default: engines/ or $MIXDAEMON_ENGINES)")
+    p.add_argument("--out", help="pair file to write (default: RUN_DIR/model.safetensors)")
+
+
+def add_train_parser(subparsers) -> None:
+    """`mixdaemon train material|encoder|cloner|export` (see the module docstring)."""
+    train = subparsers.add_parser("train", help="train the MST networks on the project's own material")
+    sub = train.add_subparsers(dest="train_command", required=True)
+
+    p = sub.add_parser("material", help="render procedural training songs (MUSDB18 layout)")
+    p.add_argument("out", help="folder for song_NNNN/{drums,bass,other,vocals}.wav")
+    p.add_argument("--songs", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first", type=int, default=0, help="index of the first song (to extend a set)")
+    p.add_argument("--renderer", default="auto", choices=RENDERERS,
+                   help="fluidsynth (GM soundfont, needs the fluidsynth program) or numpy (built-in synth)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_material)
+
+    p = sub.add_parser("encoder", help="contrastive FXencoder training (§3.3) with probability scheduling (§2.4)",
+                       description="Unset options keep the defaults of train.encoder.EncoderTrainingConfig.")
+    _add_run_options(p)
+    p.add_argument("--items", type=int, help="contents per batch")
+    p.add_argument("--negatives", type=int, help="strong negatives K per content")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--validation-items", type=int)
+    p.add_argument("--no-mixture", action="store_true", help="contrast the stems only, not their sum")
+    p.add_argument("--no-schedule", action="store_true", help="keep the default FX probabilities")
+    p.set_defaults(func=cmd_encoder)
+
+    p = sub.add_parser("cloner", help="MixFXcloner training with a frozen encoder (§4.3)",
+                       description="Unset options keep the defaults of train.cloner.ClonerTrainingConfig.")
+    _add_run_options(p)
+    p.add_argument("--encoder", required=True, help="the encoder run (folder or checkpoint.pt)")
+    p.add_argument("--items", type=int, help="triplets per stem per batch")
+    p.add_argument("--validation-items", type=int, help="per stem")
+    p.add_argument("--no-identity-init", action="store_true", help="start from random weights instead of y = x")
+    _add_pair_destination(p)
+    p.set_defaults(func=cmd_cloner)
+
+    p = sub.add_parser("export", help="write a cloner run's current checkpoint and its encoder as a model pair")
+    p.add_argument("run_dir", help="the cloner run")
+    _add_pair_destination(p)
+    p.set_defaults(func=cmd_export)
+

@@ -1,0 +1,406 @@
+"""The REAPER integration: the Lua ReaScripts in integrations/reaper run under a real Lua 5.4
+against a stub `reaper` API (tests/reaper_stub.lua, which records every call and renders real
+WAV files), and talk to a real daemon process, through request files and through OSC."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from mixdaemon.requests import RequestFolder, unescape
+from test_daemon_support import REPO, DaemonProcess, daemon_config, make_reference, song_stems, wav_bytes, write_toml
+
+LUA, LUAC = shutil.which("lua5.4"), shutil.which("luac5.4")
+pytestmark = pytest.mark.skipif(LUA is None or LUAC is None,
+                                reason="lua5.4/luac5.4 not installed (apt-get install lua5.4, or scripts/setup.sh as root)")
+SCRIPTS = REPO / "integrations" / "reaper"
+STUB = REPO / "tests" / "reaper_stub.lua"
+RENDER_ACTION = 42230
+HAS_LUASOCKET = LUA is not None and subprocess.run([LUA, "-e", "require('socket')"], capture_output=True).returncode == 0
+
+
+def lua_literal(value) -> str:
+    """A Python value as a Lua expression (the stub's project file is Lua)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):  # UTF-8 bytes; all but printable ASCII as \ddd escapes
+        return '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:03d}" for b in value.encode()) + '"'
+    if isinstance(value, (list, tuple)):
+        return "{" + ", ".join(lua_literal(v) for v in value) + "}"
+    return "{" + ", ".join(f"[{lua_literal(str(k))}] = {lua_literal(v)}" for k, v in value.items()) + "}"
+
+
+class Reaper:
+    """A project for the stub, and runs of the scripts against it."""
+
+    def __init__(self, folder: Path, project: dict):
+        self.folder = folder
+        self.state = folder / "project_state.lua"
+        self.state.write_text("return " + lua_literal(project) + "\n")
+        self.runs = 0
+
+    def run(self, script: str, timeout: float = 60) -> dict:
+        self.runs += 1
+        out = self.folder / f"run{self.runs}.json"
+        subprocess.run([LUA, str(STUB), str(self.state), str(out), str(SCRIPTS / script)], cwd=self.folder,
+                       timeout=timeout, check=True)
+        result = json.loads(out.read_text())
+        result["calls"] = [(c["name"], c["args"]) for c in result["calls"]]
+        return result
+
+
+def calls_named(result: dict, name: str) -> list[list]:
+    return [args for n, args in result["calls"] if n == name]
+
+
+def render_settings_before(result: dict, until: int) -> dict:
+    """The render settings the script set before call number `until` (the render)."""
+    return {a[1]: a[2] for n, a in result["calls"][:until]
+            if n in ("GetSetProjectInfo", "GetSetProjectInfo_String") and a[3] is True}
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(wav_bytes(samples))
+    return path
+
+
+# --- a running daemon ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reaper")
+    projects = tmp / "projects"
+    reference = make_reference(projects / "refs", seconds=2.5)
+    config = write_toml(tmp / "config.toml", daemon_config(tmp, None, allowed_roots=[str(projects)]))
+    proc = DaemonProcess(config, tmp / "state").start()
+    requests = tmp / "state" / "requests"
+    bridge = None
+    if not requests.is_dir():
+        # daemon.py does not start the request folder yet (see mixdaemon/requests.py): serve it
+        # from here, against the daemon's OSC port, until it does.
+        bridge = RequestFolder(requests)
+        bridge.start(proc.address)
+    yield {"proc": proc, "tmp": tmp, "projects": projects, "reference": reference, "state": tmp / "state"}
+    if bridge is not None:
+        bridge.stop()
+    if proc.alive():
+        proc.terminate()
+
+
+# The user's own render settings, which the scripts must leave as they found them.
+USER_RENDER_SETTINGS = {"RENDER_FILE": "/somewhere/else", "RENDER_PATTERN": "$project", "RENDER_FORMAT": "l3pm",
+                        "RENDER_SETTINGS": 0, "RENDER_BOUNDSFLAG": 2, "RENDER_CHANNELS": 1, "RENDER_SRATE": 48000,
+                        "RENDER_ADDTOPROJ": 1, "RENDER_NORMALIZE": 1, "RENDER_TAILFLAG": 4}
+TRACKS = (  # name, stem of the synthetic song it plays, first item position (s), selected
+    ("Kick", "drums", 0.5, True),
+    ("Snare", "drums", 0.25, True),
+    ("Bass DI", "bass", 0.5, True),
+    ("Piano", "other", 0.0, False),
+    ("Lead Vöx", "vocals", 1.0, True),
+)
+
+
+def make_project(daemon: dict, name: str, seed: int, transport: str = "file", **settings) -> tuple[Reaper, Path]:
+    """A REAPER project folder (under the daemon's allowed root) with tracks whose renders are a
+    synthetic song's stems; `settings` go to the scripts' ExtState."""
+    folder = daemon["projects"] / name
+    stems = song_stems(2.5, seed=seed)
+    tracks = []
+    for i, (track, stem, start, selected) in enumerate(TRACKS):
+        # Two drum tracks share the drum stem: each plays half of it.
+        audio = stems[stem] * (0.5 if stem == "drums" else 1.0)
+        render_source = write_wav(folder / "fixtures" / f"{track}.wav", audio)
+        tracks.append({"guid": f"{{GUID-{i}}}", "name": track, "selected": selected, "render_source": str(render_source),
+                       "items": [{"position": start, "length": 2.5 - start, "takes": []}]})
+    project = {
+        "project_file": str(folder / f"{name}.rpp"), "project_media_path": str(folder / "Media"),
+        "tracks": tracks,
+        "ext_state": {"mixdaemon": {"transport": transport, "state_dir": str(daemon["state"]), "auto_import": "0",
+                                    **settings}},
+        "proj_ext_state": {"mixdaemon": {"reference": str(daemon["reference"])}},
+        "render": dict(USER_RENDER_SETTINGS),
+    }
+    return Reaper(folder, project), folder
+
+
+def last_job(result: dict) -> dict:
+    """The project's record of its last conversion (escaped twice, like the scripts write it)."""
+    text = unescape(result["proj_ext_state"]["mixdaemon"]["last_job"])
+    job: dict = {}
+    for line in text.split("\n"):
+        key, _, value = line.partition("=")
+        job.setdefault(key, []).append(unescape(value))
+    return job
+
+
+def request_files(daemon) -> list[str]:
+    return sorted(p.name for p in (daemon["state"] / "requests").iterdir())
+
+
+@pytest.fixture(scope="module")
+def converted(daemon):
+    """A project whose selected tracks the convert script rendered and sent (request files), and
+    whose job the daemon finished."""
+    reaper, folder = make_project(daemon, "Song", seed=11)
+    result = reaper.run("mixdaemon_convert_selected_tracks.lua")
+    return {"reaper": reaper, "folder": folder, "result": result, "job": last_job(result),
+            "requests_left": request_files(daemon)}
+
+
+# --- the scripts themselves ------------------------------------------------------------------------
+
+def test_every_lua_file_compiles():
+    files = sorted(SCRIPTS.glob("*.lua")) + [STUB]
+    assert len(files) >= 10
+    for path in files:
+        done = subprocess.run([LUAC, "-p", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+def run_lua(folder: Path, code: str, *args: str) -> str:
+    """Run a Lua chunk (arg[1], arg[2]... are args) and return what it printed."""
+    script = folder / "chunk.lua"
+    script.write_text(code)
+    return subprocess.run([LUA, str(script), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_lua_osc_messages_are_the_ones_python_osc_reads_and_writes(tmp_path):
+    osc = str(SCRIPTS / "mixdaemon_osc.lua")
+    encode = """local OSC = dofile(arg[1])
+for _, case in ipairs({{"/mixdaemon/submit", {"/home/me/Bounces/Sóng 1", "", "/out"}}, {"/mixdaemon/status", {12}},
+                       {"/mixdaemon/ping", {}}, {"/t", {1.5, -3, true, false, {blob = "\\0\\1\\2"}, "abcd"}}}) do
+  io.write((OSC.encode(case[1], case[2]):gsub(".", function(c) return ("%02x"):format(c:byte()) end)), "\\n")
+end"""
+    lines = run_lua(tmp_path, encode, osc).split()
+    decoded = [OscMessage(bytes.fromhex(line)) for line in lines]
+    assert [(m.address, list(m.params)) for m in decoded] == [
+        ("/mixdaemon/submit", ["/home/me/Bounces/Sóng 1", "", "/out"]), ("/mixdaemon/status", [12]),
+        ("/mixdaemon/ping", []), ("/t", [1.5, -3, True, False, b"\0\1\2", "abcd"])]
+
+    def built(address, *args):
+        builder = OscMessageBuilder(address)
+        for a in args:
+            builder.add_arg(a)
+        return builder.build()
+
+    done = built("/mixdaemon/done", 7, "/r/manifest.json", "/r/drums.wav")
+    bundle = (b"#bundle\0" + bytes(8) + len(done.dgram).to_bytes(4, "big") + done.dgram
+              + len(built("/mixdaemon/progress", 7, 42.5, "limiting").dgram).to_bytes(4, "big")
+              + built("/mixdaemon/progress", 7, 42.5, "limiting").dgram)
+    decode = """local OSC = dofile(arg[1])
+for i = 2, #arg do
+  for _, m in ipairs(OSC.decode((arg[i]:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end)))) do
+    local parts = {m.address}
+    for j = 1, m.n do parts[#parts + 1] = math.type(m.args[j]) or type(m.args[j]) .. ":" .. tostring(m.args[j]) end
+    print(table.concat(parts, "|"))
+  end
+end"""
+    packets = [built("/mixdaemon/error", "-", "ü: refused").dgram, built("/mixdaemon/pong", "0.1.0").dgram, bundle]
+    out = run_lua(tmp_path, decode, osc, *(p.hex() for p in packets)).splitlines()
+    assert out == ["/mixdaemon/error|string:-|string:ü: refused", "/mixdaemon/pong|string:0.1.0",
+                   "/mixdaemon/done|integer|string:/r/manifest.json|string:/r/drums.wav",
+                   "/mixdaemon/progress|integer|float|string:limiting"]
+
+
+def test_set_reference_renders_the_selected_item_to_a_wav_in_the_project(tmp_path):
+    song = write_wav(tmp_path / "media" / "Great Song.wav", song_stems(1.0, seed=3)["vocals"])
+    tracks = [{"guid": "{R}", "name": "Ref", "items": [{"position": 4.0, "length": 1.0, "selected": True,
+                                                         "takes": [{"name": "Great Song", "startoffs": 0,
+                                                                    "source": {"file": str(song), "length": 1.0}}]}]}]
+    reaper = Reaper(tmp_path, {"project_file": str(tmp_path / "P.rpp"), "tracks": tracks, "render": dict(USER_RENDER_SETTINGS)})
+    result = reaper.run("mixdaemon_set_reference.lua")
+    assert result.get("error") is None and result["boxes"] == []
+    reference = Path(result["proj_ext_state"]["mixdaemon"]["reference"])
+    assert reference.parent == tmp_path / "mixdaemon" / "references" and reference.name.startswith("Great Song-")
+    assert reference.read_bytes() == song.read_bytes()
+    render_at = [i for i, (name, _) in enumerate(result["calls"]) if name == "Main_OnCommand"]
+    assert calls_named(result, "Main_OnCommand") == [[RENDER_ACTION, 0]]
+    assert render_settings_before(result, render_at[0]) == {
+        "RENDER_FILE": str(reference.parent), "RENDER_PATTERN": reference.stem, "RENDER_FORMAT": "evaw",
+        "RENDER_SETTINGS": 32, "RENDER_BOUNDSFLAG": 4, "RENDER_CHANNELS": 2, "RENDER_SRATE": 0,
+        "RENDER_ADDTOPROJ": 0, "RENDER_NORMALIZE": 0, "RENDER_TAILFLAG": 0}
+    assert result["render"] == USER_RENDER_SETTINGS  # the user's render settings are back
+
+
+def test_set_reference_without_a_selected_item_asks_for_a_file(tmp_path):
+    song = write_wav(tmp_path / "Ref.wav", song_stems(0.5, seed=3)["bass"])
+    reaper = Reaper(tmp_path, {"project_file": str(tmp_path / "P.rpp"), "answers": {"user_file": str(song)}})
+    result = reaper.run("mixdaemon_set_reference.lua")
+    assert result["proj_ext_state"]["mixdaemon"]["reference"] == str(song)
+    assert calls_named(result, "Main_OnCommand") == [] and len(calls_named(result, "GetUserFileNameForRead")) == 1
+
+
+def test_settings_are_saved_and_a_wrong_transport_is_refused(tmp_path):
+    answers = "file,127.0.0.1,9001,/state,,/work,0"
+    reaper = Reaper(tmp_path, {"answers": {"user_inputs": answers}})
+    result = reaper.run("mixdaemon_settings.lua")
+    assert result["ext_state"]["mixdaemon"] == {"transport": "file", "osc_host": "127.0.0.1", "osc_port": "9001",
+                                                "state_dir": "/state", "requests_dir": "", "work_dir": "/work",
+                                                "auto_import": "0"}
+    reaper = Reaper(tmp_path, {"answers": {"user_inputs": "udp,,,,,,"}})
+    result = reaper.run("mixdaemon_settings.lua")
+    assert "mixdaemon" not in result["ext_state"] and "transport 'udp'" in result["boxes"][0]
+
+
+def test_without_a_daemon_nothing_is_rendered_and_the_user_is_told(tmp_path):
+    nothing_there = {"projects": tmp_path, "state": tmp_path / "no-daemon-here", "reference": tmp_path / "ref.wav"}
+    reaper, _ = make_project(nothing_there, "NoDaemon", seed=1)
+    result = reaper.run("mixdaemon_convert_selected_tracks.lua")
+    assert calls_named(result, "Main_OnCommand") == []
+    assert len(result["boxes"]) == 1 and "is `mixdaemon serve` running" in result["boxes"][0]
+
+
+# --- with the daemon: request files ----------------------------------------------------------------
+
+def test_convert_renders_the_selected_tracks_as_stems_and_leaves_the_render_settings_as_they_were(converted):
+    result, folder = converted["result"], converted["folder"]
+    assert result.get("error") is None, result["error"]
+    render_at = [i for i, (name, _) in enumerate(result["calls"]) if name == "Main_OnCommand"]
+    assert len(render_at) == 1 and result["calls"][render_at[0]][1] == [RENDER_ACTION, 0]
+    before = render_settings_before(result, render_at[0])
+    render_dir = Path(before["RENDER_FILE"])
+    assert render_dir.parent == folder / "mixdaemon" / "renders" and render_dir.name.startswith("Song-")
+    assert before == {"RENDER_FILE": str(render_dir), "RENDER_PATTERN": "$track", "RENDER_FORMAT": "evaw",
+                      "RENDER_SETTINGS": 2, "RENDER_BOUNDSFLAG": 1, "RENDER_CHANNELS": 2, "RENDER_SRATE": 0,
+                      "RENDER_ADDTOPROJ": 0, "RENDER_NORMALIZE": 0, "RENDER_TAILFLAG": 0}
+    assert ["RecursiveCreateDirectory", [str(render_dir), 0]] in [list(c) for c in result["calls"][:render_at[0]]]
+    selected = [name for name, _, _, chosen in TRACKS if chosen]
+    assert sorted(p.name for p in render_dir.iterdir()) == sorted(f"{n}.wav" for n in selected)
+    for name in selected:
+        assert (render_dir / f"{name}.wav").read_bytes() == (folder / "fixtures" / f"{name}.wav").read_bytes()
+    assert result["render"] == USER_RENDER_SETTINGS
+
+
+def test_the_daemon_converts_what_the_script_sent_and_the_script_shows_it(converted, daemon):
+    job, folder, result = converted["job"], converted["folder"], converted["result"]
+    job_id = int(job["job_id"][0])
+    assert job["state"] == ["done"]
+    manifest_path = Path(job["manifest"][0])
+    assert manifest_path.parent == folder / "mixdaemon" / f"{job['name'][0]}-{job_id}"
+    manifest = json.loads(manifest_path.read_text())
+    render_dir = Path(job["render_dir"][0])
+    assert manifest["job_id"] == job_id and manifest["engine"] == "match"
+    assert {Path(i["path"]).name: i["role"] for i in manifest["inputs"]} == {
+        "Kick.wav": "drums", "Snare.wav": "drums", "Bass DI.wav": "bass", "Lead Vöx.wav": "vocals"}
+    assert all(Path(i["path"]).parent == render_dir.resolve() for i in manifest["inputs"])
+    assert manifest["reference"]["path"] == str(daemon["reference"].resolve())
+    assert job["track_file"] == [str(render_dir / f"{n}.wav") for n, _, _, chosen in TRACKS if chosen]
+    console = result["console"]
+    # Progress lines (the queued state may pass between two polls), then done.
+    assert f"mixdaemon: job {job_id}: " in console and "% matching drums" in console
+    assert console.rstrip().endswith(f"mixdaemon: job {job_id} done: {manifest_path.parent}") and result["boxes"] == []
+    assert f"job {job_id}: done" in daemon["proc"].log()
+    assert converted["requests_left"] == []  # the script removed its request and reply
+
+
+def test_import_puts_each_converted_stem_below_its_tracks_where_they_start(converted):
+    reaper, job = converted["reaper"], converted["job"]
+    result = reaper.run("mixdaemon_import_result.lua")
+    assert result.get("error") is None and result["boxes"] == [], result
+    out_dir = Path(job["manifest"][0]).parent
+    assert [t["name"] for t in result["tracks"]] == [
+        "Kick", "Snare", "Kick + Snare (converted)", "Bass DI", "Bass DI (converted)", "Piano", "Lead Vöx",
+        "Lead Vöx (converted)"]
+    # Bottom up, so that the positions above stay valid: below Lead Vöx (5), Bass DI (3), Snare (2).
+    assert calls_named(result, "InsertTrackAtIndex") == [[5, True], [3, True], [2, True]]
+    assert calls_named(result, "PCM_Source_CreateFromFile") == [[str(out_dir / f"{s}.wav")] for s in ("vocals", "bass", "drums")]
+    assert calls_named(result, "Undo_EndBlock") == [["mixdaemon: import converted stems", -1]]
+    new = {t["name"]: t for t in result["tracks"] if t["name"].endswith("(converted)")}
+    for name, stem, start in (("Kick + Snare (converted)", "drums", 0.25), ("Bass DI (converted)", "bass", 0.5),
+                              ("Lead Vöx (converted)", "vocals", 1.0)):
+        [item] = new[name]["items"]
+        [take] = item["takes"]
+        seconds = sf.info(out_dir / f"{stem}.wav").duration
+        assert take["source"]["file"] == str(out_dir / f"{stem}.wav") and take["name"] == f"{stem}.wav"
+        assert item["position"] == start and take["startoffs"] == start  # aligned with the render's start (0)
+        assert item["length"] == pytest.approx(seconds - start) and seconds == pytest.approx(2.5)
+    originals = {t["name"]: t["items"] for t in result["tracks"] if not t["name"].endswith("(converted)")}
+    assert originals["Kick"] == [{"position": 0.5, "length": 2.0, "takes": []}]
+    assert "imported 3 converted stem(s)" in result["console"]
+
+
+def test_preview_stop_and_status_show_the_daemons_replies(converted):
+    reaper, job_id = converted["reaper"], converted["job"]["job_id"][0]
+    preview = reaper.run("mixdaemon_preview_ab.lua")
+    # No audio device here: the daemon answers with a warning, shown in a message box.
+    assert len(preview["boxes"]) == 1 and preview["boxes"][0].startswith("warning: ") and "audio" in preview["boxes"][0]
+    stop = reaper.run("mixdaemon_stop_preview.lua")
+    assert "mixdaemon: nothing was playing" in stop["console"] and stop["boxes"] == []
+    status = reaper.run("mixdaemon_status.lua")
+    lines = status["console"].splitlines()
+    assert any(" queued, 0 running, " in line and " done, " in line for line in lines), lines
+    assert f"mixdaemon: job {job_id}: done 100% done " in status["console"]
+
+
+def test_a_refused_request_is_shown_with_the_daemons_reason(daemon, tmp_path):
+    reaper, _ = make_project(daemon, "Elsewhere", seed=2, work_dir=str(tmp_path / "not-allowed"))
+    started = time.monotonic()
+    result = reaper.run("mixdaemon_convert_selected_tracks.lua")
+    assert time.monotonic() - started < 20
+    assert len(result["boxes"]) == 1 and "outside the allowed roots" in result["boxes"][0]
+    assert "error: " in result["console"]
+
+
+def test_bad_request_files_get_an_error_reply_and_good_ones_an_answer(daemon):
+    folder = daemon["state"] / "requests"
+    files = {"t1-junk": "hello\n", "t2-unknown": "mixdaemon-request 1\naddress=/mixdaemon/fly\n",
+             "t3-ping": "mixdaemon-request 1\naddress=/mixdaemon/ping\n",
+             "t4-status": "mixdaemon-request 1\naddress=/mixdaemon/status\narg=99999\n"}
+    for name, text in files.items():
+        (folder / f".{name}.tmp").write_text(text)
+        (folder / f".{name}.tmp").rename(folder / f"{name}.request")
+    deadline = time.monotonic() + 20
+    replies = {}
+    while time.monotonic() < deadline and len(replies) < len(files):
+        for name in files:
+            reply = folder / f"{name}.reply"
+            if reply.exists() and name not in replies:
+                text = reply.read_text()
+                if any(f"state={s}\n" in text for s in ("ok", "error")):
+                    replies[name] = text
+        time.sleep(0.05)
+    assert "state=error" in replies["t1-junk"] and "not a request file" in replies["t1-junk"]
+    assert "state=error" in replies["t2-unknown"] and "/mixdaemon/fly: unknown address" in replies["t2-unknown"]
+    assert "state=ok" in replies["t3-ping"] and "reply=/mixdaemon/pong\nreply_arg=0.1.0" in replies["t3-ping"]
+    assert "state=error" in replies["t4-status"] and "job 99999: no such job" in replies["t4-status"]
+    for name in files:
+        (folder / f"{name}.request").unlink()
+        (folder / f"{name}.reply").unlink()
+
+
+def test_send_status_prints_the_running_daemons_state(daemon, converted):
+    done = subprocess.run([sys.executable, "-m", "mixdaemon.daemon", "send", "--port", str(daemon["proc"].port), "status"],
+                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    address, *counts = done.stdout.split()
+    assert address == "/mixdaemon/status/summary" and len(counts) == 6
+    assert int(counts[2]) >= 1  # the conversion above is done
+
+
+# --- with the daemon: OSC -----------------------------------------------------------------------
+
+@pytest.mark.skipif(not HAS_LUASOCKET, reason="LuaSocket for Lua 5.4 not installed (apt-get install lua-socket)")
+def test_over_osc_one_action_renders_converts_and_imports(daemon):
+    reaper, folder = make_project(daemon, "OscSong", seed=12, transport="osc", auto_import="1")
+    before = request_files(daemon)
+    result = reaper.run("mixdaemon_convert_selected_tracks.lua")
+    assert result.get("error") is None and result["boxes"] == [], result
+    assert "sending them over OSC (127.0.0.1:" in result["console"]
+    job_id = int(last_job(result)["job_id"][0])
+    assert f"job {job_id}: " in result["console"] and "%" in result["console"]  # progress shown
+    assert f"job {job_id} done" in result["console"] and "imported 3 converted stem(s)" in result["console"]
+    assert [t["name"] for t in result["tracks"]][-2:] == ["Lead Vöx", "Lead Vöx (converted)"]
+    assert request_files(daemon) == before  # no request files: real OSC
+    assert f"job {job_id}: queued from osc:127.0.0.1:" in daemon["proc"].log()
