@@ -40,7 +40,7 @@ import torch
 from .errors import ConfigError, EngineUnavailable
 from .modelfiles import weights_sha256
 from .models import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
-from .onnx_export import GRAPHS, PRECISIONS, ClonerStream, ensure_onnx, list_artifacts, stream_state_shapes
+from .onnx_export import PRECISIONS, ClonerStream, ensure_onnx, list_artifacts, output_names, stream_state_shapes
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,37 @@ class TorchBackend(Backend):
             return out.cpu().numpy(), [s.cpu().numpy() for s in next_states]
 
 
+# --- exported graphs ------------------------------------------------------------------------------
+
+class _GraphBackend(Backend):
+    """A backend that runs onnx_export's graphs by name: ONNX Runtime sessions or TensorRT engines."""
+
+    @abstractmethod
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's outputs in order, for inputs by name."""
+
+    def _check_graph(self, graph: str, held: dict) -> None:
+        if graph not in held:
+            raise ValueError(f"this {self.name} backend holds no {graph} graph")
+
+    def embed(self, segments):
+        return self._run("fxencoder", {"audio": np.ascontiguousarray(segments, np.float32)})[0]
+
+    def convert(self, chunks, embedding):
+        chunks = np.ascontiguousarray(chunks, np.float32)
+        return self._run("mixfxcloner", {"audio": chunks, "embedding": _batch_embedding(embedding, len(chunks))})[0]
+
+    def stream(self, block, embedding, position, length, states):
+        feed = {"audio": np.ascontiguousarray(block, np.float32), "embedding": _batch_embedding(embedding, 1),
+                "position": np.array(position, np.int64), "length": np.array(length, np.int64)}
+        feed.update({f"state{n}": s for n, s in enumerate(states)})
+        out, *next_states = self._run("mixfxcloner-stream", feed)
+        return out, next_states
+
+
 # --- ONNX Runtime ---------------------------------------------------------------------------------
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(_GraphBackend):
     name = "onnxruntime"
 
     def __init__(self, graphs: dict[str, Path], encoder_config: EncoderConfig | None,
@@ -164,13 +192,13 @@ class OnnxRuntimeBackend(Backend):
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.sessions = {graph: ort.InferenceSession(str(path), options, providers=providers)
                          for graph, path in graphs.items()}
-        self.threads = threads
         device = "CUDA" if providers[0] == "CUDAExecutionProvider" else f"CPU, {threads or 'default'} threads"
-        super().__init__(encoder_config, cloner_config, f"{device}, onnxruntime {ort.__version__}")
+        super().__init__(encoder_config, cloner_config, f"{device} (onnxruntime {ort.__version__})")
 
     @classmethod
     def from_models(cls, encoder: FXencoder | None, cloner: MixFXcloner | None, encoder_sha256: str | None = None,
-                    cloner_sha256: str | None = None, *, store=None, threads: int | None = None) -> "OnnxRuntimeBackend":
+                    cloner_sha256: str | None = None, *, store=None,
+                    threads: int | None = None) -> "OnnxRuntimeBackend":
         """Sessions of the cached graphs of these models, exported first if the cache lacks them.
         The weights hashes key the cache (modelfiles.weights_sha256 of each state_dict)."""
         graphs = {}
@@ -183,24 +211,9 @@ class OnnxRuntimeBackend(Backend):
         return cls(graphs, encoder.config if encoder is not None else None,
                    cloner.config if cloner is not None else None, threads)
 
-    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if graph not in self.sessions:
-            raise ValueError(f"this onnxruntime backend holds no {graph} graph")
+    def _run(self, graph, feed):
+        self._check_graph(graph, self.sessions)
         return self.sessions[graph].run(None, feed)
-
-    def embed(self, segments):
-        return self._run("fxencoder", {"audio": np.ascontiguousarray(segments, np.float32)})[0]
-
-    def convert(self, chunks, embedding):
-        chunks = np.ascontiguousarray(chunks, np.float32)
-        return self._run("mixfxcloner", {"audio": chunks, "embedding": _batch_embedding(embedding, len(chunks))})[0]
-
-    def stream(self, block, embedding, position, length, states):
-        feed = {"audio": np.ascontiguousarray(block, np.float32), "embedding": _batch_embedding(embedding, 1),
-                "position": np.array(position, np.int64), "length": np.array(length, np.int64)}
-        feed.update({f"state{n}": s for n, s in enumerate(states)})
-        out, *next_states = self._run("mixfxcloner-stream", feed)
-        return out, next_states
 
 
 def _sha(model: torch.nn.Module) -> str:
@@ -209,7 +222,7 @@ def _sha(model: torch.nn.Module) -> str:
 
 # --- TensorRT -------------------------------------------------------------------------------------
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(_GraphBackend):
     name = "tensorrt"
 
     def __init__(self, engines: dict, encoder_config: EncoderConfig | None, cloner_config: ClonerConfig | None,
@@ -229,8 +242,8 @@ class TensorRTBackend(Backend):
         from .trt_builder import TrtEngine, ensure_engine, pipeline_profile
 
         engines = {}
-        for graph, model, sha in (("fxencoder", encoder, encoder_sha256),
-                                  ("mixfxcloner", cloner, cloner_sha256), ("mixfxcloner-stream", cloner, cloner_sha256)):
+        for graph, model, sha in (("fxencoder", encoder, encoder_sha256), ("mixfxcloner", cloner, cloner_sha256),
+                                  ("mixfxcloner-stream", cloner, cloner_sha256)):
             if model is None:
                 continue
             profile = pipeline_profile(graph, model.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
@@ -239,23 +252,11 @@ class TensorRTBackend(Backend):
         return cls(engines, encoder.config if encoder is not None else None,
                    cloner.config if cloner is not None else None, precision)
 
-    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if graph not in self.engines:
-            raise ValueError(f"this tensorrt backend holds no {graph} engine")
-        return self.engines[graph].run(feed)
-
-    def embed(self, segments):
-        return self._run("fxencoder", {"audio": segments})[0]
-
-    def convert(self, chunks, embedding):
-        return self._run("mixfxcloner", {"audio": chunks, "embedding": _batch_embedding(embedding, len(chunks))})[0]
-
-    def stream(self, block, embedding, position, length, states):
-        feed = {"audio": block, "embedding": _batch_embedding(embedding, 1),
-                "position": np.array(position, np.int64), "length": np.array(length, np.int64)}
-        feed.update({f"state{n}": s for n, s in enumerate(states)})
-        out, *next_states = self._run("mixfxcloner-stream", feed)
-        return out, next_states
+    def _run(self, graph, feed):
+        self._check_graph(graph, self.engines)
+        outputs = self.engines[graph].run(feed)
+        config = self.encoder_config if graph == "fxencoder" else self.cloner_config
+        return [outputs[name] for name in output_names(graph, config)]
 
 
 # --- choosing -------------------------------------------------------------------------------------
@@ -303,13 +304,15 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
                    progress: BuildProgress | None = None) -> Backend:
     """The chosen backend (choose_backend) for these models. pair_info (modelfiles.PairInfo) gives
     the recorded weights hashes, which key the engine cache; without it they are computed. Missing
-    ONNX graphs are exported and missing TensorRT engines built here, so a daemon pays for it at start."""
+    ONNX graphs are exported and missing TensorRT engines built here (progress: `progress`, else the
+    log), so a daemon pays for it at start."""
     name = choose_backend(requested)
     encoder_sha = pair_info.encoder.weights_sha256 if pair_info is not None else None
     cloner_sha = pair_info.cloner.weights_sha256 if pair_info is not None else None
     if name == "tensorrt":
-        backend = TensorRTBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store, precision=precision,
-                                              chunk_seconds=chunk_seconds, batch_size=batch_size, progress=progress)
+        backend = TensorRTBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store,
+                                              precision=precision, chunk_seconds=chunk_seconds, batch_size=batch_size,
+                                              progress=progress or _Progress("TensorRT build", log.info))
     elif name == "onnxruntime":
         backend = OnnxRuntimeBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store, threads=threads)
     else:
@@ -342,17 +345,17 @@ def add_engines_parser(subparsers) -> argparse.ArgumentParser:
     return engines
 
 
-class _PrintProgress:
-    """Build progress on stderr, a line per phase and per tenth of it."""
+class _Progress:
+    """Build progress as a line per phase and per tenth of it, given to `emit` (print, log.info)."""
 
-    def __init__(self, what: str):
-        self.what, self.shown = what, {}
+    def __init__(self, what: str, emit: Callable[[str], None]):
+        self.what, self.emit, self.shown = what, emit, {}
 
     def __call__(self, phase: str, fraction: float) -> None:
         tenth = int(fraction * 10)
         if self.shown.get(phase) != tenth:
             self.shown[phase] = tenth
-            print(f"  {self.what}: {phase} {100 * fraction:.0f}%", file=sys.stderr, flush=True)
+            self.emit(f"{self.what}: {phase} {100 * fraction:.0f}%")
 
 
 def cmd_engines_build(args) -> int:
@@ -376,9 +379,10 @@ def cmd_engines_build(args) -> int:
         for graph, model, sha in (("fxencoder", encoder, info.encoder.weights_sha256),
                                   ("mixfxcloner", cloner, info.cloner.weights_sha256),
                                   ("mixfxcloner-stream", cloner, info.cloner.weights_sha256)):
-            profile = pipeline_profile(graph, model.config, chunk_seconds=args.chunk_seconds, batch_size=args.batch_size)
-            path = ensure_engine(graph, model, sha, profile, precision, args.store,
-                                 _PrintProgress(f"TensorRT {graph} {precision}"))
+            profile = pipeline_profile(graph, model.config, chunk_seconds=args.chunk_seconds,
+                                       batch_size=args.batch_size)
+            progress = _Progress(f"  TensorRT {graph} {precision}", lambda line: print(line, file=sys.stderr))
+            path = ensure_engine(graph, model, sha, profile, precision, args.store, progress)
             print(f"TensorRT {graph} {precision}: {path}")
     return 0
 

@@ -136,7 +136,8 @@ def cmd_models_list(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixdaemon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mixdaemon", description="Mixing style transfer and automatic mixing "
+                                     "for DAW users: convert stems to a reference song's mixing style.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -205,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = msub.add_parser("list", help="list model pairs in the engine store")
     p.add_argument("--store")
     p.set_defaults(func=cmd_models_list)
+
+    from .backends import add_engines_parser
+    from .daemon import add_serve_parser
+    from .evaluation import add_evaluate_parser
+    from .osc import add_send_parser
+    from .train.commands import add_train_parser
+    add_serve_parser(sub)
+    add_send_parser(sub)
+    add_engines_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from .errors import ConfigError, MixdaemonError
 from .jobs import Job, JobEvent, JobStore, LocalExecutor, hash_files, input_files, job_key, reference_files
 from .osc import NO_JOB, PREFIX, OscRequestError, OscServer, Target
 from .preview import MODES, PlaybackUnavailable, Player, job_preview
+from .requests import RequestFolder
 from .stems import STEM_NAMES, is_reference_name
 from .watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
 
@@ -94,6 +95,8 @@ class Daemon:
                                      marker=config.marker, ignore=[self.output_root, config.state_dir],
                                      scan_on_start=config.scan_on_start)
         self.player = Player(config.playback.device)
+        # Request files: the OSC commands for clients that cannot send UDP (REAPER's Lua scripts).
+        self.requests = RequestFolder(config.state_dir / "requests")
         self._cancel_requesters: dict[int, Target] = {}
         self._awaiting_reference: set[Path] = set()
         self._lock = threading.Lock()
@@ -129,6 +132,7 @@ class Daemon:
         self.osc.start()
         self.executor.start()
         self.watcher.start()
+        self.requests.start(self.osc.address)
         host, port = self.osc.address
         info = {"pid": os.getpid(), "osc_host": host, "osc_port": port, "version": __version__}
         tmp = self.config.state_dir / ".daemon.json.tmp"
@@ -141,6 +145,7 @@ class Daemon:
     def stop(self) -> None:
         log.info("stopping")
         self.watcher.stop()
+        self.requests.stop()
         self.osc.stop()
         self.player.stop()
         self.executor.stop(timeout=10.0)

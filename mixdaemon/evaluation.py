@@ -181,7 +181,7 @@ def make_engine(spec: str, stats, seed: int = 0):
 
 # --- scores -----------------------------------------------------------------------------------------
 
-class _Embedder:
+class Embedder:
     """FXencoder embeddings for the y–ref / y–gt distances; None for a silent signal (no style to
     measure) and for every signal when no embedding model is used."""
 
@@ -191,6 +191,13 @@ class _Embedder:
             from .modelfiles import load_pair
             self.encoder, _, info = load_pair(model)
             self.source = {"name": info.name, "encoder_sha256": info.encoder.weights_sha256}
+        self._cache: dict[tuple, np.ndarray | None] = {}
+
+    def cached(self, audio: np.ndarray, key: tuple) -> np.ndarray | None:
+        """The embedding of a signal that every engine is compared with (gt, ref), computed once."""
+        if key not in self._cache:
+            self._cache[key] = self(audio)
+        return self._cache[key]
 
     def __call__(self, audio: np.ndarray) -> np.ndarray | None:
         if self.encoder is None:
@@ -218,6 +225,20 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def score_engine(engine, songs: list[EvaluationSong], embedder: Embedder,
+                 progress: Callable[[str, float], None] = lambda song, fraction: None) -> dict[str, dict]:
+    """{song: {stem or "multitrack": {lr, ms, y_ref, y_gt}}} of one engine's conversions."""
+    per_song = {}
+    for i, song in enumerate(songs):
+        progress(song.name, i / len(songs))
+        y = _with_multitrack(engine.convert_song(song.x, song.ref))
+        gt, ref = _with_multitrack(song.gt), _with_multitrack(song.ref)
+        per_song[song.name] = {k: _scores(y[k], gt[k], embedder(y[k]), embedder.cached(ref[k], (song.name, "ref", k)),
+                                          embedder.cached(gt[k], (song.name, "gt", k)))
+                               for k in (*STEM_NAMES, MULTITRACK)}
+    return per_song
+
+
 def summarize(per_song: dict[str, dict[str, dict]], baseline: dict[str, dict[str, dict]]) -> dict:
     """Means over songs (multitrack) and songs × stems (stem), per stem name, and the L_MSS ratios
     to the identity row (ratio of the means)."""
@@ -237,12 +258,20 @@ def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_
              embedding_model: str | None = "default", ir_folder=None,
              progress: Progress = lambda stage, fraction: None) -> dict:
     """Run the protocol of the module docstring; returns the report (JSON-serialisable)."""
+    from threadpoolctl import threadpool_limits
+    # numpy's BLAS only serves small dot products in the DSP here; its idle threads spinning
+    # against torch's made the FX stages several times slower on a busy machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, progress)
+
+
+def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, progress) -> dict:
     from .fxnorm import default_stats_path
     from .fxnorm_stats import FxStats
     engines = ["identity"] + [e for e in dict.fromkeys(engines) if e != "identity"]
     stats_path = Path(stats_path) if stats_path else default_stats_path("mst")
     stats = FxStats.load(stats_path)
-    embedder = _Embedder(embedding_model)
+    embedder = Embedder(embedding_model)
     built = [make_engine(spec, stats, seed) for spec in engines]
     songs = build_songs(songs_dir, stats, seed, ir_folder, lambda stage, f: progress(stage, 0.2 * f))
     report = {"protocol": "MST Table 2 (ALGORITHMS.md §7): x = FX-normalized first half, gt = manipulated x, "
@@ -251,21 +280,13 @@ def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_
               "normalize_order": NORMALIZE_ORDER, "embedding_model": embedder.source,
               "songs": {s.name: {"seconds_per_segment": len(s.x["drums"]) / 44100.0, "draws": s.draws} for s in songs},
               "engines": {}}
-    targets = {song.name: {what: {k: embedder(a) for k, a in _with_multitrack(getattr(song, what)).items()}
-                           for what in ("gt", "ref")} for song in songs}
     per_engine: dict[str, dict] = {}
     for e, (spec, engine) in enumerate(zip(engines, built)):
-        per_song, started = {}, time.perf_counter()
-        for i, song in enumerate(songs):
-            fraction = 0.2 + 0.8 * (e * len(songs) + i) / (len(engines) * len(songs))
-            progress(f"{spec}: {song.name}", fraction)
-            y = _with_multitrack(engine.convert_song(song.x, song.ref))
-            gt, embedded = _with_multitrack(song.gt), targets[song.name]
-            per_song[song.name] = {k: _scores(y[k], gt[k], embedder(y[k]), embedded["ref"][k], embedded["gt"][k])
-                                   for k in (*STEM_NAMES, MULTITRACK)}
-        per_engine[spec] = per_song
+        started = time.perf_counter()
+        per_engine[spec] = score_engine(engine, songs, embedder, lambda name, f, e=e: progress(
+            f"{spec}: {name}", 0.2 + 0.8 * (e + f) / len(engines)))
         report["engines"][spec] = {"info": dict(getattr(engine, "info", {"name": spec})),
-                                   "seconds": round(time.perf_counter() - started, 2), "songs": per_song}
+                                   "seconds": round(time.perf_counter() - started, 2), "songs": per_engine[spec]}
         if getattr(engine, "failures", None):
             report["engines"][spec]["failures"] = list(engine.failures)
     for spec in engines:

@@ -27,6 +27,7 @@ REFERENCE_SEGMENT = 2 ** 19  # 11.9 s: the authors' inference segment, also the 
 REFERENCE_BATCH = 4  # reference segments per encoder call
 CHUNK_SECONDS = 12.0  # output per cloner call; see benchmarks/bench_inference.py for the trade-off
 INTERPOLATION_CHUNK_SECONDS = 1.0  # time resolution of a reference → reference-B fade
+STREAM_ABOVE_OVERLAP = 0.25  # convert(stream=None): stream when overlap-save recomputes more (see there)
 
 Progress = Callable[[int, int], None]
 EmbeddingAt = Callable[[float], np.ndarray]
@@ -110,7 +111,7 @@ def interpolated_embedding(e_a: np.ndarray, e_b: np.ndarray) -> EmbeddingAt:
 
 def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndarray | EmbeddingAt, *,
             chunk_seconds: float | None = None, batch_size: int = 1, progress: Progress | None = None,
-            sample_rate: int = WORKING_RATE, stream: bool = False) -> np.ndarray:
+            sample_rate: int = WORKING_RATE, stream: bool | None = False) -> np.ndarray:
     """The audio in the embedding's mixing style, same shape, float32, clamped to [−1, 1] by the model
     (a later stage limits the sum of the stems; the clamp only matters for stems that already clip).
 
@@ -134,10 +135,15 @@ def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndar
     needed if neighbouring chunks disagreed. Memory holds the audio, the output and one batch of
     windows, whatever the song length.
 
-    stream=True (one style only): a song longer than one window is instead streamed through the
+    stream (one style only): a song longer than one window can instead be streamed through the
     cloner in chunks of `chunk_seconds` (onnx_export.ClonerStream), each layer keeping the input
-    its next chunk needs, so that no sample is computed twice (with 12-s chunks and the full-size
-    cloner, overlap-save computes 1.43× as many samples for the same output). `batch_size` does not apply.
+    its next chunk needs, so that no sample is computed twice; `batch_size` does not apply. With
+    12-s chunks and the full-size cloner, overlap-save computes 1.43× as many samples for the same
+    output. The stream's own bookkeeping (joining each layer's kept input to the new one, masking
+    the song's ends) costs next to nothing beside the full-size cloner's convolutions but ~30 %
+    beside the small default cloner's, whose context is short. stream=True always streams such a
+    song, None streams it when overlap-save would recompute more than STREAM_ABOVE_OVERLAP of it,
+    False never does.
 
     progress(done, total) is called with output samples after each batch; an exception raised in
     it stops the conversion (a way to cancel).
@@ -152,7 +158,8 @@ def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndar
     chunk = max(1, round(chunk_seconds * sample_rate))
     if not per_chunk and n <= chunk + 2 * context:
         chunk = max(n, 1)  # one call on the whole signal costs no more than one window
-    if stream and not per_chunk and chunk < n:
+    overlap = 2 * context / chunk
+    if not per_chunk and chunk < n and (stream or (stream is None and overlap > STREAM_ABOVE_OVERLAP)):
         return _convert_stream(backend, audio, np.asarray(embedding, np.float32).reshape(1, -1), chunk, progress)
     window = min(chunk + 2 * context, n)
     starts = range(0, n, chunk)

@@ -88,7 +88,7 @@ class NeuralEngine:
             start, span = 0.15 + 0.8 * i / len(names), 0.8 / len(names)
             converted[name] = convert(
                 self.backend, x, e, chunk_seconds=None if callable(e) else self.chunk_seconds,
-                batch_size=self.batch_size, stream=True,
+                batch_size=self.batch_size, stream=None,
                 progress=lambda done, total, s=start, w=span, n=name: progress(f"converting {n}", s + w * done / total))
         return converted
 

@@ -132,7 +132,8 @@ class ClonerStream(nn.Module):
             window = torch.cat([state.to(self.dtype), x], dim=-1)  # input times t − 2h … t + block − 1
             next_states.append(window[..., window.shape[-1] - 2 * half:].float())
             h = nn.functional.conv1d(window, layer.conv1.weight, dilation=layer.conv1.dilation)
-            h = layer.film(nn.functional.leaky_relu(layer.bn(h), 0.01), cond) + layer.res(window[..., half:half + block])
+            h = nn.functional.leaky_relu(layer.bn(h), 0.01)
+            h = layer.film(h, cond) + layer.res(window[..., half:half + block])
             out_times = times - delay
             x = h * ((out_times >= 0) & (out_times < length)).to(self.dtype)
         return (self.cloner.output(x).clamp(-1.0, 1.0).float(), *next_states)
@@ -261,13 +262,19 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def cached_key(path: Path) -> dict | None:
-    """The key recorded beside an artifact, or None when the artifact or its record is missing or unreadable."""
+def _record(path: Path) -> dict | None:
+    """What was recorded beside an artifact, or None when the artifact or its record is missing or unreadable."""
     try:
         record = json.loads(_meta_path(path).read_text())
     except (OSError, ValueError):
         return None
-    return record.get("key") if path.is_file() and isinstance(record, dict) else None
+    return record if path.is_file() and isinstance(record, dict) and isinstance(record.get("key"), dict) else None
+
+
+def cached_key(path: Path) -> dict | None:
+    """The key recorded beside an artifact (see _record)."""
+    record = _record(path)
+    return record["key"] if record is not None else None
 
 
 def ensure_artifact(path: Path, key: dict, build: Callable[[Path], None], what: str) -> tuple[Path, bool]:
@@ -280,7 +287,8 @@ def ensure_artifact(path: Path, key: dict, build: Callable[[Path], None], what: 
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     write_atomically(path, build)
-    record = {"key": key, "what": what, "bytes": path.stat().st_size, "build_seconds": round(time.monotonic() - started, 1),
+    record = {"key": key, "what": what, "bytes": path.stat().st_size,
+              "build_seconds": round(time.monotonic() - started, 1),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     write_atomically(_meta_path(path), lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True)))
     log.info("%s: built %s in %.1f s", what, path, record["build_seconds"])
@@ -292,11 +300,9 @@ def list_artifacts(store: str | os.PathLike | None = None) -> list[dict]:
     out = []
     for meta in sorted(cache_dir(store).glob("*/*.json")):
         path = meta.with_name(meta.name.removesuffix(".json"))
-        key = cached_key(path)
-        if key is None:
-            continue
-        record = json.loads(meta.read_text())
-        out.append({**record, "path": str(path)})
+        record = _record(path)
+        if record is not None:
+            out.append({**record, "path": str(path)})
     return out
 
 

@@ -12,7 +12,8 @@ writes another name first and renames it. UTF-8, one `key=value` per line:
 
 `address` is a request address of integrations/osc/ADDRESS_SPACE.md; each `arg` line is one
 argument, in order, as a string (job ids too: the daemon reads "12" as job 12). In values a
-backslash, newline, carriage return and tab are written `\\`, `\\n`, `\\r`, `\\t`.
+backslash, newline, carriage return and tab are written as two characters each: `\\\\`, `\\n`,
+`\\r`, `\\t`.
 
 The bridge sends each request to the daemon's own OSC port, from a UDP socket of its own for that
 request, so a request file is served exactly like an OSC request (the same checks, errors and
@@ -64,8 +65,8 @@ REPLY_HEADER = "mixdaemon-reply 1"
 FINAL_STATES = ("done", "error", "cancelled", "ok", "warning")
 
 _SUBMITS = (f"{PREFIX}/submit", f"{PREFIX}/submit/files")
-_FOLLOWS_JOB = (*_SUBMITS, f"{PREFIX}/cancel")  # requests whose answer may come long after
 _STATUS, _PREVIEW, _CANCEL = f"{PREFIX}/status", f"{PREFIX}/preview", f"{PREFIX}/cancel"
+_FOLLOWS_JOB = (*_SUBMITS, _CANCEL)  # requests whose final answer may come long after
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
@@ -260,7 +261,9 @@ class RequestFolder:
                     self._request_path(name).unlink(missing_ok=True)
             elif address in _FOLLOWS_JOB and status.get("job_id", "").isdigit():
                 status["job_id"] = int(status["job_id"])
-                self._pending.append(_Pending(name, address, args, self._socket(), time.monotonic(), status))
+                pending = _Pending(name, address, args, self._socket(), time.monotonic(), status)
+                self._pending.append(pending)
+                pending.sock.sendto(encode(_STATUS, [status["job_id"]]), self._daemon)
             else:
                 status.update(state="error", message="the daemon stopped before answering; send the request again")
                 self._write(name, status)
@@ -286,8 +289,11 @@ class RequestFolder:
             pending.status["job_id"] = int(args[0])  # a running job's cancellation is confirmed later
         self._write(name, pending.status)  # from now on it counts as sent, even after a restart
         log.info("request %s: %s %s", name, address, " ".join(args))
-        pending.sock.sendto(encode(address, args), self._daemon)
         self._pending.append(pending)
+        try:
+            pending.sock.sendto(encode(address, args), self._daemon)
+        except Exception as exc:  # an address python-osc cannot encode, an unreachable daemon
+            self._update(pending, {**pending.status, "state": "error", "message": f"cannot send {address}: {exc}"})
 
     def _receive(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for messages and apply them to their requests."""
@@ -336,7 +342,10 @@ class RequestFolder:
             if pending.address in _FOLLOWS_JOB and job_id is not None:
                 if now - max(pending.heard, pending.sent) > self.status_seconds:
                     pending.heard = now
-                    pending.sock.sendto(encode(_STATUS, [job_id]), self._daemon)
+                    try:
+                        pending.sock.sendto(encode(_STATUS, [job_id]), self._daemon)
+                    except OSError as exc:  # asked again at the next round
+                        log.debug("request %s: could not ask for job %s: %s", pending.name, job_id, exc)
                 continue
             # A preview answers when playback has started, after loading the audio: longer.
             patience = self.answer_seconds * (3 if pending.address == _PREVIEW else 1)

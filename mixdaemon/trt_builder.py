@@ -50,7 +50,8 @@ def tensorrt_unavailable_reason() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return f"no CUDA GPU visible to torch {torch.__version__} (TensorRT needs an NVIDIA GPU and a CUDA build of torch)"
+        return (f"no CUDA GPU visible to torch {torch.__version__} "
+                "(TensorRT needs an NVIDIA GPU and a CUDA build of torch)")
     return None
 
 
@@ -96,8 +97,9 @@ def pipeline_profile(graph: str, config, *, chunk_seconds: float = 12.0, batch_s
     chunk = round(max(chunk_seconds, INTERPOLATION_CHUNK_SECONDS) * sample_rate)
     if graph == "mixfxcloner":
         window = chunk + 2 * (config.receptive_field // 2)
+        embedding = (batch_size, config.cond_dim)
         return Profile((("audio", (1, 2, 1), (batch_size, 2, window), (batch_size, 2, window)),
-                        ("embedding", (1, config.cond_dim), (batch_size, config.cond_dim), (batch_size, config.cond_dim))))
+                        ("embedding", (1, config.cond_dim), embedding, embedding)))
     states = tuple((f"state{n}", shape, shape, shape) for n, shape in enumerate(stream_state_shapes(config, 1)))
     return Profile((("audio", (1, 2, 1), (1, 2, chunk), (1, 2, chunk)),
                     ("embedding", (1, config.cond_dim), (1, config.cond_dim), (1, config.cond_dim))) + states)
@@ -181,7 +183,8 @@ def build_engine(onnx_file: Path, plan_file: Path, profile: Profile, timing_cach
         config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineUnavailable(f"{onnx_file}: TensorRT {trt.__version__} could not build an engine (see the log above)")
+        raise EngineUnavailable(f"{onnx_file}: TensorRT {trt.__version__} could not build an engine "
+                                "(see the log above)")
     plan_file.write_bytes(bytes(plan))
     timing_cache_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(timing_cache_file, lambda p: p.write_bytes(bytes(config.get_timing_cache().serialize())))
@@ -231,24 +234,25 @@ class TrtEngine:
                         for n in names}
         self.stream = torch.cuda.Stream()
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs in the engine's output order, for inputs by name."""
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name, for inputs by name."""
         torch = self._torch
         keep = []  # device tensors must live until the stream has finished
         with torch.cuda.stream(self.stream):
             for name in self.inputs:
-                tensor = torch.from_numpy(np.ascontiguousarray(feed[name])).to(self._dtypes[name]).cuda(non_blocking=True)
+                tensor = torch.as_tensor(feed[name]).to("cuda", self._dtypes[name]).contiguous()  # 0-d stays 0-d
                 keep.append(tensor)
                 self.context.set_input_shape(name, tuple(tensor.shape))
                 self.context.set_tensor_address(name, tensor.data_ptr())
             outputs = []
             for name in self.outputs:
-                tensor = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtypes[name], device="cuda")
+                shape = tuple(self.context.get_tensor_shape(name))
+                tensor = torch.empty(shape, dtype=self._dtypes[name], device="cuda")
                 outputs.append(tensor)
                 self.context.set_tensor_address(name, tensor.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise EngineUnavailable("TensorRT: the engine failed to run (see the log above)")
             host = [t.cpu() for t in outputs]
         self.stream.synchronize()
-        return [t.numpy() for t in host]
+        return {name: t.numpy() for name, t in zip(self.outputs, host)}
 

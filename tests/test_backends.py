@@ -41,7 +41,8 @@ def test_auto_falls_back_to_torch_without_either(monkeypatch, caplog):
     hide(monkeypatch, "tensorrt", "onnxruntime")
     with caplog.at_level(logging.INFO, logger="mixdaemon.backends"):
         assert choose_backend("auto") == "torch"
-    assert "backend auto → torch" in caplog.text and "onnxruntime: the onnxruntime package is not importable" in caplog.text
+    assert "backend auto → torch" in caplog.text
+    assert "onnxruntime: the onnxruntime package is not importable" in caplog.text
 
 
 def test_asking_for_a_backend_that_cannot_run_is_a_clear_error(monkeypatch):

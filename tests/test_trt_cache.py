@@ -136,7 +136,8 @@ def test_tensorrt_engines_build_run_and_are_reused(tmp_path, real_stems):
         backend = TensorRTBackend.from_models(encoder, cloner, store=tmp_path, precision=precision, chunk_seconds=1.0)
         np.testing.assert_allclose(backend.embed(audio), reference.embed(audio), rtol=0,
                                    atol=tolerance * max(1.0, float(np.abs(reference.embed(audio)).max())))
-        np.testing.assert_allclose(backend.convert(audio, style), reference.convert(audio, style), rtol=0, atol=tolerance)
+        np.testing.assert_allclose(backend.convert(audio, style), reference.convert(audio, style),
+                                   rtol=0, atol=tolerance)
     plans = sorted(tmp_path.glob("cache/*/*.plan"))
     assert len(plans) == 6
     stamps = [p.stat().st_mtime_ns for p in plans]

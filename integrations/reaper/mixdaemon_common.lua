@@ -327,9 +327,11 @@ local function file_transport()
     local lines = {"mixdaemon-request 1", "address=" .. M.escape(address)}
     for _, value in ipairs(args) do lines[#lines + 1] = "arg=" .. M.escape(value) end
     write_new_file(request_path, table.concat(lines, "\n") .. "\n")
-    local sent = now()
+    local sent, read_at, status = now(), 0, {state = "sent"}
     local request = {}
     function request.poll()
+      if now() - read_at < 0.2 then return status end  -- REAPER defers ~30 times a second
+      read_at = now()
       local text = read_file(reply_path)
       if not text then
         if now() - sent > timeout then
@@ -339,7 +341,8 @@ local function file_transport()
         end
         return {state = "sent"}
       end
-      local status, all = M.parse_lines(text)
+      local all
+      status, all = M.parse_lines(text)
       status.reply_args = all.reply_arg or {}
       status.job_id = tonumber(status.job_id)
       return status
@@ -348,7 +351,7 @@ local function file_transport()
       os.remove(request_path)
       os.remove(reply_path)
     end
-    return transport.name, request
+    return request
   end
   return transport
 end
@@ -418,6 +421,8 @@ local function osc_transport(socket)
     client.send(address, args)
     local sent, heard = now(), now()
     local status = {state = "sent"}
+    -- A running job's cancellation is confirmed at its next progress point: follow the job.
+    if address == "/mixdaemon/cancel" then status.job_id = tonumber(args[1]) end
     local request = {}
     function request.poll()
       for _, message in ipairs(client.receive()) do
@@ -436,7 +441,7 @@ local function osc_transport(socket)
       return status
     end
     request.close = client.close
-    return transport.name, request
+    return request
   end
   return transport
 end
@@ -457,8 +462,7 @@ end
 
 -- Sends a request and follows it (see M.follow).
 function M.send(address, args, on_change, on_end)
-  local _, request = M.transport().request(address, args)
-  M.follow(request, on_change, on_end)
+  M.follow(M.transport().request(address, args), on_change, on_end)
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -690,7 +694,7 @@ function M.convert_selected_tracks()
     M.log(("rendered %d track(s) to %s; sending them over %s (%s)"):format(#files, job.render_dir, transport.name, transport.where))
     job.state = "sent"
     M.save_job(project, job)
-    local _, request = transport.request(SUBMIT, {job.render_dir, job.reference, job.out_root})
+    local request = transport.request(SUBMIT, {job.render_dir, job.reference, job.out_root})
     M.follow(request, function(status)
       job.job_id, job.state, job.manifest = status.job_id or job.job_id, status.state, status.manifest
       M.save_job(project, job)
@@ -760,6 +764,14 @@ function M.preview(mode)
   end)
 end
 
+function M.cancel_last_job()
+  M.guard(function()
+    local job = M.load_job(current_project())
+    if not (job and job.job_id) then error("no conversion of this project is queued or running", 0) end
+    M.send("/mixdaemon/cancel", {tostring(job.job_id)})
+  end)
+end
+
 function M.stop_preview()
   M.guard(M.send, "/mixdaemon/preview/stop", {})
 end
@@ -781,6 +793,7 @@ local SETTINGS_FORM = {
   {"requests_dir", "request folder (empty: <state>/requests)"},
   {"work_dir", "work folder (empty: <project>/mixdaemon)"},
   {"auto_import", "import when done (1 or 0)"},
+  {"lua_cpath", "LuaSocket search path (package.cpath)"},
 }
 
 function M.edit_settings()

@@ -125,9 +125,7 @@ class ClonerTrainer(Trainer):
             y = self.model(batch.input.to(self.device), embedding)
         lr, ms = _loss(y, batch.target.to(self.device))
         loss = lr + ms
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.apply_gradients(loss)
         return {"loss": loss.item(), "lr_loss": lr.item(), "ms_loss": ms.item()}
 
     def validate(self) -> dict[str, float]:

@@ -117,9 +117,7 @@ class EncoderTrainer(Trainer):
 
     def train_step(self, batch: EncoderBatch) -> dict[str, float]:
         loss, accuracy = self._losses(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.apply_gradients(loss)
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     def validate(self) -> dict[str, float]:

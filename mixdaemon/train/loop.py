@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..errors import ConfigError, ModelFileError
+from ..errors import ConfigError, MixdaemonError, ModelFileError
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -215,6 +215,20 @@ class Trainer:
     def validate(self) -> dict[str, float]: raise NotImplementedError
     def extra_state(self) -> dict: return {}
     def load_extra_state(self, state: dict) -> None: pass
+
+    def apply_gradients(self, loss: torch.Tensor) -> None:
+        """One optimizer update from `loss`; refuses a non-finite loss or gradient before it can
+        reach the weights (the last checkpoint stays usable)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        bad = [name for name, p in self.model.named_parameters()
+               if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if not torch.isfinite(loss) or bad:
+            where = f"gradient of {bad[0]}" if bad else "loss"
+            raise MixdaemonError(f"{self.kind} training diverged at step {self.step + 1}: non-finite {where}; "
+                                 f"resume from the checkpoint of step {self._saved_step} with --precision fp32 "
+                                 "(bf16 CPU kernels have produced NaN gradients) or a lower --lr")
+        self.optimizer.step()
 
     def cosine_schedule(self, final_fraction: float) -> None:
         """LR multiplier from 1 down to final_fraction over the run (half a cosine)."""
