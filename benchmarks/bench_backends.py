@@ -11,6 +11,10 @@ Sections:
 - ``song``: inference.convert of the cloner over a `--song-seconds` song built from real stems,
   on ONNX Runtime: overlap-save windows vs the stream (both 12-s chunks, the default), since the
   overlap-save windows recompute 5.2 s of context per chunk with the full-size cloner.
+- ``knobs``: ONNX Runtime settings for the full-size cloner on `--seconds` of audio: the graph
+  as torch's exporter writes it (1-D convolutions) vs onnx_export's (2-D convolutions, which ONNX
+  Runtime runs with its NCHWc kernels), optimization levels, thread spinning, 1 thread, batch 2.
+- ``chunks``: the stream's chunk length (6, 12, 24 s) for a `--song-seconds` song, full-size cloner.
 - ``profile``: ONNX Runtime's per-operator time and torch's profiler table for the full-size
   cloner, which explain the ratio between the two.
 
@@ -78,10 +82,11 @@ def real_audio(seconds: float) -> np.ndarray:
     return (0.5 * np.concatenate(parts)[:n]).astype(np.float32)
 
 
-def race(contenders: dict, repeats: int) -> dict[str, dict]:
-    """Alternate the calls (after one warm-up each); fastest wall time and its CPU time per name."""
-    for run in contenders.values():
-        run()
+def race(contenders: dict, repeats: int, warm_ups: dict | None = None) -> dict[str, dict]:
+    """Alternate the calls, after a warm-up of each (the call itself unless `warm_ups` gives a
+    shorter one); fastest wall time and its CPU time per name."""
+    for name, run in contenders.items():
+        (warm_ups or contenders)[name]()
     best = {name: (float("inf"), 0.0) for name in contenders}
     for _ in range(repeats):
         for name, run in contenders.items():
@@ -128,9 +133,11 @@ def song_section(sizes, threads, song_seconds, repeats, store) -> list[dict]:
         encoder, cloner, source = models(size)
         backend = OnnxRuntimeBackend.from_models(None, cloner, store=store, threads=threads)
         style = np.random.default_rng(0).uniform(0, 2, cloner.config.cond_dim).astype(np.float32)
-        result = race({"overlap-save, 12-s chunks": lambda: convert(backend, song, style, chunk_seconds=12),
-                       "stream, 12-s chunks": lambda: convert(backend, song, style, chunk_seconds=12, stream=True)},
-                      repeats)
+        methods = {"overlap-save, 12-s chunks": False, "stream, 12-s chunks": True}
+        result = race({name: lambda s=stream: convert(backend, song, style, chunk_seconds=12, stream=s)
+                       for name, stream in methods.items()}, repeats,
+                      {name: lambda s=stream: convert(backend, song[:30 * SR], style, chunk_seconds=12, stream=s)
+                       for name, stream in methods.items()})
         for name, r in result.items():
             rows.append({"section": "song", "size": size, "source": source, "model": "MixFXcloner",
                          "backend": f"onnxruntime, {name}", "audio_s": song_seconds, "threads": threads,
@@ -140,21 +147,82 @@ def song_section(sizes, threads, song_seconds, repeats, store) -> list[dict]:
     return rows
 
 
-def profile_section(threads, seconds, store) -> None:
+def _session(path, threads: int, level: str = "ORT_ENABLE_ALL", spinning: bool = True,
+             profile_prefix: str | None = None):
     import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def knobs_section(threads, seconds, repeats, store) -> list[dict]:
+    _, cloner, source = models("full")
+    ours = ensure_onnx("mixfxcloner", cloner, weights_sha256(cloner.state_dict()), store=store)
+    plain = Path(store) / "mixfxcloner-torch-exporter.onnx"  # the model's own forward, as exported
+    program = torch.onnx.export(cloner, (torch.zeros(2, 2, 4099), torch.zeros(2, 2048)), dynamo=True, verbose=False,
+                                input_names=["audio", "embedding"], output_names=["converted"], opset_version=18,
+                                dynamic_shapes=({0: torch.export.Dim("batch"), 2: torch.export.Dim("time")},
+                                                {0: torch.export.Dim("batch")}))
+    program.save(plain, external_data=False)
+    chunk = real_audio(seconds).T[None, :, :round(seconds * SR) // 2 * 2].copy()
+    pair = np.ascontiguousarray(chunk.reshape(2, 2, -1).transpose(1, 0, 2))  # the halves as a batch of 2
+    style = np.random.default_rng(0).uniform(0, 2, (1, 2048)).astype(np.float32)
+    sessions = {
+        "1-D convs (torch's exporter), all optimizations": (_session(plain, threads), chunk),
+        "2-D convs (onnx_export), basic optimizations": (_session(ours, threads, "ORT_ENABLE_BASIC"), chunk),
+        "2-D convs, extended optimizations": (_session(ours, threads, "ORT_ENABLE_EXTENDED"), chunk),
+        "2-D convs, all optimizations (the backend)": (_session(ours, threads), chunk),
+        "2-D convs, all, no thread spinning": (_session(ours, threads, spinning=False), chunk),
+        "2-D convs, all, 1 thread": (_session(ours, 1), chunk),
+        "2-D convs, all, batch 2 of half the length": (_session(ours, threads), pair),
+    }
+    result = race({name: lambda s=s, x=x: s.run(None, {"audio": x, "embedding": np.repeat(style, len(x), 0)})
+                   for name, (s, x) in sessions.items()}, repeats)
+    audio_s = chunk.shape[-1] / SR
+    rows = []
+    for name, r in result.items():
+        rows.append({"section": "knobs", "size": "full", "source": source, "model": "MixFXcloner",
+                     "backend": f"onnxruntime, {name}", "audio_s": round(audio_s, 2),
+                     "threads": 1 if "1 thread" in name else threads,
+                     "wall_per_audio_s": r["wall_s"] / audio_s, "cpu_per_audio_s": r["cpu_s"] / audio_s})
+        print(f"knobs {name}: {r['wall_s'] / audio_s:.3f} s/s (cpu {r['cpu_s'] / audio_s:.3f})", flush=True)
+    return rows
+
+
+def chunks_section(threads, song_seconds, repeats, store) -> list[dict]:
+    song = real_audio(song_seconds)
+    _, cloner, source = models("full")
+    backend = OnnxRuntimeBackend.from_models(None, cloner, store=store, threads=threads)
+    style = np.random.default_rng(0).uniform(0, 2, cloner.config.cond_dim).astype(np.float32)
+    lengths = (6.0, 12.0, 24.0)
+    result = race({f"stream, {c:g}-s chunks": lambda c=c: convert(backend, song, style, chunk_seconds=c, stream=True)
+                   for c in lengths}, repeats,
+                  {f"stream, {c:g}-s chunks": lambda c=c: convert(backend, song[:round(2 * c * SR)], style,
+                                                                 chunk_seconds=c, stream=True) for c in lengths})
+    rows = []
+    for name, r in result.items():
+        rows.append({"section": "chunks", "size": "full", "source": source, "model": "MixFXcloner",
+                     "backend": f"onnxruntime, {name}", "audio_s": song_seconds, "threads": threads,
+                     "wall_per_audio_s": r["wall_s"] / song_seconds, "cpu_per_audio_s": r["cpu_s"] / song_seconds})
+        print(f"chunks {name}: {r['wall_s'] / song_seconds:.3f} s/s (cpu {r['cpu_s'] / song_seconds:.3f})", flush=True)
+    return rows
+
+
+def profile_section(threads, seconds, store) -> None:
     from collections import Counter
 
     _, cloner, _ = models("full")
     chunk = real_audio(seconds).T[None].copy()
     style = np.random.default_rng(0).uniform(0, 2, (1, 2048)).astype(np.float32)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.enable_profiling = True
-    options.profile_file_prefix = str(Path(store) / "ort_profile")
     graph = ensure_onnx("mixfxcloner", cloner, weights_sha256(cloner.state_dict()), store=store)
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session = _session(graph, threads, profile_prefix=str(Path(store) / "ort_profile"))
     feed = {"audio": chunk, "embedding": style}
     session.run(None, feed)
     started = time.perf_counter()
@@ -184,7 +252,8 @@ def profile_section(threads, seconds, store) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["raw", "song"], choices=["raw", "song", "profile"])
+    parser.add_argument("--sections", nargs="+", default=["raw", "song"],
+                        choices=["raw", "song", "knobs", "chunks", "profile"])
     parser.add_argument("--sizes", nargs="+", default=["full", "default"], choices=["full", "default"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=6.0, help="cloner input for the raw section")
@@ -202,6 +271,10 @@ def main(argv=None) -> int:
         rows += raw_section(args.sizes, args.threads, args.seconds, args.repeats, store)
     if "song" in args.sections:
         rows += song_section(args.sizes, args.threads, args.song_seconds, args.repeats, store)
+    if "knobs" in args.sections:
+        rows += knobs_section(args.threads, args.seconds, args.repeats, store)
+    if "chunks" in args.sections:
+        rows += chunks_section(args.threads, args.song_seconds, args.repeats, store)
     if "profile" in args.sections:
         profile_section(args.threads, args.seconds, store)
     if rows:

@@ -11,8 +11,8 @@ Parts:
          random bytes named .wav, empty files — dropped into a watched folder. Each bounce must end
          as the expected outcome (done, or an error whose reason names the problem).
   kills  good bounces in a watched folder (one more arrives every cycle); the daemon is SIGKILLed
-         at a random moment (0–8 s after it serves; every 10th cycle 0–6 s after it was spawned,
-         i.e. during start-up) and restarted, N times; then it runs to the end. Every bounce must be converted exactly once, and no visible entry in
+         at a random moment (0–8 s after it serves; every 10th cycle during start-up, before it
+         serves) and restarted, N times; then it runs to the end. Every bounce must be converted exactly once, and no visible entry in
          the output folder may ever be incomplete (polled every 2 ms throughout).
   osc    N random or malformed OSC packets (random bytes, mutated and truncated messages, wrong
          argument types and counts, odd bundles, huge strings, paths outside the allowed roots);
@@ -216,29 +216,38 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
         add_bounce()
     extra = {"max_attempts": 1000}  # see the report: random kills would trip the poison-job limit
     kill_log = []
+    startup_seconds = 3.0
     t0 = time.monotonic()
     for cycle in range(kills):
         add_bounce()  # bounces keep arriving: kills also land while one is settling
         during_start = cycle % 10 == 9
         config = write_toml(work / "config.toml", daemon_config(work, listener.port, reference=str(reference), **extra))
         proc = DaemonProcess(config, work / "state")
-        if during_start:
+        if during_start:  # within the time the last start took to serve: imports, recovery, binding
             proc.spawn()
-            delay = rng.uniform(0.0, 6.0)
+            delay = rng.uniform(0.05, 0.95) * startup_seconds
             time.sleep(delay)
             moment = f"{delay:.2f} s after spawn"
         else:
+            spawned = time.monotonic()
             proc.start(timeout=120)
+            startup_seconds = time.monotonic() - spawned
             delay = rng.uniform(0.0, 8.0)  # a job takes 2–4 s here: some cycles finish jobs, some do not
             time.sleep(delay)
             moment = f"{delay:.2f} s after serving"
         if not proc.alive():
             kill_log.append({"cycle": cycle, "moment": moment, "crash": proc.proc.returncode})
             continue
+        try:
+            serving = json.loads((work / "state" / "daemon.json").read_text())["pid"] == proc.proc.pid
+        except (OSError, ValueError, KeyError):
+            serving = False
         proc.kill()
-        running = [j["id"] for j in _jobs(work / "state") if j["state"] == "running"] \
-            if (work / "state" / "jobs.sqlite3").exists() else []
-        kill_log.append({"cycle": cycle, "moment": moment, "running_job": running[0] if running else None})
+        # Recovery runs before the daemon serves, so a "running" job seen while serving is this
+        # instance's: the kill landed mid-job.
+        running = [j["id"] for j in _jobs(work / "state") if j["state"] == "running"] if serving else []
+        phase = "start-up" if not serving else ("mid-job" if running else "idle or grouping")
+        kill_log.append({"cycle": cycle, "moment": moment, "phase": phase, "running_job": running[0] if running else None})
     proc = _start(work, listener, reference, **extra)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.alive():
@@ -261,8 +270,11 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
     staging = [p.name for p in (work / "out").iterdir() if p.name.startswith(".")]
     per_bounce = {b.name: sum(1 for r in results if r.rsplit("-", 1)[0] == b.name) for b in bounces}
     log = (work / "state" / "mixdaemon.log").read_text()
-    return {"kills": sum(1 for k in kill_log if "running_job" in k), "kills_mid_job": sum(1 for k in kill_log if k.get("running_job")),
-            "kills_during_startup": sum(1 for k in kill_log if "spawn" in k["moment"]),
+    phases: dict[str, int] = {}
+    for k in kill_log:
+        if "phase" in k:
+            phases[k["phase"]] = phases.get(k["phase"], 0) + 1
+    return {"kills": sum(1 for k in kill_log if "phase" in k), "kills_by_phase": phases,
             "daemon_crashes": int(crashed) + sum(1 for k in kill_log if "crash" in k),
             "bounces": len(bounces), "lost_jobs": len(lost), "lost": lost,
             "processed_twice": sum(1 for n in per_bounce.values() if n > 1),

@@ -12,7 +12,7 @@ not depend on their values. Input is band-limited stereo noise at 44.1 kHz.
   rss     one whole convert() of --rss-seconds inputs; wall time and peak RSS.
 "RSS before" is the peak RSS with the model built and the input made, before the measured call.
 
-Example (about 12 minutes on 2 cores):
+Example (about 10 minutes of compute on an idle 2-core machine):
   .venv/bin/python benchmarks/bench_inference.py --threads 2 --chunks 6 12 24 --batches 1 2 \\
       --rss-seconds 60 600 --rss-config small --rss-chunk 12
 """
@@ -88,7 +88,8 @@ def worker(args) -> dict:
         window = chunk + 2 * (config.receptive_field // 2)
         return {"task": "speed", "config": args.config, "chunk_s": args.chunk, "batch": args.batch,
                 "window_samples": window, "overlap_factor": window / chunk, "elapsed_s": elapsed, "cpu_s": cpu,
-                "s_per_audio_s": elapsed / (args.batch * args.chunk), "rss_model_MiB": rss_model,
+                "s_per_audio_s": elapsed / (args.batch * args.chunk),
+                "cpu_s_per_audio_s": cpu / (args.batch * args.chunk), "rss_model_MiB": rss_model,
                 "peak_rss_MiB": _peak_rss_mib()}
     audio = _noise(args.seconds)
     rss_model = _peak_rss_mib()
@@ -141,11 +142,11 @@ def main() -> None:
     if rows:
         print("\nMixFXcloner (full size) convert(), steady state")
         print(f"{'chunk s':>8} {'batch':>5} {'window':>9} {'overlap':>7} {'call s':>8} {'CPU s':>7} "
-              f"{'s/audio s':>9} {'RSS before MiB':>14} {'peak RSS MiB':>12}")
+              f"{'s/audio s':>9} {'CPU s/audio s':>13} {'RSS before MiB':>14} {'peak RSS MiB':>12}")
         for r in rows:
             print(f"{r['chunk_s']:>8g} {r['batch']:>5} {r['window_samples']:>9} {r['overlap_factor']:>7.2f} "
                   f"{r['elapsed_s']:>8.1f} {r['cpu_s']:>7.1f} {r['s_per_audio_s']:>9.3f} "
-                  f"{r['rss_model_MiB']:>14.0f} {r['peak_rss_MiB']:>12.0f}")
+                  f"{r['cpu_s_per_audio_s']:>13.3f} {r['rss_model_MiB']:>14.0f} {r['peak_rss_MiB']:>12.0f}")
     if args.embed_seconds > 0:
         r = run_worker(args.threads, "embed", seconds=args.embed_seconds, batch=4)
         print(f"\nFXencoder embed_reference(), {r['seconds']:g} s reference, batch 4: {r['elapsed_s']:.2f} s "

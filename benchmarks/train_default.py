@@ -30,7 +30,7 @@ MATERIAL_SECONDS = 30.0
 ENCODER_ARGS = ["--size", "small", "--steps", "120", "--items", "8", "--segment", "32768", "--lr", "1e-3",
                 "--lr-final", "0.1", "--precision", "fp32", "--no-mixture", "--validation-items", "4",
                 "--validate-every", "40", "--checkpoint-every", "20", "--seed", "0"]
-CLONER_ARGS = ["--size", "small", "--steps", "300", "--items", "1", "--segment", "65536", "--lr", "1e-3",
+CLONER_ARGS = ["--size", "small", "--steps", "240", "--items", "1", "--segment", "65536", "--lr", "1e-3",
                "--lr-final", "0.1", "--precision", "fp32", "--validation-items", "2",
                "--validate-every", "50", "--checkpoint-every", "10", "--seed", "0"]
 SPEED_SECONDS = 180.0
@@ -70,6 +70,7 @@ def stage_speed(threads: int, model: str = "default") -> dict:
     """Wall and CPU time of NeuralEngine.convert_song on a SPEED_SECONDS 4-stem song."""
     import torch
 
+    from mixdaemon.backends import create_backend
     from mixdaemon.examples import synth_song
     from mixdaemon.fxnorm import default_stats_path
     from mixdaemon.fxnorm_stats import FxStats
@@ -78,7 +79,7 @@ def stage_speed(threads: int, model: str = "default") -> dict:
     torch.set_num_threads(threads)
     song, reference = synth_song(SPEED_SECONDS, seed=0), synth_song(SPEED_SECONDS, seed=1)
     encoder, cloner, info = load_pair(model)
-    engine = NeuralEngine(encoder, cloner, info, FxStats.load(default_stats_path("mst")))
+    engine = NeuralEngine(create_backend("torch", encoder, cloner, info), info, FxStats.load(default_stats_path("mst")))
     stages: dict[str, float] = {}
     current = {"stage": "start", "since": time.perf_counter()}
 

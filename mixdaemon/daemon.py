@@ -207,8 +207,10 @@ class Daemon:
     def submit(self, files: list[Path], reference: Path, out_root: Path, *, source: str, folder_name: str,
                reply_to: Target | None = None, retry_failed: bool = True) -> tuple[Job, bool]:
         """Queue a job (or find the same work already queued, running or done): (job, created).
-        With retry_failed=False, work that failed before is not queued again (the failed job is
-        returned)."""
+        With retry_failed=False (watched bounces), work that failed before is not queued again (the
+        failed job is returned), nor is finished work whose results were deleted since: a user who
+        cleans up the output folder does not want every old bounce converted again at the next
+        start. An explicit request (OSC) redoes both."""
         input_hashes = hash_files(files)
         reference_hashes = hash_files(reference_files(reference))
         key = job_key(input_hashes, reference_hashes, self.settings)
@@ -220,7 +222,7 @@ class Daemon:
                   out_root=str(out_root), settings=asdict(self.settings), source=source,
                   reply_to=f"{reply_to[0]}:{reply_to[1]}" if reply_to else None, folder_name=folder_name,
                   input_hashes=input_hashes, reference_hashes=reference_hashes)
-        job, created = self.store.add(job)
+        job, created = self.store.add(job, redo_if_results_gone=retry_failed)
         if created:
             log.info("job %d: queued from %s (%d file(s) in %s)", job.id, source, len(files), folder_name)
             self.executor.wake()
@@ -482,7 +484,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """`python -m mixdaemon.daemon serve|send ...` until cli.py wires the two commands."""
+    """`python -m mixdaemon.daemon serve|send ...`: the two daemon commands without importing the
+    rest of the CLI (tests/test_reaper.py uses it); `mixdaemon serve|send` is the same."""
     from .osc import add_send_parser
 
     parser = argparse.ArgumentParser(prog="mixdaemon")

@@ -160,8 +160,9 @@ class MatcheringEngine:
         return out
 
 
-def make_engine(spec: str, stats, seed: int = 0):
-    """An engine object with convert_song(input_stems, reference_stems) from a name (module docstring)."""
+def make_engine(spec: str, stats, seed: int = 0, backend: str = "torch"):
+    """An engine object with convert_song(input_stems, reference_stems) from a name (module docstring);
+    neural engines run on `backend` (backends.py; torch by default, the reference numbers)."""
     if spec == "identity":
         return IdentityEngine()
     if spec == "match":
@@ -170,10 +171,11 @@ def make_engine(spec: str, stats, seed: int = 0):
     if spec == "matchering":
         return MatcheringEngine()
     if spec == "neural" or spec.startswith("neural:"):
+        from .backends import create_backend
         from .modelfiles import load_pair
         from .neural import DEFAULT_MODEL, NeuralEngine
         encoder, cloner, info = load_pair(spec.partition(":")[2] or DEFAULT_MODEL)
-        engine = NeuralEngine(encoder, cloner, info, stats, seed=seed)
+        engine = NeuralEngine(create_backend(backend, encoder, cloner, info), info, stats, seed=seed)
         engine.name = spec
         return engine
     raise ConfigError(f"engine {spec!r}: expected identity, match, matchering, neural or neural:NAME")
@@ -255,24 +257,24 @@ def summarize(per_song: dict[str, dict[str, dict]], baseline: dict[str, dict[str
 
 
 def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_path: str | Path | None = None,
-             embedding_model: str | None = "default", ir_folder=None,
+             embedding_model: str | None = "default", ir_folder=None, backend: str = "torch",
              progress: Progress = lambda stage, fraction: None) -> dict:
     """Run the protocol of the module docstring; returns the report (JSON-serialisable)."""
     from threadpoolctl import threadpool_limits
     # numpy's BLAS only serves small dot products in the DSP here; its idle threads spinning
     # against torch's made the FX stages several times slower on a busy machine
     with threadpool_limits(limits=1, user_api="blas"):
-        return _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, progress)
+        return _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, backend, progress)
 
 
-def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, progress) -> dict:
+def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, backend, progress) -> dict:
     from .fxnorm import default_stats_path
     from .fxnorm_stats import FxStats
     engines = ["identity"] + [e for e in dict.fromkeys(engines) if e != "identity"]
     stats_path = Path(stats_path) if stats_path else default_stats_path("mst")
     stats = FxStats.load(stats_path)
     embedder = Embedder(embedding_model)
-    built = [make_engine(spec, stats, seed) for spec in engines]
+    built = [make_engine(spec, stats, seed, backend) for spec in engines]
     songs = build_songs(songs_dir, stats, seed, ir_folder, lambda stage, f: progress(stage, 0.2 * f))
     report = {"protocol": "MST Table 2 (ALGORITHMS.md §7): x = FX-normalized first half, gt = manipulated x, "
                           "ref = the same manipulation of the normalized second half",
@@ -317,7 +319,7 @@ def cmd_evaluate(args) -> int:
     try:
         report = evaluate(args.songs_dir, args.engine or ["match", "neural"], seed=args.seed, stats_path=args.stats,
                           embedding_model=None if args.embedding_model == "none" else args.embedding_model,
-                          ir_folder=args.ir_folder, progress=bar)
+                          ir_folder=args.ir_folder, backend=args.backend, progress=bar)
     finally:
         bar.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -343,5 +345,7 @@ def add_evaluate_parser(subparsers) -> None:
     p.add_argument("--embedding-model", default="default",
                    help="model pair whose FXencoder measures y–ref / y–gt ('none' to skip)")
     p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt", "auto"],
+                   help="inference backend of the neural engines (default: torch)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

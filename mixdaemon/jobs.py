@@ -241,12 +241,14 @@ class JobStore:
         out.update({state: n for state, n in rows})
         return out
 
-    def add(self, job: Job) -> tuple[Job, bool]:
-        """Insert a queued job; (job, True). If its key is queued or running, or done with its
-        result folder still there, that job instead; (existing, False)."""
+    def add(self, job: Job, redo_if_results_gone: bool = True) -> tuple[Job, bool]:
+        """Insert a queued job; (job, True). If its key is queued or running, or done (with its
+        result folder still there, unless redo_if_results_gone is False), that job instead;
+        (existing, False)."""
         with self._lock:
             existing = self.find_key(job.key, ("queued", "running", "done"))
-            if existing is not None and (existing.state != "done" or (existing.out_dir and Path(existing.out_dir).is_dir())):
+            results_there = existing is not None and existing.out_dir and Path(existing.out_dir).is_dir()
+            if existing is not None and (existing.state != "done" or results_there or not redo_if_results_gone):
                 return existing, False
             values = asdict(job)
             values.pop("id")

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 OPSET = 18
 # Bump when a graph's definition changes (names, inputs, the stream formulation), so that cached
 # files from an older mixdaemon are not reused.
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2
 GRAPHS = ("fxencoder", "mixfxcloner", "mixfxcloner-stream")
 PRECISIONS = ("fp32", "fp16")
 CACHE_FOLDER = "cache"
@@ -74,15 +74,56 @@ class EncoderGraph(nn.Module):
         return self.encoder(audio.to(self.dtype)).float()
 
 
-class ClonerGraph(nn.Module):
+class _ConvBlock(nn.Module):
+    """One TCN block (models._TCNBlock) as the graphs compute it.
+
+    The same function, written for ONNX Runtime's CPU kernels: the dilated convolution is a 2-D
+    convolution over a unit height axis ([B, C, 1, T]), with BatchNorm folded into its weights and
+    bias and LeakyReLU applied before the height axis is dropped. ONNX Runtime runs 2-D convolutions
+    with its blocked NCHWc kernels and fuses the activation into them, where a 1-D convolution
+    goes through im2col and a GEMM: 25 % less CPU time for the full-size cloner
+    (docs/BENCHMARKS.md). TensorRT runs 1-D convolutions as 2-D ones anyway. The parity tests hold
+    this formulation to the torch model.
+    """
+
+    def __init__(self, layer, dtype: torch.dtype):
+        super().__init__()
+        conv, bn = layer.conv1, layer.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.register_buffer("weight", (conv.weight * scale[:, None, None]).unsqueeze(2).detach().to(dtype))
+        self.register_buffer("bias", (bn.bias - bn.running_mean * scale).detach().to(dtype))
+        self.dilation = conv.dilation[0]
+        self.half = conv.padding[0]  # (k − 1) / 2 · d
+        self.film, self.res = layer.film.to(dtype), layer.res.to(dtype)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, valid: bool = False) -> torch.Tensor:
+        """x zero-padded by the convolution (same length out), or with `valid` already holding the
+        half-window on each side (2 · half samples shorter out)."""
+        h = nn.functional.conv2d(x.unsqueeze(2), self.weight, self.bias, padding=(0, 0 if valid else self.half),
+                                 dilation=(1, self.dilation))
+        h = nn.functional.leaky_relu(h, 0.01).squeeze(2)
+        centre = x[..., self.half:x.shape[-1] - self.half] if valid else x
+        return self.film(h, cond) + self.res(centre)
+
+
+class _ClonerLayers(nn.Module):
+    """The cloner's blocks as _ConvBlocks and its output layer, in `dtype`."""
+
+    def __init__(self, cloner: MixFXcloner, dtype: torch.dtype):
+        super().__init__()
+        cloner = cloner if dtype == torch.float32 else _copy(cloner)  # BN is folded in float32, then cast
+        self.blocks = nn.ModuleList(_ConvBlock(layer, dtype) for layer in cloner.blocks)
+        self.output, self.dtype = cloner.output.to(dtype), dtype
+
+
+class ClonerGraph(_ClonerLayers):
     """(audio, embedding) → converted audio, computed in `dtype`; float32 in and out."""
 
-    def __init__(self, cloner: MixFXcloner, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.cloner, self.dtype = cloner.to(dtype), dtype
-
     def forward(self, audio: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        return self.cloner(audio.to(self.dtype), embedding.to(self.dtype)).float()
+        x, cond = audio.to(self.dtype), embedding.to(self.dtype)
+        for block in self.blocks:
+            x = block(x, cond)
+        return self.output(x).clamp(-1.0, 1.0).float()
 
 
 def stream_state_shapes(config: ClonerConfig, batch: int = 1) -> list[tuple[int, int, int]]:
@@ -91,12 +132,7 @@ def stream_state_shapes(config: ClonerConfig, batch: int = 1) -> list[tuple[int,
             for n, d in enumerate(config.dilations)]
 
 
-def stream_delay(config: ClonerConfig) -> int:
-    """Samples by which a stream's output lags its input: one half receptive field."""
-    return config.receptive_field // 2
-
-
-class ClonerStream(nn.Module):
+class ClonerStream(_ClonerLayers):
     """The MixFXcloner applied to a song one block at a time, each sample computed once.
 
     Why: the cloner's context is 2.6 s on each side, so overlap-save chunks of 12 s recompute
@@ -110,42 +146,30 @@ class ClonerStream(nn.Module):
     next block sees at the ends of a whole-song call. Zero initial states stand for the padding
     before the song; feeding D = receptive_field // 2 zeros after the song flushes the last outputs.
     The stream's output is the whole-song output delayed by D, equal up to float rounding.
-
-    The block formula is _TCNBlock.forward with a "valid" convolution and the residual taken at the
-    centre of the convolution window; the layers' own modules (BN, FiLM, res) are used as they are.
     """
 
     def __init__(self, cloner: MixFXcloner, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.cloner, self.dtype = cloner.to(dtype), dtype
-        config = cloner.config
-        self.halves = [(config.kernel_size - 1) // 2 * d for d in config.dilations]
-        self.delays = np.cumsum(self.halves).tolist()
+        super().__init__(cloner, dtype)
+        self.delays = np.cumsum([block.half for block in self.blocks]).tolist()
 
     def forward(self, audio: torch.Tensor, embedding: torch.Tensor, position: torch.Tensor, length: torch.Tensor,
                 *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, cond = audio.to(self.dtype), embedding.to(self.dtype)
-        block = x.shape[-1]
-        times = position + torch.arange(block, device=x.device)
+        times = position + torch.arange(x.shape[-1], device=x.device)
         next_states = []
-        for layer, state, half, delay in zip(self.cloner.blocks, states, self.halves, self.delays):
+        for block, state, delay in zip(self.blocks, states, self.delays):
             window = torch.cat([state.to(self.dtype), x], dim=-1)  # input times t − 2h … t + block − 1
-            next_states.append(window[..., window.shape[-1] - 2 * half:].float())
-            h = nn.functional.conv1d(window, layer.conv1.weight, dilation=layer.conv1.dilation)
-            h = nn.functional.leaky_relu(layer.bn(h), 0.01)
-            h = layer.film(h, cond) + layer.res(window[..., half:half + block])
+            next_states.append(window[..., window.shape[-1] - 2 * block.half:].float())
             out_times = times - delay
-            x = h * ((out_times >= 0) & (out_times < length)).to(self.dtype)
-        return (self.cloner.output(x).clamp(-1.0, 1.0).float(), *next_states)
+            x = block(window, cond, valid=True) * ((out_times >= 0) & (out_times < length)).to(self.dtype)
+        return (self.output(x).clamp(-1.0, 1.0).float(), *next_states)
 
 
 def graph_module(graph: str, model: nn.Module, precision: str = "fp32") -> nn.Module:
     """The nn.Module that `graph` exports (eval mode; a copy when the precision changes the dtype)."""
     dtype = _DTYPES[_check_precision(precision)]
-    if dtype != torch.float32:
-        model = _copy(model)
     if graph == "fxencoder":
-        return EncoderGraph(model, dtype).eval()
+        return EncoderGraph(model if dtype == torch.float32 else _copy(model), dtype).eval()
     if graph == "mixfxcloner":
         return ClonerGraph(model, dtype).eval()
     if graph == "mixfxcloner-stream":

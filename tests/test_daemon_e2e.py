@@ -31,9 +31,9 @@ def listener():
 def start_daemon(tmp_path, listener, reference):
     procs = []
 
-    def start(**extra):
+    def start(entry="mixdaemon.daemon", **extra):
         config = write_toml(tmp_path / "config.toml", daemon_config(tmp_path, listener.port, reference=str(reference), **extra))
-        proc = DaemonProcess(config, tmp_path / "state").start()
+        proc = DaemonProcess(config, tmp_path / "state", entry=entry).start()
         procs.append(proc)
         return proc
 
@@ -57,7 +57,7 @@ def _jobs(tmp_path) -> list[dict]:
 
 
 def test_stems_written_slowly_become_converted_stems_a_manifest_and_a_done_message(tmp_path, listener, start_daemon):
-    proc = start_daemon()
+    proc = start_daemon(entry="mixdaemon")  # the user's command: `mixdaemon serve --config ...`
     song = tmp_path / "watch" / "Song 1 bounce"
     song.mkdir()
     stems = song_stems(2.5, seed=3)

@@ -47,7 +47,8 @@ def test_store_refuses_duplicate_work_and_survives_reopening(tmp_path):
     store.set_state(retry.id, "done", out_dir=str(result))
     assert store.add(_job(tmp_path)) == (store.get(2), False)  # finished work is not redone...
     result.rmdir()
-    redo, created = store.add(_job(tmp_path))  # ... unless its results were deleted
+    assert store.add(_job(tmp_path), redo_if_results_gone=False) == (store.get(2), False)
+    redo, created = store.add(_job(tmp_path))  # ... unless its results were deleted and it is asked for
     assert created and redo.id == 3
     store.close()
 

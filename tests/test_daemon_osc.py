@@ -120,7 +120,7 @@ def _free_udp_port() -> int:
 def test_send_command_line_client(daemon):
     proc, listener, tmp = daemon
     # Once as a real command, through the module entry point.
-    ping = subprocess.run([sys.executable, "-m", "mixdaemon.daemon", "send", "--port", str(proc.port), "ping"],
+    ping = subprocess.run([sys.executable, "-m", "mixdaemon", "send", "--port", str(proc.port), "ping"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert ping.returncode == 0 and ping.stdout.startswith("/mixdaemon/pong 0.")
     status, out, _ = send_cli(proc.port, "status")

@@ -162,10 +162,11 @@ def test_tiny_training_end_to_end_gives_a_pair_the_neural_engine_uses(songs, tra
     logged = read_log(tmp_path / "cloner", "val", "ratio_lr")
     assert sorted(logged) == [2, 4] and all(np.isfinite(v) for v in logged.values())
 
+    from mixdaemon.backends import create_backend
     from mixdaemon.fxnorm_stats import FxStats
     from mixdaemon.neural import NeuralEngine
     encoder, cloner, info = load_pair("tiny", store=tmp_path / "store")
-    engine = NeuralEngine(encoder, cloner, info, FxStats.load(default_stats_path("mst")))
+    engine = NeuralEngine(create_backend("torch", encoder, cloner, info), info, FxStats.load(default_stats_path("mst")))
     library = StemLibrary(songs["val_dir"], default_stats_path("mst"), songs["cache_dir"] / "validation")
     stems = {s: np.array(np.load(library.files[s][0][0])[:44100]) for s in library.files}
     converted = engine.convert_song(stems, stems)
