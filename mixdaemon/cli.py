@@ -6,6 +6,7 @@ and the exit status is 2. Long work shows a progress bar on stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -116,6 +117,21 @@ def cmd_fxnorm_apply(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    """The MST feature-extraction tool: one FXencoder embedding per file, stacked in one .npy."""
+    from .audio import read_audio
+    from .inference import embed_reference
+    from .modelfiles import load_pair
+    from .neural import DEFAULT_MODEL
+    encoder, _, info = load_pair(args.model or DEFAULT_MODEL)
+    embeddings = np.stack([embed_reference(encoder, read_audio(f).samples, name=f) for f in args.files])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, embeddings)
+    print(f"{len(args.files)} embeddings of size {embeddings.shape[1]} (model {info.name}) written to {out}")
+    return 0
+
+
 def cmd_models_import(args) -> int:
     from .modelfiles import import_authors_checkpoints
     paths = import_authors_checkpoints(args.encoder, args.cloner, store=args.store, name=args.name)
@@ -135,7 +151,7 @@ def cmd_models_list(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixdaemon", description="Mixing style transfer and automatic mixing "
                                      "for DAW users: convert stems to a reference song's mixing style.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
@@ -195,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_fxnorm_apply)
 
+    p = sub.add_parser("embed", help="FXencoder embedding of each file (mean over its non-silent segments)")
+    p.add_argument("files", nargs="+", help="audio files (mixes or stems)")
+    p.add_argument("--out", required=True, help=".npy file: one row per input file, in order")
+    p.add_argument("--model", help="model pair name in the engine store, or a model file (default: default)")
+    p.set_defaults(func=cmd_embed)
+
     models = sub.add_parser("models", help="model files in the engine store")
     msub = models.add_subparsers(dest="models_command", required=True)
     p = msub.add_parser("import", help="import the authors' FXencoder_ps.pt and MixFXcloner_ps.pt")
@@ -207,21 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store")
     p.set_defaults(func=cmd_models_list)
 
-    from .backends import add_engines_parser
-    from .daemon import add_serve_parser
-    from .evaluation import add_evaluate_parser
-    from .osc import add_send_parser
-    from .train.commands import add_train_parser
-    add_serve_parser(sub)
-    add_send_parser(sub)
-    add_engines_parser(sub)
-    add_train_parser(sub)
-    add_evaluate_parser(sub)
+    # Commands whose modules are heavy to import (torch, the daemon's stack) register their own
+    # parsers; only the one being run is imported, so `mixdaemon send` starts in a fraction of a
+    # second. --help (no command yet) lists them all.
+    command = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for name, (module, function) in _MODULE_COMMANDS.items():
+        if command is None or command == name or command not in _BUILTIN_COMMANDS | _MODULE_COMMANDS.keys():
+            getattr(importlib.import_module(f".{module}", __package__), function)(sub)
     return parser
 
 
+_BUILTIN_COMMANDS = {"transfer", "demo", "example", "fxnorm", "models", "embed"}
+_MODULE_COMMANDS = {
+    "serve": ("daemon", "add_serve_parser"),
+    "send": ("osc", "add_send_parser"),
+    "engines": ("backends", "add_engines_parser"),
+    "train": ("train.commands", "add_train_parser"),
+    "evaluate": ("evaluation", "add_evaluate_parser"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -74,34 +74,46 @@ class EncoderGraph(nn.Module):
         return self.encoder(audio.to(self.dtype)).float()
 
 
+# Channel width from which the dilated convolutions are written as 2-D ones (see _ConvBlock).
+# ONNX Runtime CPU time of 2-D over 1-D, one thread, measured per cloner size (width/kernel):
+# 16/5 (the shipped default) 1.4, 32/5 0.95, 64/5 0.85, 32/15 0.74, 128/15 (full size) 0.76.
+NCHWC_MIN_WIDTH = 32
+
+
 class _ConvBlock(nn.Module):
     """One TCN block (models._TCNBlock) as the graphs compute it.
 
-    The same function, written for ONNX Runtime's CPU kernels: the dilated convolution is a 2-D
-    convolution over a unit height axis ([B, C, 1, T]), with BatchNorm folded into its weights and
-    bias and LeakyReLU applied before the height axis is dropped. ONNX Runtime runs 2-D convolutions
-    with its blocked NCHWc kernels and fuses the activation into them, where a 1-D convolution
-    goes through im2col and a GEMM: 25 % less CPU time for the full-size cloner
-    (docs/BENCHMARKS.md). TensorRT runs 1-D convolutions as 2-D ones anyway. The parity tests hold
-    this formulation to the torch model.
+    The same function, written for ONNX Runtime's CPU kernels: BatchNorm is folded into the dilated
+    convolution's weights and bias, and for wide blocks (NCHWC_MIN_WIDTH) the convolution is a 2-D
+    one over a unit height axis ([B, C, 1, T]), with LeakyReLU applied before that axis is dropped.
+    ONNX Runtime runs such 2-D convolutions with its blocked NCHWc kernels and fuses the activation
+    into them, where a 1-D convolution goes through im2col and a GEMM: a quarter less CPU time for
+    the full-size cloner. For narrow blocks the layout conversions around each NCHWc convolution
+    cost more than they save. TensorRT runs 1-D convolutions as 2-D ones anyway. The parity tests
+    hold this formulation to the torch model.
     """
 
-    def __init__(self, layer, dtype: torch.dtype):
+    def __init__(self, layer, dtype: torch.dtype, two_d: bool):
         super().__init__()
         conv, bn = layer.conv1, layer.bn
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        self.register_buffer("weight", (conv.weight * scale[:, None, None]).unsqueeze(2).detach().to(dtype))
+        self.register_buffer("weight", (conv.weight * scale[:, None, None]).detach().to(dtype))
         self.register_buffer("bias", (bn.bias - bn.running_mean * scale).detach().to(dtype))
-        self.dilation = conv.dilation[0]
+        self.dilation, self.two_d = conv.dilation[0], two_d
         self.half = conv.padding[0]  # (k − 1) / 2 · d
         self.film, self.res = layer.film.to(dtype), layer.res.to(dtype)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, valid: bool = False) -> torch.Tensor:
         """x zero-padded by the convolution (same length out), or with `valid` already holding the
         half-window on each side (2 · half samples shorter out)."""
-        h = nn.functional.conv2d(x.unsqueeze(2), self.weight, self.bias, padding=(0, 0 if valid else self.half),
-                                 dilation=(1, self.dilation))
-        h = nn.functional.leaky_relu(h, 0.01).squeeze(2)
+        padding = 0 if valid else self.half
+        if self.two_d:
+            h = nn.functional.conv2d(x.unsqueeze(2), self.weight.unsqueeze(2), self.bias, padding=(0, padding),
+                                     dilation=(1, self.dilation))
+            h = nn.functional.leaky_relu(h, 0.01).squeeze(2)
+        else:
+            h = nn.functional.leaky_relu(nn.functional.conv1d(x, self.weight, self.bias, padding=padding,
+                                                              dilation=self.dilation), 0.01)
         centre = x[..., self.half:x.shape[-1] - self.half] if valid else x
         return self.film(h, cond) + self.res(centre)
 
@@ -112,7 +124,8 @@ class _ClonerLayers(nn.Module):
     def __init__(self, cloner: MixFXcloner, dtype: torch.dtype):
         super().__init__()
         cloner = cloner if dtype == torch.float32 else _copy(cloner)  # BN is folded in float32, then cast
-        self.blocks = nn.ModuleList(_ConvBlock(layer, dtype) for layer in cloner.blocks)
+        two_d = cloner.config.channel_width >= NCHWC_MIN_WIDTH
+        self.blocks = nn.ModuleList(_ConvBlock(layer, dtype, two_d) for layer in cloner.blocks)
         self.output, self.dtype = cloner.output.to(dtype), dtype
 
 

@@ -19,6 +19,7 @@ from test_models import v2_model
 
 torch.set_num_threads(2)
 SR = 44100
+# narrow: the 1-D convolution formulation (onnx_export.NCHWC_MIN_WIDTH); test_onnx_export.py runs the 2-D one
 CLONER = ClonerConfig(nblocks=6, channel_width=8, kernel_size=3, dilation_growth=8, cond_dim=16)
 ENCODER = EncoderConfig(channels=(8, 16, 16), kernels=(9, 5, 3), strides=(4, 4, 1))
 

@@ -14,12 +14,13 @@ import torch
 from mixdaemon.audio import read_audio
 from mixdaemon.backends import OnnxRuntimeBackend, TorchBackend, as_backend
 from mixdaemon.models import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
-from mixdaemon.onnx_export import GRAPHS, ensure_onnx, export_onnx
+from mixdaemon.onnx_export import GRAPHS, NCHWC_MIN_WIDTH, ensure_onnx, export_onnx
 from test_models import v2_model
 
 torch.set_num_threads(2)
 SR = 44100
-CLONER = ClonerConfig(nblocks=6, channel_width=8, kernel_size=3, dilation_growth=8, cond_dim=16)
+# wide enough for the 2-D convolution formulation (onnx_export.NCHWC_MIN_WIDTH); test_backends.py runs the 1-D one
+CLONER = ClonerConfig(nblocks=6, channel_width=32, kernel_size=3, dilation_growth=8, cond_dim=16)
 ENCODER = EncoderConfig(channels=(8, 16, 16), kernels=(9, 5, 3), strides=(4, 4, 1))
 STEMS = ("drums", "bass", "other", "vocals")
 
@@ -36,6 +37,7 @@ CLONER_GAIN = 0.3
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
+    assert CLONER.channel_width >= NCHWC_MIN_WIDTH
     encoder, cloner = v2_model(FXencoder(ENCODER)), v2_model(MixFXcloner(CLONER))
     store = tmp_path_factory.mktemp("engines")
     return TorchBackend(encoder, cloner), OnnxRuntimeBackend.from_models(encoder, cloner, store=store, threads=2)
