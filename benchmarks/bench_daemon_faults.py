@@ -104,7 +104,7 @@ def file_cases(seconds: float, rng: np.random.Generator) -> list[dict]:
             files["vocals.wav"] = wav_bytes(x, subtype=subtype)
             bounce(f"{label}_{subtype.lower()}", files, "NaN or infinite")
     n = int(44100 * seconds)
-    bounce("all_silent", {f"{s}.wav": wav_bytes(np.zeros((n + k, 2), np.float32)) for k, s in enumerate(STEMS)}, "done")
+    bounce("all_silent", {f"{s}.wav": wav_bytes(np.zeros((n + k, 2), np.float32)) for k, s in enumerate(STEMS)}, "error")
     files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
     files["vocals.wav"] = wav_bytes(np.zeros((n, 2), np.float32))
     bounce("one_silent_stem", files, "done")
@@ -190,7 +190,9 @@ def run_files(work: Path, reference: Path, seconds: float, rng, timeout: float) 
             unexpected.append({"bounce": case["name"], "expected": expect, "state": job["state"], "error": job["error"]})
     results = sorted(p.name for p in (work / "out").iterdir() if not p.name.startswith("."))
     errors = [j["error"] for j in by_folder.values() if j["state"] == "error"]
+    tracebacks = (work / "state" / "mixdaemon.log").read_text().count("Traceback")
     return {"bounces": len(cases), "files": n_files, "done": outcomes["done"], "error": outcomes["error"],
+            "internal_errors_logged": tracebacks,
             "unexpected_outcomes": unexpected, "lost_jobs": len(lost), "lost": lost, "daemon_crashes": int(crashed),
             "partial_outputs": len(monitor.violations), "result_folders": len(results),
             "result_folders_match_done_jobs": len(results) == outcomes["done"], "seconds": round(elapsed, 1),
@@ -283,7 +285,7 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
             "staging_left": len(staging), "jobs_in_error": [j["error"] for j in jobs if j["state"] == "error"],
             "max_attempts_seen": max((j["attempts"] for j in jobs), default=0),
             "jobs_with_3_or_more_attempts": sum(1 for j in jobs if j["attempts"] >= 3),
-            "resumed_after_kill": log.count("queued again"),
+            "resumed_after_kill": log.count("queued again"), "internal_errors_logged": log.count("Traceback"),
             "finished_before_db_update_recovered": log.count("had completed before the daemon stopped"),
             "seconds": round(time.monotonic() - t0, 1)}
 
@@ -414,7 +416,7 @@ def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: fl
             "other_replies": sorted({a for _, a, _ in replies if a != "/mixdaemon/error"}),
             "daemon_crashes": int(not alive), "answered_ping_after": answered_ping,
             "converted_a_bounce_after": converted_after,
-            "internal_errors_logged": log.count("internal error") + log.count("unexpected error"),
+            "internal_errors_logged": log.count("Traceback"),  # any unexpected exception is logged with one
             "seconds": round(elapsed, 1)}
 
 
@@ -445,7 +447,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"work folder: {work}")
     bad = sum(r.get("daemon_crashes", 0) + r.get("lost_jobs", 0) + r.get("partial_outputs", 0) + r.get("processed_twice", 0)
-              + len(r.get("unexpected_outcomes", [])) for r in results.values())
+              + len(r.get("unexpected_outcomes", [])) + r.get("internal_errors_logged", 0) for r in results.values())
     return 1 if bad else 0
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger("mixdaemon.osc")
 PREFIX = "/mixdaemon"
 DEFAULT_OSC_PORT = 7700
 NO_JOB = "-"  # the job-id argument of an error that belongs to no job
+MAX_JOB_ID = 2**31 - 1  # an OSC int32; larger numbers (int64, floats, digit strings) are no job
 MAX_REASON_CHARS = 1500  # keeps every reply well inside one UDP datagram
 Target = tuple[str, int]
 
@@ -100,15 +101,18 @@ def _coerce(command: Command, index: int, arg: Arg, value: Any) -> Any:
         if isinstance(value, str):
             return value
     elif arg.kind == "job":
+        number = None
         if isinstance(value, bool):
             pass
         elif isinstance(value, int):
-            return value
+            number = value
         elif isinstance(value, float) and value.is_integer():
-            return int(value)
+            number = int(value)
         elif isinstance(value, str) and value.strip().isdigit():
-            return int(value.strip())
-    want = "a string" if arg.kind == "text" else "a job id (integer)"
+            number = int(value.strip())
+        if number is not None and 0 <= number <= MAX_JOB_ID:
+            return number
+    want = "a string" if arg.kind == "text" else f"a job id (an integer from 0 to {MAX_JOB_ID})"
     shown = repr(value) if not isinstance(value, bytes) else f"{len(value)} bytes"
     raise OscRequestError(f"{command.address}: argument {index + 1} ({arg.name}) must be {want}, "
                           f"got {_type_name(value)} {shown[:80]}")

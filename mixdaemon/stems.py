@@ -22,6 +22,7 @@ from .audio import LoadedAudio, SourceInfo, is_audio_file, read_audio
 from .errors import StemLayoutError
 
 STEM_NAMES = ("drums", "bass", "other", "vocals")
+SILENCE_DBFS = -100.0  # a song below this everywhere is a silent bounce (a muted track, an empty render)
 MIXTURE = "mixture"
 
 # Checked in this order on the lower-cased file stem split into words; the first role whose
@@ -65,6 +66,11 @@ class Song:
     def n_samples(self) -> int:
         arrays = list(self.stems.values()) or ([self.mixture] if self.mixture is not None else [])
         return arrays[0].shape[0] if arrays else 0
+
+    @property
+    def is_silent(self) -> bool:
+        arrays = list(self.stems.values()) + ([self.mixture] if self.mixture is not None else [])
+        return all(float(np.max(np.abs(a), initial=0.0)) < 10 ** (SILENCE_DBFS / 20) for a in arrays)
 
     @property
     def input_files(self) -> list[str]:

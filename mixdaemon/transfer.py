@@ -20,7 +20,7 @@ from .audio import write_audio
 from .dsp import integrated_loudness
 from .errors import MixdaemonError
 from .mastering import TRUE_PEAK_CEILING_DBTP, limit_linked, true_peak_dbtp
-from .stems import STEM_NAMES, Song, load_song
+from .stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
 
 # progress(stage, fraction): stage is a short human label ("separating input", "converting drums"),
 # fraction goes from 0 to 1 over the whole job.
@@ -125,6 +125,10 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     reference_b = load_song(reference_b_path) if reference_b_path is not None else None
     protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
     check_output_folder(out_dir, protected, overwrite)
+    for what, path, loaded in (("input", input_path, song), ("reference", reference_path, reference)):
+        if loaded.is_silent:
+            raise MixdaemonError(f"{path}: the {what} is silent (every sample below {SILENCE_DBFS:g} dBFS); "
+                                 "nothing to convert")
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -72,8 +72,11 @@ def test_malformed_packets_get_an_error_reply_and_the_daemon_keeps_serving(daemo
 
 
 @pytest.mark.parametrize("address, args, words", [
-    ("/mixdaemon/cancel", ("abc",), "argument 1 (job_id) must be a job id (integer), got string 'abc'"),
-    ("/mixdaemon/status", (1.5,), "argument 1 (job_id) must be a job id (integer), got float"),
+    ("/mixdaemon/cancel", ("abc",), "argument 1 (job_id) must be a job id (an integer from 0 to 2147483647), got string 'abc'"),
+    ("/mixdaemon/status", (1.5,), "argument 1 (job_id) must be a job id (an integer from 0 to 2147483647), got float"),
+    ("/mixdaemon/status", (2**40,), "argument 1 (job_id) must be a job id"),  # int64: no job
+    ("/mixdaemon/preview", ("9" * 30,), "argument 1 (job_id) must be a job id"),
+    ("/mixdaemon/cancel", (1e30,), "argument 1 (job_id) must be a job id"),
     ("/mixdaemon/submit", (42,), "argument 1 (stems_path) must be a string, got integer"),
     ("/mixdaemon/preview", (1, 2), "argument 2 (mode) must be a string"),
     ("/mixdaemon/cancel", (), "expects job_id, got 0 argument(s)"),
