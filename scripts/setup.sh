@@ -12,6 +12,6 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -x .venv/bin/pip ] || python3 -m venv --clear .venv
 # constraints.txt pins the CPU build of torch; without it pip may fetch a multi-GB CUDA build.
 .venv/bin/pip install -q -c constraints.txt -e ".[dev]"
