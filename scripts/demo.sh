@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/mixdaemon demo --out demo-output "$@"
+exec .venv/bin/mixdaemon demo --out demo-output --engine neural "$@"
