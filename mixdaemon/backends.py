@@ -17,8 +17,8 @@ Backends:
 - ``onnxruntime``: the exported graphs (onnx_export.py, cached in the engine store), with every
   graph optimization, sequential execution and ``threads`` intra-op threads (default: ONNX
   Runtime's, one per physical core); the CUDA execution provider when the installed onnxruntime
-  has one. On the CPU the full-size cloner runs ~1.8× faster than eager torch
-  (docs/BENCHMARKS.md).
+  has one. On 2 CPU threads the full-size cloner runs 1.8× faster than eager torch (1.10 against
+  2.02 s per audio second, docs/BENCHMARKS.md).
 - ``tensorrt``: engines built per GPU (trt_builder.py), FP16 by default.
 
 ``auto`` picks TensorRT when it is importable and torch sees a CUDA GPU, else ONNX Runtime, else

@@ -139,11 +139,12 @@ def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndar
     cloner in chunks of `chunk_seconds` (onnx_export.ClonerStream), each layer keeping the input
     its next chunk needs, so that no sample is computed twice; `batch_size` does not apply. With
     12-s chunks and the full-size cloner, overlap-save computes 1.43× as many samples for the same
-    output. The stream's own bookkeeping (joining each layer's kept input to the new one, masking
-    the song's ends) costs next to nothing beside the full-size cloner's convolutions but ~30 %
-    beside the small default cloner's, whose context is short. stream=True always streams such a
-    song, None streams it when overlap-save would recompute more than STREAM_ABOVE_OVERLAP of it,
-    False never does.
+    output; on 2 CPU threads with ONNX Runtime the stream converts it in 1.24 s per audio second
+    against 1.85 s (docs/BENCHMARKS.md). The stream's own bookkeeping (joining each layer's kept
+    input to the new one, masking the song's ends) costs next to nothing beside the full-size
+    cloner's convolutions but ~10 % beside the small default cloner's, whose context is short
+    (4 % overlap with 12-s chunks). stream=True always streams such a song, None streams it when
+    overlap-save would recompute more than STREAM_ABOVE_OVERLAP of it, False never does.
 
     progress(done, total) is called with output samples after each batch; an exception raised in
     it stops the conversion (a way to cancel).
