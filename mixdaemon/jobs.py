@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Protocol
 
 from .audio import is_audio_file
 from .errors import MixdaemonError
+from .hashing import file_sha256
 from .stems import list_audio_files
 from .transfer import TransferSettings
 
@@ -84,14 +85,6 @@ EventSink = Callable[[JobEvent], None]
 
 
 # --- content hashes ----------------------------------------------------------------------------
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def hash_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     """{absolute path: sha256}; a missing or unreadable file is a MixdaemonError naming it."""

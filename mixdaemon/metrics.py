@@ -21,6 +21,7 @@ from scipy import signal
 
 from mixdaemon.dsp import WORKING_RATE, db, frame_signal, integrated_loudness, peak, stft_np, to_mid_side
 from mixdaemon.errors import MixdaemonError
+from mixdaemon.mastering import true_peak_dbtp
 
 __all__ = [
     "MSS_FFT_SIZES",
@@ -110,25 +111,8 @@ def mss_distance(y: np.ndarray, gt: np.ndarray, mode: str = "lr") -> float:
 # --- loudness and peak ------------------------------------------------------------------------------
 # integrated_loudness (BS.1770-4, stereo: channel powers summed) lives in mixdaemon.dsp, where FX
 # normalization uses it, and is re-exported here. It returns -inf for silence and for input shorter
-# than one 400 ms gating block.
-
-
-def _true_peak_oversampling(sr: int) -> int:
-    # BS.1770-4 Annex 2 specifies 4x for 48 kHz; at 96 kHz and above the signal is already denser.
-    return 4 if sr < 96000 else 2 if sr < 192000 else 1
-
-
-def true_peak_dbtp(x: np.ndarray, sr: int = WORKING_RATE) -> float:
-    """True peak in dBTP: max |x| after polyphase upsampling (4x below 96 kHz), all channels.
-
-    Never reads below the sample peak (the interpolation filter's ripple could otherwise shave a few
-    thousandths of a dB off a sample that is itself the peak). Silence reads -600 dBTP."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return float(db(0.0))
-    factor = _true_peak_oversampling(sr)
-    upsampled = signal.resample_poly(x, factor, 1, axis=0) if factor > 1 else x
-    return float(db(max(peak(upsampled), peak(x))))
+# than one 400 ms gating block. true_peak_dbtp (BS.1770-4, 4x oversampled) is the limiter's own
+# measurement in mixdaemon.mastering, re-exported so that metrics and limiting never disagree.
 
 
 def sample_peak_db(x: np.ndarray) -> float:

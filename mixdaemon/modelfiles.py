@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, MixdaemonError, ModelFileError
+from .hashing import file_sha256
 from .models import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
 
 log = logging.getLogger(__name__)
@@ -185,14 +186,6 @@ def load_authors_checkpoint(path: str | os.PathLike, kind: str) -> nn.Module:
     return _build(kind, KINDS[kind][1](), state, str(path))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
-
 def import_authors_checkpoints(encoder_path: str | os.PathLike, cloner_path: str | os.PathLike,
                                store: str | os.PathLike | None = None, name: str = "mst-official",
                                overwrite: bool = False) -> Path:
@@ -203,7 +196,7 @@ def import_authors_checkpoints(encoder_path: str | os.PathLike, cloner_path: str
     models, provenance = {}, {}
     for kind, source in (("fxencoder", Path(encoder_path)), ("mixfxcloner", Path(cloner_path))):
         models[kind] = load_authors_checkpoint(source, kind)
-        provenance[kind] = {"source": str(source.resolve()), "source_sha256": _file_sha256(source),
+        provenance[kind] = {"source": str(source.resolve()), "source_sha256": file_sha256(source),
                             "source_format": "authors' torch checkpoint (jhtonyKoo/music_mixing_style_transfer)"}
     save_pair(path, models["fxencoder"], models["mixfxcloner"],
               encoder_provenance=provenance["fxencoder"], cloner_provenance=provenance["mixfxcloner"])

@@ -35,6 +35,7 @@ from demucs.repo import LocalRepo, ModelLoadingError
 from .audio import resample
 from .dsp import WORKING_RATE
 from .errors import ModelFileError, SeparationUnavailable
+from .hashing import file_sha256
 from .stems import STEM_NAMES
 
 log = logging.getLogger(__name__)
@@ -66,23 +67,6 @@ def default_cache_dir() -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "mixdaemon" / "separation"
-
-
-# (resolved path, size, mtime_ns) → sha256: a daemon builds many Separators over the same
-# model files, which can weigh hundreds of MB.
-_file_digests: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo_key not in _file_digests:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        _file_digests[memo_key] = digest.hexdigest()
-    return _file_digests[memo_key]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -130,7 +114,7 @@ class Separator:
             identity = f"demucs {demucs.__version__} model {self.model_name}"
             if self.model_dir is not None:
                 files = self._local_model_files()
-                identity += "".join(f" {f.name}:{_file_sha256(f)}" for f in files)
+                identity += "".join(f" {f.name}:{file_sha256(f)}" for f in files)
             self._identity = identity
         return self._identity
 

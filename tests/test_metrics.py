@@ -116,7 +116,7 @@ def test_true_peak_detects_an_intersample_peak():
     tone = np.sin(np.pi / 2 * n + np.pi / 4)
     x = _faded(np.stack([tone, tone], axis=1))
     assert metrics.sample_peak_db(x) == pytest.approx(-3.0103, abs=0.01)
-    assert metrics.true_peak_dbtp(x, SR) == pytest.approx(0.0, abs=0.05)
+    assert metrics.true_peak_dbtp(x) == pytest.approx(0.0, abs=0.05)
     assert metrics.true_peak_dbtp(np.zeros((100, 2))) == pytest.approx(-600.0)
 
 

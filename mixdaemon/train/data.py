@@ -15,7 +15,6 @@ one would.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..errors import ConfigError
 from ..fxmanipulator import MARGIN_SAMPLES, FXManipulator
 from ..fxnorm import normalize_stems
 from ..fxnorm_stats import FxStats
+from ..hashing import file_sha256
 from ..stems import load_song
 
 STEMS = ("drums", "bass", "other", "vocals")
@@ -50,14 +50,6 @@ def trim_silence(x: np.ndarray, window: int = TRIM_WINDOW, threshold_dbfs: float
         np.diff(np.append(starts, n)) * x.shape[1])
     keep = np.repeat(power >= db_to_amp(threshold_dbfs) ** 2, np.diff(np.append(starts, n)))
     return x[keep]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def song_folders(songs_dir: Path) -> list[Path]:
@@ -85,7 +77,7 @@ class StemLibrary:
             if missing:
                 raise ConfigError(f"{self.songs_dir}: no song folder {', '.join(missing)}")
             folders = [f for f in folders if f.name in songs]
-        key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": _sha256(self.stats_path),
+        key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": file_sha256(self.stats_path),
                "trim": [TRIM_WINDOW, TRIM_DBFS], "seed": seed}
         manifest = self.cache_dir / CACHE_MANIFEST
         fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
