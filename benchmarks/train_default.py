@@ -8,7 +8,8 @@ Stages (each one resumes where an interrupted run stopped; rerunning a finished 
   encoder   `mixdaemon train encoder` with ENCODER_ARGS
   cloner    `mixdaemon train cloner` with CLONER_ARGS, exported into the engine store as "default"
   speed     the neural engine converting a 3-minute 4-stem song (the project's numpy synth) with a
-            3-minute reference, torch on --threads threads: wall and CPU seconds vs real time
+            3-minute reference on --backend (default: auto, the fastest CPU path) with --threads
+            threads: wall and CPU seconds vs real time
 
 Run in the background and poll (about an hour on a busy 2-core machine):
   nohup .venv/bin/python benchmarks/train_default.py --work ../mixdaemon-train > train.log 2>&1 &
@@ -27,12 +28,12 @@ sys.path.insert(0, str(REPO))
 
 MATERIAL = {"train": {"songs": 64, "seed": 0}, "val": {"songs": 8, "seed": 1}}
 MATERIAL_SECONDS = 30.0
-ENCODER_ARGS = ["--size", "small", "--steps", "120", "--items", "8", "--segment", "32768", "--lr", "1e-3",
+ENCODER_ARGS = ["--size", "small", "--steps", "300", "--items", "8", "--segment", "32768", "--lr", "1e-3",
                 "--lr-final", "0.1", "--precision", "fp32", "--no-mixture", "--validation-items", "4",
-                "--validate-every", "40", "--checkpoint-every", "20", "--seed", "0"]
-CLONER_ARGS = ["--size", "small", "--steps", "240", "--items", "1", "--segment", "65536", "--lr", "1e-3",
+                "--validate-every", "100", "--checkpoint-every", "20", "--seed", "0"]
+CLONER_ARGS = ["--size", "small", "--steps", "600", "--items", "1", "--segment", "65536", "--lr", "1e-3",
                "--lr-final", "0.1", "--precision", "fp32", "--validation-items", "2",
-               "--validate-every", "50", "--checkpoint-every", "10", "--seed", "0"]
+               "--validate-every", "100", "--checkpoint-every", "20", "--seed", "0"]
 SPEED_SECONDS = 180.0
 
 
@@ -66,7 +67,7 @@ def stage_cloner(work: Path, threads: int) -> None:
     _run(work, "cloner", [*CLONER_ARGS, "--encoder", str(work / "runs" / "encoder"), "--name", "default"], threads)
 
 
-def stage_speed(threads: int, model: str = "default") -> dict:
+def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> dict:
     """Wall and CPU time of NeuralEngine.convert_song on a SPEED_SECONDS 4-stem song."""
     import torch
 
@@ -79,7 +80,8 @@ def stage_speed(threads: int, model: str = "default") -> dict:
     torch.set_num_threads(threads)
     song, reference = synth_song(SPEED_SECONDS, seed=0), synth_song(SPEED_SECONDS, seed=1)
     encoder, cloner, info = load_pair(model)
-    engine = NeuralEngine(create_backend("torch", encoder, cloner, info), info, FxStats.load(default_stats_path("mst")))
+    backend = create_backend(backend, encoder, cloner, info, threads=threads)  # exports ONNX once, before timing
+    engine = NeuralEngine(backend, info, FxStats.load(default_stats_path("mst")))
     stages: dict[str, float] = {}
     current = {"stage": "start", "since": time.perf_counter()}
 
@@ -93,7 +95,7 @@ def stage_speed(threads: int, model: str = "default") -> dict:
     engine.convert_song(song, reference, progress=progress)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     progress("end", 1.0)
-    result = {"model": model, "song_seconds": SPEED_SECONDS, "stems": 4, "threads": threads,
+    result = {"model": model, "backend": backend.describe(), "song_seconds": SPEED_SECONDS, "stems": 4, "threads": threads,
               "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
               "realtime_factor_wall": round(wall / SPEED_SECONDS, 3),
               "cloner_parameters": sum(p.numel() for p in cloner.parameters()),
@@ -110,6 +112,7 @@ def main() -> int:
     parser.add_argument("--stages", nargs="+", default=["material", "encoder", "cloner", "speed"],
                         choices=["material", "encoder", "cloner", "speed"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     args = parser.parse_args()
     work = Path(args.work).resolve()
     for stage in args.stages:
@@ -121,7 +124,7 @@ def main() -> int:
         elif stage == "cloner":
             stage_cloner(work, args.threads)
         else:
-            stage_speed(args.threads)
+            stage_speed(args.threads, args.backend)
         print(f"stage {stage}: {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

@@ -56,6 +56,8 @@ def _run_transfer(args, input_path, reference_path, out_dir) -> int:
     for name, path in result.outputs.items():
         print(f"  {name:<8} {result.loudness_before.get(name, float('nan')):7.1f} → "
               f"{result.loudness_after[name]:7.1f} LUFS  {path}")
+    if result.fx_params:
+        print(f"  FX settings per stem: {result.fx_params}")
     return 0
 
 
@@ -141,13 +143,18 @@ def cmd_models_import(args) -> int:
     return 0
 
 
+_MODEL_KINDS = {"mixdaemon-mst-pair": "MST pair (--engine neural)", "mixdaemon-automix": "automix model (automix)",
+                "mixdaemon-param-predictor": "parameter predictor (--engine param)"}
+
+
 def cmd_models_list(args) -> int:
-    from .modelfiles import list_pairs
-    pairs = list_pairs(args.store)
-    if not pairs:
-        print("no model pairs in the engine store")
-    for entry in pairs:
-        print(json.dumps(entry) if not isinstance(entry, str) else entry)
+    from .modelfiles import list_models, store_dir
+    models = list_models(args.store)
+    print(f"engine store: {store_dir(args.store)}")
+    if not models:
+        print("no models in the engine store")
+    for name, fmt, metadata in models:
+        print(f"  {name:<24} {_MODEL_KINDS.get(fmt, fmt):<40} created {metadata.get('created', '?')}")
     return 0
 
 
@@ -158,9 +165,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_transfer_options(p):
-        p.add_argument("--engine", default="match", choices=["match", "neural"],
-                       help="match: measured-feature matching (fast, no model); neural: FXencoder + MixFXcloner")
-        p.add_argument("--model", help="neural: model pair name in the engine store, or a model file")
+        p.add_argument("--engine", default="match", choices=["match", "neural", "param"],
+                       help="match: measured-feature matching (fast, no model); neural: FXencoder + MixFXcloner; "
+                            "param: an interpretable FX chain per stem, its settings written to fx_params.json")
+        p.add_argument("--model", help="neural: model pair name in the engine store, or a model file; "
+                                       "param: parameter predictor (default: params-default)")
         p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
         p.add_argument("--chunk-seconds", type=float, default=12.0, help="neural: audio per conversion chunk")
         p.add_argument("--batch-size", type=int, default=1, help="neural: chunks converted together")
@@ -225,7 +234,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--name", default="mst-official")
     p.add_argument("--store", help="engine store folder (default: engines/ or $MIXDAEMON_ENGINES)")
     p.set_defaults(func=cmd_models_import)
-    p = msub.add_parser("list", help="list model pairs in the engine store")
+    p = msub.add_parser("list", help="list the models in the engine store")
     p.add_argument("--store")
     p.set_defaults(func=cmd_models_list)
 
@@ -246,6 +255,7 @@ _MODULE_COMMANDS = {
     "engines": ("backends", "add_engines_parser"),
     "train": ("train.commands", "add_train_parser"),
     "evaluate": ("evaluation", "add_evaluate_parser"),
+    "automix": ("automix", "add_automix_parser"),
 }
 
 

@@ -45,15 +45,23 @@ class _Section(BaseModel):
 
 class WatchFolder(_Section):
     """One watched folder. Each folder below it (or the folder itself) that receives audio files is
-    one bounce: its stems become one job once they have settled."""
+    one bounce: its stems become one job once they have settled. job_type "transfer" converts them
+    toward a reference; "automix" mixes them with the automix model and needs no reference."""
 
     path: Path
     reference: Path | None = None  # reference for bounces in this folder (file or folder of stems)
+    job_type: Literal["transfer", "automix"] = "transfer"
 
     @field_validator("path", "reference")
     @classmethod
     def _absolute(cls, value):
         return None if value is None else _expand(value)
+
+    @model_validator(mode="after")
+    def _reference_only_for_transfer(self):
+        if self.job_type == "automix" and self.reference is not None:
+            raise ValueError("reference: automix folders take no reference (remove it, or set job_type = \"transfer\")")
+        return self
 
 
 class OutputConfig(_Section):
@@ -109,7 +117,7 @@ class PlaybackConfig(_Section):
 class TransferConfig(_Section):
     """The settings of every job (mixdaemon.transfer.TransferSettings, same names)."""
 
-    engine: Literal["match", "neural"] = "match"
+    engine: Literal["match", "neural", "param"] = "match"
     model: str | None = None
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     chunk_seconds: float = Field(12.0, gt=0)
@@ -128,11 +136,28 @@ class TransferConfig(_Section):
         return TransferSettings(**self.model_dump())
 
 
+class AutomixJobConfig(_Section):
+    """The settings of every automix job (mixdaemon.automix.AutomixSettings, same names)."""
+
+    model: str = "automix-default"
+    stats: str | None = None
+    chunk_seconds: float = Field(10.0, gt=0)
+    ceiling_dbtp: float = Field(-1.0, le=0.0)
+    subtype: Literal["PCM_16", "PCM_24", "PCM_32", "FLOAT"] = "PCM_24"
+    seed: int = 0
+
+    def to_settings(self):
+        """The mixdaemon.automix.AutomixSettings (imported here, as in TransferConfig.to_settings)."""
+        from .automix import AutomixSettings
+        return AutomixSettings(**self.model_dump())
+
+
 class DaemonConfig(_Section):
     watch: list[WatchFolder] = []
     reference: Path | None = None  # the default reference, for bounces with no other
     output: OutputConfig = OutputConfig()
     transfer: TransferConfig = TransferConfig()
+    automix: AutomixJobConfig = AutomixJobConfig()
     osc: OscConfig = OscConfig()
     playback: PlaybackConfig = PlaybackConfig()
     # Folders that OSC requests may name (stems, references, outputs) besides the watch folders, the
@@ -188,6 +213,13 @@ class DaemonConfig(_Section):
     @property
     def database_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    def job_type_for(self, watch_root: Path) -> str:
+        """The job type of bounces found under this watch folder."""
+        for w in self.watch:
+            if w.path.resolve() == Path(watch_root).resolve():
+                return w.job_type
+        return "transfer"
 
     def roots(self) -> list[Path]:
         """Resolved folders that OSC requests may read from or write into."""

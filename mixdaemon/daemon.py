@@ -5,6 +5,9 @@
     OSC requests (osc.py) ──────┘                                  + manifest/report (report.py)
     job events → OSC notifications + log;  OSC preview → sounddevice (preview.py)
 
+Jobs are style transfers toward a reference, or automix jobs (the stems mixed by the automix model,
+no reference): from watch folders configured with job_type = "automix", or /mixdaemon/automix.
+
 One daemon per state folder (a lock file enforces it). The state folder holds jobs.sqlite3, the log,
 and daemon.json (pid and the OSC address actually bound, so that tools can find a daemon started
 with port 0). SIGTERM and SIGINT stop it gracefully: no new jobs, the running job is interrupted at
@@ -80,6 +83,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig):
         self.config = config
         self.settings = config.transfer.to_settings()
+        self.automix_settings = config.automix.to_settings()
         self.roots = config.roots()
         self.output_root = config.output.root
         self._check_paths()
@@ -204,41 +208,45 @@ class Daemon:
 
     # -- submitting jobs --
 
-    def submit(self, files: list[Path], reference: Path, out_root: Path, *, source: str, folder_name: str,
-               reply_to: Target | None = None, retry_failed: bool = True) -> tuple[Job, bool]:
+    def submit(self, files: list[Path], reference: Path | None, out_root: Path, *, source: str, folder_name: str,
+               reply_to: Target | None = None, retry_failed: bool = True,
+               job_type: str = "transfer") -> tuple[Job, bool]:
         """Queue a job (or find the same work already queued, running or done): (job, created).
-        With retry_failed=False (watched bounces), work that failed before is not queued again (the
-        failed job is returned), nor is finished work whose results were deleted since: a user who
-        cleans up the output folder does not want every old bounce converted again at the next
-        start. An explicit request (OSC) redoes both."""
+        An automix job takes no reference (None). With retry_failed=False (watched bounces), work
+        that failed before is not queued again (the failed job is returned), nor is finished work
+        whose results were deleted since: a user who cleans up the output folder does not want every
+        old bounce converted again at the next start. An explicit request (OSC) redoes both."""
         input_hashes = hash_files(files)
-        reference_hashes = hash_files(reference_files(reference))
-        key = job_key(input_hashes, reference_hashes, self.settings)
+        if job_type == "automix":
+            settings, reference_hashes = self.automix_settings, {}
+        else:
+            settings, reference_hashes = self.settings, hash_files(reference_files(reference))
+        key = job_key(input_hashes, reference_hashes, settings, job_type)
         if not retry_failed:
             failed = self.store.find_key(key, ("error",))
             if failed is not None and self.store.find_key(key, ("queued", "running", "done")) is None:
                 return failed, False
-        job = Job(id=0, key=key, state="queued", inputs=[str(f) for f in files], reference=str(reference),
-                  out_root=str(out_root), settings=asdict(self.settings), source=source,
+        job = Job(id=0, key=key, state="queued", inputs=[str(f) for f in files],
+                  reference=str(reference) if reference is not None else "", out_root=str(out_root),
+                  settings=asdict(settings), source=source,
                   reply_to=f"{reply_to[0]}:{reply_to[1]}" if reply_to else None, folder_name=folder_name,
-                  input_hashes=input_hashes, reference_hashes=reference_hashes)
+                  input_hashes=input_hashes, reference_hashes=reference_hashes, job_type=job_type)
         job, created = self.store.add(job, redo_if_results_gone=retry_failed)
         if created:
-            log.info("job %d: queued from %s (%d file(s) in %s)", job.id, source, len(files), folder_name)
+            log.info("job %d: queued from %s (%d file(s) in %s)%s", job.id, source, len(files), folder_name,
+                     ", to automix" if job_type == "automix" else "")
             self.executor.wake()
         return job, created
 
     def _on_bounce(self, bounce: Bounce) -> None:
         source = f"watch:{bounce.folder}"
+        job_type = self.config.job_type_for(bounce.watch_root)
         try:
-            reference = self.reference_for(bounce.folder, bounce.reference)
-            if reference is None:
-                with self._lock:
-                    self._awaiting_reference.add(bounce.folder)
-                raise MixdaemonError(f"{bounce.folder}: no reference for this bounce; drop a reference.wav beside "
-                                     "the stems, set reference in the config, or send /mixdaemon/reference")
-            job, created = self.submit(list(bounce.files), reference, self.output_root, source=source,
-                                       folder_name=bounce.folder.name, retry_failed=False)
+            if job_type == "automix":
+                job, created = self.submit(list(bounce.files), None, self.output_root, source=source,
+                                           folder_name=bounce.folder.name, retry_failed=False, job_type=job_type)
+            else:
+                job, created = self._submit_bounce(bounce, source)
         except MixdaemonError as exc:
             log.error("%s", exc)
             self.osc.notify(f"{PREFIX}/error", [NO_JOB, " ".join(str(exc).split())])
@@ -248,6 +256,17 @@ class Daemon:
         else:
             log.info("%s: same inputs, reference and settings as job %d (%s); not processed again",
                      bounce.folder, job.id, job.state)
+
+    def _submit_bounce(self, bounce: Bounce, source: str) -> tuple[Job, bool]:
+        """A style-transfer job for a bounce, with the folder's reference."""
+        reference = self.reference_for(bounce.folder, bounce.reference)
+        if reference is None:
+            with self._lock:
+                self._awaiting_reference.add(bounce.folder)
+            raise MixdaemonError(f"{bounce.folder}: no reference for this bounce; drop a reference.wav beside "
+                                 "the stems, set reference in the config, or send /mixdaemon/reference")
+        return self.submit(list(bounce.files), reference, self.output_root, source=source,
+                           folder_name=bounce.folder.name, retry_failed=False)
 
     # -- OSC commands --
 
@@ -263,20 +282,23 @@ class Daemon:
     def cmd_ping(self, sender: Target):
         return [(f"{PREFIX}/pong", [__version__])]
 
-    def _submit_request(self, sender: Target, files: list[Path], folder: Path, reference: str, out: str):
+    def _submit_request(self, sender: Target, files: list[Path], folder: Path, reference: str, out: str,
+                        job_type: str = "transfer"):
         out_root = self._allowed(out, "output folder") if out else self.output_root
-        ref = self._allowed(reference, "reference") if reference else self.reference_for(folder)
-        if ref is None:
-            raise OscRequestError("no reference given and no default reference set; pass one, or send "
-                                  "/mixdaemon/reference PATH first")
-        if not ref.exists():
-            raise OscRequestError(f"reference {ref}: not found")
+        ref = None
+        if job_type == "transfer":
+            ref = self._allowed(reference, "reference") if reference else self.reference_for(folder)
+            if ref is None:
+                raise OscRequestError("no reference given and no default reference set; pass one, or send "
+                                      "/mixdaemon/reference PATH first")
+            if not ref.exists():
+                raise OscRequestError(f"reference {ref}: not found")
         try:
             out_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OscRequestError(f"output folder {out_root}: cannot create ({exc.strerror or exc})") from None
         job, created = self.submit(files, ref, out_root, source=f"osc:{sender[0]}:{sender[1]}",
-                                   folder_name=folder.name, reply_to=sender)
+                                   folder_name=folder.name, reply_to=sender, job_type=job_type)
         replies = [(f"{PREFIX}/queued", [job.id, str(folder)])]
         if created:
             self.osc.notify(f"{PREFIX}/queued", [job.id, str(folder)], exclude=sender)
@@ -284,12 +306,21 @@ class Daemon:
             replies.append((f"{PREFIX}/done", self._done_args(job)))
         return replies
 
-    def cmd_submit(self, sender: Target, stems: str, reference: str = "", out: str = ""):
+    def _stem_files(self, stems: str) -> tuple[list[Path], Path]:
+        """(the stem files of an allowed folder or file, the folder they are in)."""
         path = self._allowed(stems, "stems")
         files = input_files(path)
         for f in files:  # a link inside an allowed folder must not lead out of it
             self._allowed(str(f), "stem file")
-        return self._submit_request(sender, files, path if path.is_dir() else path.parent, reference, out)
+        return files, path if path.is_dir() else path.parent
+
+    def cmd_submit(self, sender: Target, stems: str, reference: str = "", out: str = ""):
+        files, folder = self._stem_files(stems)
+        return self._submit_request(sender, files, folder, reference, out)
+
+    def cmd_automix(self, sender: Target, stems: str, out: str = ""):
+        files, folder = self._stem_files(stems)
+        return self._submit_request(sender, files, folder, "", out, job_type="automix")
 
     def cmd_submit_files(self, sender: Target, reference: str, out: str, *stems: str):
         files = input_files([self._allowed(s, "stem file") for s in stems])
@@ -474,7 +505,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output root for results")
     p.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1)")
     p.add_argument("--osc-port", type=int, metavar="N", help="OSC UDP port (default 7700; 0: any free port)")
-    p.add_argument("--engine", choices=["match", "neural"])
+    p.add_argument("--engine", choices=["match", "neural", "param"])
     p.add_argument("--state-dir", help="folder for the job database, lock and log")
     p.add_argument("--settle", type=float, metavar="SECONDS", help="how long a bounce must be unchanged")
     p.add_argument("--log-file")

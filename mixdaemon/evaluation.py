@@ -22,7 +22,8 @@ ratio = mean L_MSS(y, gt) / mean L_MSS(x, gt) — the paper's own best model rea
 0.982 / 1.222 = 0.80 (multitrack, L/R) on MUSDB18.
 
 Engines: "identity", "match", "neural" (model pair "default"), "neural:NAME" (a pair in the engine
-store, or a pair file), and "matchering" (PyPI `matchering`, stem by stem: input stem as target,
+store, or a pair file), "param" (predictor "params-default"), "param:NAME" (a predictor in the
+engine store, or a predictor file), and "matchering" (PyPI `matchering`, stem by stem: input stem as target,
 reference stem as reference; a refused stem is recorded and scored as y = x).
 
 Everything is seeded: the same SONGS_DIR, seed, statistics and models give the same report.
@@ -170,6 +171,12 @@ def make_engine(spec: str, stats, seed: int = 0, backend: str = "torch"):
         return MatchingEngine(seed=seed)
     if spec == "matchering":
         return MatcheringEngine()
+    if spec == "param" or spec.startswith("param:"):
+        from .chain_estimation import DEFAULT_PREDICTOR, ParamPredictor
+        from .param_engine import ParamEngine
+        engine = ParamEngine(ParamPredictor.load(spec.partition(":")[2] or DEFAULT_PREDICTOR))
+        engine.name = spec
+        return engine
     if spec == "neural" or spec.startswith("neural:"):
         from .backends import create_backend
         from .modelfiles import load_pair
@@ -178,7 +185,7 @@ def make_engine(spec: str, stats, seed: int = 0, backend: str = "torch"):
         engine = NeuralEngine(create_backend(backend, encoder, cloner, info), info, stats, seed=seed)
         engine.name = spec
         return engine
-    raise ConfigError(f"engine {spec!r}: expected identity, match, matchering, neural or neural:NAME")
+    raise ConfigError(f"engine {spec!r}: expected identity, match, matchering, neural, neural:NAME, param or param:NAME")
 
 
 # --- scores -----------------------------------------------------------------------------------------
@@ -297,6 +304,67 @@ def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, 
     return report
 
 
+# --- parameter recovery of the param engine ------------------------------------------------------------
+
+def recovery_errors(estimated, true) -> dict[str, float]:
+    """How far an estimated chain (fxchain.StemChain) is from the chain of the draw, per parameter
+    group: EQ band gains (raw, and offset-free: a common offset is the output gain's job), the EQ
+    curve (RMS dB over 40 Hz–16 kHz, offset-free), width (side gain, compared up to 2), pan, and the
+    compressor and reverb send as detected on/off."""
+    from .fxchain import eq_response_db
+    grid = np.geomspace(40.0, 16000.0, 200)
+    gains = np.array([b.gain_db for b in estimated.eq]) - np.array([b.gain_db for b in true.eq])
+    curve = eq_response_db(estimated.eq, grid) - eq_response_db(true.eq, grid)
+    return {"eq_gain_abs_db": float(np.mean(np.abs(gains))),
+            "eq_gain_offset_free_abs_db": float(np.mean(np.abs(gains - gains.mean()))),
+            "eq_curve_rms_db": float(np.sqrt(np.mean((curve - curve.mean()) ** 2))),
+            "width_abs": float(abs(min(estimated.width, 2.0) - min(true.width, 2.0))),
+            "pan_abs": float(abs(estimated.pan - true.pan)),
+            "compressor_detected": float(estimated.compressor.active == true.compressor.active),
+            "reverb_detected": float(estimated.reverb.active == true.reverb.active)}
+
+
+RECOVERY_GROUPS = {"eq": ("eq_gain_abs_db", "eq_gain_offset_free_abs_db", "eq_curve_rms_db"), "imager": ("width_abs",),
+                   "pan": ("pan_abs",), "comp": ("compressor_detected",), "reverb": ("reverb_detected",)}
+
+
+RECOVERY_REFERENCES = ("other_half", "same_content")
+
+
+def parameter_recovery(songs_dir: str | Path, predictor, seeds=(0,), stats_path: str | Path | None = None,
+                       reference: str = "other_half") -> dict:
+    """The param engine's estimates on this protocol's material (x = normalized first half; the
+    reference = the draw applied to the normalized second half ("other_half", a reference song's
+    situation: other music), or to x itself ("same_content": the draw alone separates x from the
+    reference)) against the draw's own chain (fxchain.chain_from_draw on x), for the refined
+    estimate and for the prediction alone. Each error is averaged over the stems where its FX fired
+    (compressor and reverb detection over all).
+    Returns {"refined": {error: mean}, "predicted": {...}, "cases": {error: count}}."""
+    if reference not in RECOVERY_REFERENCES:
+        raise ValueError(f"reference {reference!r}: one of {RECOVERY_REFERENCES}")
+    from .chain_estimation import estimate_chain
+    from .fxchain import chain_from_draw
+    from .fxnorm import default_stats_path
+    from .fxnorm_stats import FxStats
+    stats = FxStats.load(Path(stats_path) if stats_path else default_stats_path("mst"))
+    collected: dict[str, dict[str, list[float]]] = {"refined": {}, "predicted": {}}
+    for seed in seeds:
+        for song in build_songs(songs_dir, stats, seed):
+            for name in STEM_NAMES:
+                drawn = song.draws[name]
+                true = chain_from_draw(drawn, song.x[name])
+                target = song.ref[name] if reference == "other_half" else song.gt[name]
+                estimate = estimate_chain(predictor, song.x[name], target)
+                for kind, chain in (("refined", estimate.chain), ("predicted", estimate.predicted)):
+                    errors = recovery_errors(chain, true)
+                    for fx, keys in RECOVERY_GROUPS.items():
+                        if fx in ("comp", "reverb") or drawn["fired"].get(fx):
+                            for key in keys:
+                                collected[kind].setdefault(key, []).append(errors[key])
+    return {kind: {k: round(float(np.mean(v)), 3) for k, v in values.items()} for kind, values in collected.items()} | {
+        "cases": {k: len(v) for k, v in collected["refined"].items()}, "seeds": list(seeds), "reference": reference}
+
+
 def format_table(report: dict) -> str:
     """The summary as a Markdown table (Table 2's columns, multitrack / stem)."""
     def cell(summary, key, digits=3):
@@ -338,7 +406,8 @@ def add_evaluate_parser(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("songs_dir", help="folder of songs, each a folder of drums/bass/other/vocals files")
     p.add_argument("--engine", action="append", default=None,
-                   help="identity, match, matchering, neural or neural:NAME (repeatable; default: match and neural)")
+                   help="identity, match, matchering, neural, neural:NAME, param or param:NAME "
+                        "(repeatable; default: match and neural)")
     p.add_argument("--out", required=True, help="report file (JSON)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")

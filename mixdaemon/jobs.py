@@ -5,9 +5,12 @@ and survives crashes (WAL journal, synchronous=FULL): on start, jobs left "runni
 go back to the queue, finished ones stay finished. Each claim of a job counts an attempt before any
 work starts, so a job that kills the daemon `max_attempts` times is failed instead of crash-looping.
 
+Two job types: "transfer" (style transfer toward a reference, transfer.py) and "automix" (the
+stems mixed by the automix network, automix.py; no reference, writes mix.wav).
+
 The same work is never done twice: a job's key is the sha256 of its input files' contents, the
-reference's contents, the engine and the settings; submitting a key that is queued, running or done
-returns that job.
+reference's contents, the job type, the engine and the settings; submitting a key that is queued,
+running or done returns that job.
 
 Outputs appear atomically: the worker writes the whole result (stems, mixture, manifest, report)
 into a hidden staging folder `.mixdaemon-staging-<id>` beside the final folder and renames it into
@@ -45,6 +48,7 @@ ACTIVE_STATES = ("queued", "running")
 STAGING_PREFIX = ".mixdaemon-staging-"
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.png"
+AUTOMIX_MIX_NAME = "mix.wav"
 
 
 @dataclass
@@ -53,9 +57,9 @@ class Job:
     key: str
     state: str
     inputs: list[str]
-    reference: str
+    reference: str            # "" for automix jobs
     out_root: str
-    settings: dict
+    settings: dict            # TransferSettings or AutomixSettings, by job_type
     source: str = ""          # "watch:<folder>" or "osc:<host>:<port>"
     reply_to: str | None = None  # "host:port" of the OSC client that submitted it
     folder_name: str = ""     # the bounce's name, for the output pattern
@@ -69,6 +73,7 @@ class Job:
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
+    job_type: str = "transfer"  # "transfer" | "automix"
 
 
 @dataclass
@@ -132,10 +137,15 @@ def input_files(stems: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
     return files
 
 
-def job_key(input_hashes: dict[str, str], reference_hashes: dict[str, str], settings: TransferSettings) -> str:
-    """Same contents + same reference contents + same engine and settings → same key. File names of
-    the inputs count (they decide the stem roles); where the files lie does not."""
+def job_key(input_hashes: dict[str, str], reference_hashes: dict[str, str], settings,
+            job_type: str = "transfer") -> str:
+    """Same contents + same reference contents + same job type, engine and settings (a
+    TransferSettings or AutomixSettings) → same key. File names of the inputs count (they decide the
+    stem roles); where the files lie does not."""
     h = hashlib.sha256()
+    if job_type != "transfer":
+        # only other types name themselves, so that transfer keys stored before job types existed still match
+        h.update(f"type {job_type}\n".encode())
     for path, digest in sorted((Path(p).name, d) for p, d in input_hashes.items()):
         h.update(f"in {path} {digest}\n".encode())
     for digest in sorted(reference_hashes.values()):
@@ -167,7 +177,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
     started REAL,
-    finished REAL
+    finished REAL,
+    job_type TEXT NOT NULL DEFAULT 'transfer'
 );
 -- At most one live job per key: the database itself refuses duplicates. (A finished key may be
 -- done again, but only once its results are gone: JobStore.add.)
@@ -192,6 +203,9 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "job_type" not in columns:  # a database from before job types: every job in it is a transfer
+                self._db.execute("ALTER TABLE jobs ADD COLUMN job_type TEXT NOT NULL DEFAULT 'transfer'")
         except sqlite3.DatabaseError as exc:
             raise MixdaemonError(f"{self.path}: job database unusable ({exc}); move it away to start afresh") from None
 
@@ -350,7 +364,8 @@ class JobInterrupted(Exception):
 
 def output_folder_name(pattern: str, job: Job) -> str:
     reference = Path(job.reference)
-    return pattern.format(folder=job.folder_name or "job", job_id=job.id, engine=job.settings.get("engine", ""),
+    return pattern.format(folder=job.folder_name or "job", job_id=job.id,
+                          engine=job.settings.get("engine", job.job_type),
                           reference=reference.stem if reference.suffix else reference.name,
                           date=datetime.fromtimestamp(job.created).strftime("%Y%m%d-%H%M%S"))
 
@@ -383,6 +398,8 @@ class LocalExecutor:
         self.write_report = write_report
         self._engine = None
         self._engine_settings: dict | None = None
+        self._automixer = None
+        self._automixer_settings: dict | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancel: set[int] = set()
@@ -475,6 +492,27 @@ class LocalExecutor:
             self._engine_settings = asdict(settings)
         return self._engine
 
+    def _automixer_for(self, settings):
+        from .automix import Automixer
+        if self._automixer is None or self._automixer_settings != asdict(settings):
+            self._automixer = Automixer.from_settings(settings)
+            self._automixer_settings = asdict(settings)
+        return self._automixer
+
+    def _execute(self, job: Job, staging: Path, progress: Callable[[str, float], None]):
+        """Run the job's work into the staging folder; its TransferResult or AutomixResult."""
+        inputs = job.inputs if len(job.inputs) > 1 else job.inputs[0]
+        progress("loading engine", 0.0)
+        if job.job_type == "automix":
+            from .automix import AutomixSettings, automix
+            settings = AutomixSettings(**job.settings)
+            return automix(inputs, staging / AUTOMIX_MIX_NAME, settings, progress=progress, overwrite=True,
+                           mixer=self._automixer_for(settings))
+        from .transfer import transfer
+        settings = TransferSettings(**job.settings)
+        return transfer(inputs, job.reference, staging, settings, progress=progress, overwrite=True,
+                        engine=self._engine_for(settings))
+
     def _final_dir(self, job: Job) -> Path:
         root = Path(job.out_root)
         final = root / output_folder_name(self.pattern, job)
@@ -484,7 +522,6 @@ class LocalExecutor:
 
     def _run_one(self, job: Job) -> None:
         from .report import write_manifest, write_report
-        from .transfer import transfer
 
         final = Path(job.out_dir) if job.out_dir else self._final_dir(job)
         if not job.out_dir:
@@ -508,8 +545,8 @@ class LocalExecutor:
                 sent.update(time=now, stage=stage)
                 self.on_event(JobEvent("progress", job, percent, stage))
 
-        log.info("job %d: started (attempt %d): %d input file(s), reference %s", job.id, job.attempts,
-                 len(job.inputs), job.reference)
+        log.info("job %d: started (attempt %d): %s of %d input file(s)%s", job.id, job.attempts, job.job_type,
+                 len(job.inputs), f", reference {job.reference}" if job.reference else "")
         try:
             t_start = time.perf_counter()
             shutil.rmtree(staging, ignore_errors=True)
@@ -518,13 +555,8 @@ class LocalExecutor:
                 # changed has been queued again as a new job anyway.
                 raise MixdaemonError("the input or reference files changed after the job was queued; "
                                      "not converting them under the old contents (submit again)")
-            settings = TransferSettings(**job.settings)
-            progress("loading engine", 0.0)
-            engine = self._engine_for(settings)
-            # The transfer is 0–90 % of the job; the report and the manifest the rest.
-            result = transfer(job.inputs if len(job.inputs) > 1 else job.inputs[0], job.reference, staging,
-                              settings, progress=lambda stage, f: progress(stage, 0.9 * f), overwrite=True,
-                              engine=engine)
+            # The work is 0–90 % of the job; the report and the manifest the rest.
+            result = self._execute(job, staging, lambda stage, f: progress(stage, 0.9 * f))
             progress("writing report", 0.92)
             outputs = {name: str(final / Path(p).name) for name, p in result.outputs.items()}
             report_path = None

@@ -25,11 +25,30 @@ and the encoder/cloner agreement (embedding size = cond_dim) is checked once, wh
 The cost is that pairs sharing a frozen encoder each hold a copy of it (326 MB); each model keeps
 its own ``weights_sha256`` so caches of compiled engines can key on one model.
 
+**Automix models** (FxNorm-automix, ALGORITHMS.md §6) are single networks, one safetensors file
+each, ``<store>/<name>.safetensors``: the state_dict's tensor names as they are, and metadata key
+``"mixdaemon"`` ::
+
+      {"format": "mixdaemon-automix", "format_version": 1, "created": "<UTC ISO date>",
+       "architecture": "automix" | "wave-u-net", "config": {...}, "weights_sha256": "...",
+       "normalization": {"order": "fxnorm", "stats_sha256": "..."},  # what its inputs must be
+       "provenance": {...}, "training": {...} | null}
+
+**Parameter predictors** (the param engine, chain_estimation.ParamPredictor) are small MLPs stored
+the same way, ``<store>/<name>.safetensors``, with metadata ::
+
+      {"format": "mixdaemon-param-predictor", "format_version": 1, "created": "<UTC ISO date>",
+       "slots": [...], "feature_size": N, "provenance": {...}}   # what it predicts, from what
+
+All kinds share the store; each loader refuses the other kinds with a message that says which kind
+the file holds, and `list_models` lists them all.
+
 **The engine store** is a folder of such files: ``engines/`` in the repository root unless the
 ``store`` argument or the ``MIXDAEMON_ENGINES`` environment variable names another.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -41,11 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
+from .automix_models import ARCHITECTURES as AUTOMIX_ARCHITECTURES
 from .errors import ConfigError, MixdaemonError, ModelFileError
 from .hashing import file_sha256
 from .models import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
@@ -58,6 +79,8 @@ FORMAT = "mixdaemon-mst-pair"
 FORMAT_VERSION = 1
 METADATA_KEY = "mixdaemon"
 KINDS = {"fxencoder": (FXencoder, EncoderConfig), "mixfxcloner": (MixFXcloner, ClonerConfig)}
+AUTOMIX_FORMAT = "mixdaemon-automix"
+AUTOMIX_FORMAT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LISTED = 4  # tensor names spelled out per kind of mismatch; the rest are counted
 
@@ -77,6 +100,19 @@ class PairInfo:
     created: str
     encoder: ModelInfo
     cloner: ModelInfo
+    training: dict | None
+
+
+@dataclass(frozen=True)
+class AutomixModelInfo:
+    name: str  # the file name without .safetensors
+    path: Path
+    created: str
+    architecture: str  # "automix" | "wave-u-net" (mixdaemon.automix_models.ARCHITECTURES)
+    config: dict
+    weights_sha256: str
+    normalization: dict  # {"order": ..., "stats_sha256": ...}: how the inputs were FX-normalized
+    provenance: dict
     training: dict | None
 
 
@@ -148,7 +184,7 @@ def _checked(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: s
 def _build(kind: str, config, state_dict: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     """The model with these weights, in eval mode. Built on the meta device, so that no time goes
     into random initialisation of weights that are replaced at once."""
-    model_cls, _ = KINDS[kind]
+    model_cls = KINDS[kind][0] if kind in KINDS else AUTOMIX_ARCHITECTURES[kind][0]
     with torch.device("meta"):
         model = model_cls(config)
     model.load_state_dict(_checked(state_dict, model, source, kind), strict=True, assign=True)
@@ -223,6 +259,12 @@ def save_pair(path: str | os.PathLike, encoder: FXencoder, cloner: MixFXcloner, 
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "training": training, "models": models}
+    _write_model_file(path, tensors, metadata)
+    return _pair_info(path, metadata)
+
+
+def _write_model_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -230,19 +272,13 @@ def save_pair(path: str | os.PathLike, encoder: FXencoder, cloner: MixFXcloner, 
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return _pair_info(path, metadata)
 
 
-def _pair_info(path: Path, metadata: dict) -> PairInfo:
+@contextlib.contextmanager
+def _metadata_errors(path: Path):
+    """A missing key or a bad value in a file's metadata → a ModelFileError naming the file."""
     try:
-        if metadata["format"] != FORMAT or metadata["format_version"] != FORMAT_VERSION:
-            raise ModelFileError(f"{path}: format {metadata['format']!r} version {metadata['format_version']!r} "
-                                 f"(this mixdaemon reads {FORMAT!r} version {FORMAT_VERSION})")
-        infos = {kind: ModelInfo(kind, config_cls.from_dict(metadata["models"][kind]["config"]),
-                                 metadata["models"][kind]["weights_sha256"], metadata["models"][kind]["provenance"])
-                 for kind, (_, config_cls) in KINDS.items()}
-        return PairInfo(path.name.removesuffix(PAIR_SUFFIX), path, metadata["created"], infos["fxencoder"],
-                        infos["mixfxcloner"], metadata["training"])
+        yield
     except ModelFileError:
         raise
     except KeyError as e:
@@ -251,9 +287,20 @@ def _pair_info(path: Path, metadata: dict) -> PairInfo:
         raise ModelFileError(f"{path}: bad metadata ({e})") from None
 
 
-def read_pair_info(path: str | os.PathLike) -> PairInfo:
-    """A pair file's metadata, without reading its tensors."""
-    path = Path(path)
+def _pair_info(path: Path, metadata: dict) -> PairInfo:
+    with _metadata_errors(path):
+        if metadata["format"] != FORMAT or metadata["format_version"] != FORMAT_VERSION:
+            raise ModelFileError(f"{path}: format {metadata['format']!r} version {metadata['format_version']!r} "
+                                 f"(this mixdaemon reads {FORMAT!r} version {FORMAT_VERSION})")
+        infos = {kind: ModelInfo(kind, config_cls.from_dict(metadata["models"][kind]["config"]),
+                                 metadata["models"][kind]["weights_sha256"], metadata["models"][kind]["provenance"])
+                 for kind, (_, config_cls) in KINDS.items()}
+        return PairInfo(path.name.removesuffix(PAIR_SUFFIX), path, metadata["created"], infos["fxencoder"],
+                        infos["mixfxcloner"], metadata["training"])
+
+
+def _read_metadata(path: Path, what: str) -> dict:
+    """The "mixdaemon" metadata of a model file, without reading its tensors."""
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
     try:
@@ -262,11 +309,23 @@ def read_pair_info(path: str | os.PathLike) -> PairInfo:
     except Exception as e:  # safetensors' header errors have no public base class
         raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
     if raw is None:
-        raise ModelFileError(f"{path}: no {METADATA_KEY!r} metadata: not a mixdaemon model pair")
+        raise ModelFileError(f"{path}: no {METADATA_KEY!r} metadata: not a mixdaemon {what}")
     try:
-        return _pair_info(path, json.loads(raw))
+        metadata = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{path}: metadata is not valid JSON ({e})") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: metadata is not a JSON object")
+    return metadata
+
+
+def read_pair_info(path: str | os.PathLike) -> PairInfo:
+    """A pair file's metadata, without reading its tensors."""
+    path = Path(path)
+    metadata = _read_metadata(path, "model pair")
+    if metadata.get("format") == AUTOMIX_FORMAT:
+        raise ModelFileError(f"{path}: an automix model, not an MST model pair (use it with mixdaemon automix)")
+    return _pair_info(path, metadata)
 
 
 def load_pair_file(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -312,7 +371,126 @@ def list_pairs(store: str | os.PathLike | None = None) -> list[PairInfo]:
     pairs = []
     for path in sorted(store_dir(store).glob(f"*{PAIR_SUFFIX}")):
         try:
-            pairs.append(read_pair_info(path))
+            if _read_metadata(path, "model").get("format") == FORMAT:  # other kinds share the store
+                pairs.append(read_pair_info(path))
         except ModelFileError as e:
             log.warning("skipping %s", e)
     return pairs
+
+
+def list_models(store: str | os.PathLike | None = None) -> list[tuple[str, str, dict]]:
+    """Every readable model file in the store: (name, format, its metadata); unreadable files are
+    skipped with a warning."""
+    models = []
+    for path in sorted(store_dir(store).glob(f"*{PAIR_SUFFIX}")):
+        try:
+            metadata = _read_metadata(path, "model")
+        except ModelFileError as e:
+            log.warning("skipping %s", e)
+            continue
+        models.append((path.name.removesuffix(PAIR_SUFFIX), str(metadata.get("format")), metadata))
+    return models
+
+
+def model_path(name_or_path: str | os.PathLike, fmt: str, what: str, store: str | os.PathLike | None = None) -> Path:
+    """The file of a model of format `fmt` given by store name (e.g. "automix-default") or by path;
+    a missing name lists the store's models of that format."""
+    given = Path(name_or_path)
+    if given.suffix == PAIR_SUFFIX or len(given.parts) > 1:
+        return given
+    store = store_dir(store)
+    path = _pair_path(str(name_or_path), store)
+    if not path.is_file():
+        names = ", ".join(name for name, f, _ in list_models(store) if f == fmt) or "none"
+        raise ModelFileError(f"{path}: no {what} named {str(name_or_path)!r} in {store} (available: {names})")
+    return path
+
+
+# --- automix models ---------------------------------------------------------------------------------
+
+def save_automix_model(path: str | os.PathLike, model: nn.Module, architecture: str, *, normalization: dict,
+                       provenance: dict | None = None, training: dict | None = None) -> AutomixModelInfo:
+    """Write an automix model file (atomically); returns what it recorded."""
+    path = Path(path)
+    if architecture not in AUTOMIX_ARCHITECTURES:
+        raise ConfigError(f"architecture {architecture!r}: expected one of {', '.join(AUTOMIX_ARCHITECTURES)}")
+    state = {n: t.detach().to("cpu").contiguous() for n, t in model.state_dict().items()}
+    metadata = {"format": AUTOMIX_FORMAT, "format_version": AUTOMIX_FORMAT_VERSION,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "architecture": architecture, "config": model.config.to_dict(), "weights_sha256": weights_sha256(state),
+                "normalization": normalization, "provenance": provenance or {}, "training": training}
+    _write_model_file(path, state, metadata)
+    return _automix_info(path, metadata)
+
+
+def _automix_info(path: Path, metadata: dict) -> AutomixModelInfo:
+    if metadata.get("format") == FORMAT:
+        raise ModelFileError(f"{path}: an MST model pair, not an automix model (use it with --engine neural)")
+    with _metadata_errors(path):
+        if metadata["format"] != AUTOMIX_FORMAT or metadata["format_version"] != AUTOMIX_FORMAT_VERSION:
+            raise ModelFileError(f"{path}: format {metadata['format']!r} version {metadata['format_version']!r} "
+                                 f"(this mixdaemon reads {AUTOMIX_FORMAT!r} version {AUTOMIX_FORMAT_VERSION})")
+        architecture = metadata["architecture"]
+        if architecture not in AUTOMIX_ARCHITECTURES:
+            raise ModelFileError(f"{path}: unknown automix architecture {architecture!r}")
+        AUTOMIX_ARCHITECTURES[architecture][1].from_dict(metadata["config"])  # a bad config fails here, by name
+        return AutomixModelInfo(path.name.removesuffix(PAIR_SUFFIX), path, metadata["created"], architecture,
+                                metadata["config"], metadata["weights_sha256"], metadata["normalization"],
+                                metadata["provenance"], metadata["training"])
+
+
+def read_automix_info(path: str | os.PathLike) -> AutomixModelInfo:
+    """An automix model file's metadata, without reading its tensors."""
+    path = Path(path)
+    return _automix_info(path, _read_metadata(path, "automix model"))
+
+
+def load_automix_model(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None,
+                       device: str | torch.device = "cpu") -> tuple[nn.Module, AutomixModelInfo]:
+    """(model in eval mode on `device`, info) of an automix model by store name or path; the
+    weights are checked against their recorded sha256."""
+    info = read_automix_info(model_path(name_or_path, AUTOMIX_FORMAT, "automix model", store))
+    try:
+        state = safetensors.torch.load_file(info.path)
+    except Exception as e:
+        raise ModelFileError(f"{info.path}: cannot read the tensors ({e})") from None
+    if weights_sha256(state) != info.weights_sha256:
+        raise ModelFileError(f"{info.path}: the weights do not match their recorded sha256 (damaged or edited file)")
+    config = AUTOMIX_ARCHITECTURES[info.architecture][1].from_dict(info.config)
+    return _build(info.architecture, config, state, str(info.path)).to(device), info
+
+
+# --- parameter predictors ---------------------------------------------------------------------------
+
+PREDICTOR_FORMAT = "mixdaemon-param-predictor"
+PREDICTOR_FORMAT_VERSION = 1
+
+
+def save_param_predictor(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], description: dict) -> Path:
+    """Write a parameter predictor (float32 tensors) atomically; `description` (slots, feature_size,
+    provenance) goes into its metadata."""
+    path = Path(path)
+    metadata = {"format": PREDICTOR_FORMAT, "format_version": PREDICTOR_FORMAT_VERSION,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **description}
+    _write_model_file(path, {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()},
+                      metadata)
+    return path
+
+
+def load_param_predictor(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None):
+    """(tensors as float64 numpy arrays, metadata, path, file sha256) of a parameter predictor by
+    store name (e.g. "params-default") or path."""
+    try:
+        path = model_path(name_or_path, PREDICTOR_FORMAT, "parameter predictor", store)
+        metadata = _read_metadata(path, "parameter predictor")
+    except ModelFileError as e:
+        raise ModelFileError(f"{e}; train one with `mixdaemon train params`") from None
+    if metadata.get("format") != PREDICTOR_FORMAT or metadata.get("format_version") != PREDICTOR_FORMAT_VERSION:
+        raise ModelFileError(f"{path}: format {metadata.get('format')!r} version {metadata.get('format_version')!r}, "
+                             f"not a parameter predictor ({PREDICTOR_FORMAT!r} version {PREDICTOR_FORMAT_VERSION}; "
+                             "train one with `mixdaemon train params`)")
+    try:
+        tensors = {k: v.double().numpy() for k, v in safetensors.torch.load_file(path).items()}
+    except Exception as e:
+        raise ModelFileError(f"{path}: cannot read the tensors ({e})") from None
+    return tensors, metadata, path, file_sha256(path)

@@ -73,6 +73,8 @@ COMMANDS: dict[str, Command] = {c.address: c for c in (
     Command(f"{PREFIX}/submit/files", "cmd_submit_files",
             (Arg("reference_path", "text"), Arg("out_root", "text"), Arg("stem_file", "text", variadic=True)),
             (f"{PREFIX}/queued",), "convert a list of stem files (reference and out may be \"\")"),
+    Command(f"{PREFIX}/automix", "cmd_automix", (Arg("stems_path", "text"), Arg("out_root", "text", optional=True)),
+            (f"{PREFIX}/queued",), "mix a stems folder (or one stem file) with the automix model; no reference"),
     Command(f"{PREFIX}/reference", "cmd_reference",
             (Arg("path_or_folder", "text"), Arg("path", "text", optional=True)),
             (f"{PREFIX}/reference/ok",),
@@ -329,6 +331,9 @@ def _request_for(args) -> tuple[str, list]:
         if len(files) == 1:
             return f"{PREFIX}/submit", [files[0], reference, out]
         return f"{PREFIX}/submit/files", [reference, out, *files]
+    if cmd == "automix":
+        out = str(Path(args.out).absolute()) if args.out else ""
+        return f"{PREFIX}/automix", [str(Path(args.stems).absolute()), out]
     if cmd == "reference":
         path = "" if args.clear else str(Path(args.path).absolute())
         if args.folder:
@@ -364,7 +369,7 @@ def cmd_send(args) -> int:
     address, params = _request_for(args)
     command = COMMANDS[address]
     job_id = None
-    follow = args.send_command in ("submit", "subscribe") and args.wait
+    follow = args.send_command in ("submit", "automix", "subscribe") and args.wait
     listen = args.send_command == "subscribe" and args.wait  # until interrupted
     try:
         client.send(address, params)
@@ -385,7 +390,7 @@ def cmd_send(args) -> int:
                 if reply in command.replies:
                     return 0
                 continue  # a notification that arrived first; the reply follows
-            if reply == f"{PREFIX}/queued" and job_id is None and args.send_command == "submit":
+            if reply == f"{PREFIX}/queued" and job_id is None and args.send_command in ("submit", "automix"):
                 job_id = values[0] if values else None
             elif reply in (f"{PREFIX}/done", f"{PREFIX}/cancelled") and values and values[0] == job_id:
                 return 0 if reply.endswith("done") else 1
@@ -414,6 +419,10 @@ def add_send_parser(subparsers) -> argparse.ArgumentParser:
     s = cmds.add_parser("submit", help="convert a stems folder, a file, or several files")
     s.add_argument("stems", nargs="+", help="a folder of stems, one file, or several stem files")
     s.add_argument("--reference", help="reference file or folder (default: the daemon's default reference)")
+    s.add_argument("--out", help="output root (default: the daemon's output root)")
+    s.add_argument("--wait", action="store_true", help="print progress and wait until the job is done")
+    s = cmds.add_parser("automix", help="mix a stems folder with the automix model (no reference)")
+    s.add_argument("stems", help="a folder of stems (or one stem file)")
     s.add_argument("--out", help="output root (default: the daemon's output root)")
     s.add_argument("--wait", action="store_true", help="print progress and wait until the job is done")
     r = cmds.add_parser("reference", help="set the default reference, or a watch folder's")

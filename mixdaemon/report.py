@@ -1,9 +1,10 @@
 """What a finished job leaves beside its audio: manifest.json for programs, report.png for people.
 
-The manifest lists the inputs (with content hashes and stem roles), the reference, the engine, the
-model, the settings, timings, loudness before/after/reference and the output paths. The report
-image shows, per stem and for the mix, the long-term average spectrum of the input, the converted
-output and the reference, and a loudness chart. It is drawn with matplotlib's Agg canvas directly
+The manifest lists the job type, the inputs (with content hashes and stem roles), the reference,
+the engine, the model, the settings, timings, loudness before/after/reference and the output paths.
+The report image shows, per stem and for the mix, the long-term average spectrum of the input, the
+converted output and the reference, and a loudness chart. Automix jobs have no reference (null in
+the manifest, no curve or bar in the report) and one output, the mix. It is drawn with matplotlib's Agg canvas directly
 (no pyplot state), so it is safe in the daemon's worker thread and needs no display.
 """
 from __future__ import annotations
@@ -33,25 +34,30 @@ def _iso(t: float | None) -> str | None:
 def manifest_dict(job, result, outputs: dict[str, str], report_path: str | None, timings: dict) -> dict:
     from . import __version__ as version
 
+    loudness = {"before": result.loudness_before, "after": result.loudness_after}
+    reference = None
+    if job.reference:
+        loudness["reference"] = result.reference_loudness
+        reference = {"path": job.reference,
+                     "files": [{"path": p, "sha256": h} for p, h in sorted(job.reference_hashes.items())]}
     return {
         "generator": "mixdaemon",
         "generator_version": version,
         "manifest_version": MANIFEST_VERSION,
         "job_id": job.id,
+        "job_type": job.job_type,
         "source": job.source,
         "created": _iso(job.created),
         "finished": _iso(time.time()),
         "inputs": [{"path": p, "sha256": job.input_hashes.get(p), "role": role_for_name(Path(p).name)}
                    for p in job.inputs],
-        "reference": {"path": job.reference,
-                      "files": [{"path": p, "sha256": h} for p, h in sorted(job.reference_hashes.items())]},
+        "reference": reference,
         "engine": result.engine,
         "model": result.model,
         "settings": job.settings,
         "timings_seconds": timings,
         "seconds_audio": result.seconds_audio,
-        "loudness_lufs": {"before": result.loudness_before, "after": result.loudness_after,
-                          "reference": result.reference_loudness},
+        "loudness_lufs": loudness,
         "true_peak_dbtp": result.true_peak_dbtp,
         "outputs": outputs,
         "report": report_path,
@@ -102,7 +108,7 @@ def write_report(path: Path, job, result, output_dir: Path) -> Path:
     from matplotlib.figure import Figure
 
     before = _song_tracks(load_song(job.inputs if len(job.inputs) > 1 else job.inputs[0]))
-    reference = _song_tracks(load_song(job.reference))
+    reference = _song_tracks(load_song(job.reference)) if job.reference else {}
     after = {name: read_audio(output_dir / Path(p).name).samples for name, p in result.outputs.items()}
     centres = np.sqrt(_BAND_EDGES[:-1] * _BAND_EDGES[1:])
 
@@ -128,8 +134,10 @@ def write_report(path: Path, job, result, output_dir: Path) -> Path:
     ax = axes.flat[5]
     x = np.arange(len(_PANELS))
     width = 0.27
-    for k, (label, table) in enumerate((("before", result.loudness_before), ("after", result.loudness_after),
-                                        ("reference", result.reference_loudness))):
+    tables = [("before", result.loudness_before), ("after", result.loudness_after)]
+    if job.reference:
+        tables.append(("reference", result.reference_loudness))
+    for k, (label, table) in enumerate(tables):
         values = [table.get(name, np.nan) for name in _PANELS]
         ax.bar(x + (k - 1) * width, [v + 70.0 for v in values], width, bottom=-70.0, color=_COLORS[label], label=label)
     ax.set_xticks(x, _PANELS, fontsize=8)
@@ -137,7 +145,8 @@ def write_report(path: Path, job, result, output_dir: Path) -> Path:
     ax.set_title("loudness")
     ax.set_ylim(-70, 0)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"job {job.id}: {job.folder_name} → {Path(job.reference).name} ({result.engine} engine)")
+    target = f"→ {Path(job.reference).name} ({result.engine} engine)" if job.reference else f"({result.engine})"
+    fig.suptitle(f"job {job.id}: {job.folder_name} {target}")
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.91, wspace=0.25, hspace=0.35)  # tight_layout costs seconds
     fig.savefig(path, format="png")
     return path

@@ -64,7 +64,7 @@ REQUEST_HEADER = "mixdaemon-request 1"
 REPLY_HEADER = "mixdaemon-reply 1"
 FINAL_STATES = ("done", "error", "cancelled", "ok", "warning")
 
-_SUBMITS = (f"{PREFIX}/submit", f"{PREFIX}/submit/files")
+_SUBMITS = (f"{PREFIX}/submit", f"{PREFIX}/submit/files", f"{PREFIX}/automix")
 _STATUS, _PREVIEW, _CANCEL = f"{PREFIX}/status", f"{PREFIX}/preview", f"{PREFIX}/cancel"
 _FOLLOWS_JOB = (*_SUBMITS, _CANCEL)  # requests whose final answer may come long after
 

@@ -1,8 +1,9 @@
 """One style-transfer job, top to bottom: the API that the CLI and the daemon both call.
 
     load input and reference (stems.py) → separate mixtures into stems (separation.py)
-    → the engine converts each input stem toward the reference's mixing style (matching.py / neural.py)
-    → linked true-peak limiting and remix (mastering.py) → atomic writes (audio.py)
+    → the engine converts each input stem toward the reference's mixing style (matching.py / neural.py /
+      param_engine.py) → linked true-peak limiting and remix (mastering.py) → atomic writes (audio.py)
+    → the param engine's FX settings as fx_params.json (fxchain.py)
 
 `transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest.
 """
@@ -19,6 +20,7 @@ import numpy as np
 from .audio import write_audio
 from .dsp import integrated_loudness
 from .errors import MixdaemonError
+from .fxchain import FX_PARAMS_NAME, write_fx_params
 from .mastering import TRUE_PEAK_CEILING_DBTP, limit_linked, true_peak_dbtp
 from .stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
 
@@ -34,7 +36,7 @@ def _no_progress(stage: str, fraction: float) -> None:
 @dataclass
 class TransferSettings:
     engine: str = "match"
-    model: str | None = None  # neural: a model pair name in the engine store or a path
+    model: str | None = None  # neural: a model pair name in the engine store or a path; param: a predictor
     backend: str = "auto"
     chunk_seconds: float = 12.0
     batch_size: int = 1
@@ -57,6 +59,7 @@ class TransferResult:
     true_peak_dbtp: float = float("-inf")
     seconds_audio: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    fx_params: str | None = None  # the param engine's fx_params.json (settings per stem, user units)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,12 +92,19 @@ def make_engine(settings: TransferSettings):
     if settings.engine == "neural":
         from .neural import NeuralEngine
         return NeuralEngine.from_settings(settings)
-    raise MixdaemonError(f"unknown engine '{settings.engine}': choose match or neural")
+    if settings.engine == "param":
+        from .param_engine import ParamEngine
+        return ParamEngine.from_settings(settings)
+    raise MixdaemonError(f"unknown engine '{settings.engine}': choose match, neural or param")
 
 
-def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool) -> list[Path]:
-    """The files this job will write; refuse to replace an input, or existing outputs unless told."""
+def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool,
+                        fx_params: bool = False) -> list[Path]:
+    """The files this job will write (with fx_params: also fx_params.json); refuse to replace an
+    input, or existing outputs unless told."""
     targets = [out_dir / f"{name}.wav" for name in (*STEM_NAMES, "mixture")]
+    if fx_params:
+        targets.append(out_dir / FX_PARAMS_NAME)
     inputs = {Path(p).resolve() for p in input_files}
     for t in targets:
         if t.resolve() in inputs:
@@ -124,7 +134,7 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     reference = load_song(reference_path)
     reference_b = load_song(reference_b_path) if reference_b_path is not None else None
     protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
-    check_output_folder(out_dir, protected, overwrite)
+    check_output_folder(out_dir, protected, overwrite, fx_params=settings.engine == "param")
     for what, path, loaded in (("input", input_path, song), ("reference", reference_path, reference)):
         if loaded.is_silent:
             raise MixdaemonError(f"{path}: the {what} is silent (every sample below {SILENCE_DBFS:g} dBFS); "
@@ -139,7 +149,10 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
 
     t0 = time.perf_counter()
     engine = engine or make_engine(settings)
-    if reference_b_stems is None:
+    chains = None
+    if reference_b_stems is None and getattr(engine, "produces_fx_params", False):
+        converted, chains = engine.convert_song_with_params(input_stems, reference_stems, progress=progress)
+    elif reference_b_stems is None:
         converted = engine.convert_song(input_stems, reference_stems, progress=progress)
     elif getattr(engine, "supports_reference_b", False):
         converted = engine.convert_song(input_stems, reference_stems, progress=progress,
@@ -156,6 +169,9 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
         path = write_audio(out_dir / f"{name}.wav", samples, out_rate=song.output_rate,
                            subtype=settings.subtype, protected=protected)
         outputs[name] = str(path)
+    fx_params = None
+    if chains is not None:
+        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, chains, getattr(engine, "info", {})))
     timings["write"] = time.perf_counter() - t0
     progress("done", 1.0)
 
@@ -167,4 +183,4 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
         outputs=outputs, engine=settings.engine, model=getattr(engine, "info", {}),
         loudness_before=before, loudness_after=after, reference_loudness=_loudness_table(reference_stems),
         true_peak_dbtp=round(true_peak_dbtp(mixture), 2), seconds_audio=round(song.n_samples / 44100, 3),
-        timings={k: round(v, 3) for k, v in timings.items()})
+        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params)

@@ -91,6 +91,8 @@ local function render_targets()
 end
 
 local function track_value(track, key)
+  local numbers = {D_VOL = "volume", D_PAN = "pan", D_WIDTH = "width", I_PANMODE = "pan_mode"}
+  if numbers[key] then return track[numbers[key]] or ({D_VOL = 1, D_PAN = 0, D_WIDTH = 1, I_PANMODE = -1})[key] end
   if key == "IP_TRACKNUMBER" then
     for i, t in ipairs(S.tracks) do if t == track then return i end end
     return 0
@@ -230,6 +232,112 @@ function API.GetUserInputs(title, count, captions, values)
   return answer ~= nil, answer or values
 end
 
+-- Track FX: ReaEQ (a new instance has the default four bands: low shelf, band, band, high shelf,
+-- then its master gain) and ReaComp, with the stub's own curves from normalized values to what the
+-- plug-in displays (stand-ins: the real curves are not documented; the scripts only rely on the
+-- displayed values). Every parameter keeps its normalized value and its display text.
+local function eq_freq(x) return (24000 - 20) * (math.exp(math.log(401) * x) - 1) * 0.0025 + 20 end
+local function eq_gain_db(x)
+  local amplitude = x <= 0.5 and 2 * x or 1 + (x - 0.5) * 2 * (10 ^ (12 / 20) - 1)
+  return amplitude > 0 and 20 * math.log(amplitude, 10) or -math.huge
+end
+local function db_text(value) return value == -math.huge and "-inf" or ("%+.2f"):format(value) end
+local FX_KINDS = {
+  ReaEQ = function()
+    local params = {}
+    local bands = {{1, 0}, {2, 0}, {2, 1}, {4, 0}}
+    for b, band in ipairs(bands) do
+      for kind, name in ipairs({"Freq", "Gain", "BW"}) do
+        params[#params + 1] = {name = ("%s-Band %d"):format(name, b), bandtype = band[1], bandidx = band[2], paramtype = kind - 1,
+                               value = kind == 2 and 0.5 or 0.3}
+      end
+    end
+    params[#params + 1] = {name = "Gain", bandtype = -1, bandidx = 0, paramtype = 0, value = 0.5}
+    return {name = "VST: ReaEQ (Cockos)", kind = "ReaEQ", params = params,
+            bands_enabled = {["1:0"] = true, ["2:0"] = true, ["2:1"] = true, ["4:0"] = true}}
+  end,
+  ReaComp = function()
+    local params = {}
+    for _, name in ipairs({"Thresh", "Ratio", "Attack", "Release", "Pre-comp", "Knee", "Wet"}) do
+      params[#params + 1] = {name = name, value = 0.5}
+    end
+    return {name = "VST: ReaComp (Cockos)", kind = "ReaComp", params = params}
+  end,
+}
+local FX_DISPLAY = {
+  ReaEQ = function(param, x)
+    if param.bandtype == -1 or param.paramtype == 1 then return db_text(eq_gain_db(x)) end
+    if param.paramtype == 0 then return x >= 0.5 and ("%.3fk"):format(eq_freq(x) / 1000) or ("%.1f"):format(eq_freq(x)) end
+    return ("%.3f oct"):format(4 * x)
+  end,
+  ReaComp = function(param, x)
+    if param.name == "Thresh" then return x > 0 and ("%.2f"):format(20 * math.log(x, 10)) or "-inf" end
+    if param.name == "Ratio" then return ("%.2f:1"):format(1 + 99 * x) end
+    if param.name == "Attack" then return ("%.2f ms"):format(500 * x) end
+    if param.name == "Release" then return ("%.1f ms"):format(5000 * x) end
+    return ("%.3f"):format(x)
+  end,
+}
+
+local function track_fx(track, index)
+  local fx = (track.fx or {})[index + 1]
+  assert(fx, "no FX " .. tostring(index) .. " on track " .. tostring(track.name))
+  return fx
+end
+local function fx_param(fx, index) return assert(fx.params[index + 1], "no parameter " .. tostring(index)) end
+
+function API.TrackFX_GetCount(track) return #(track.fx or {}) end
+function API.TrackFX_AddByName(track, name, rec, instantiate)
+  assert(instantiate == -1, "the stub only adds new instances (instantiate = -1)")
+  local make = FX_KINDS[name]
+  if not make then return -1 end
+  track.fx = track.fx or {}
+  local fx = make()
+  fx.enabled, fx.renamed = true, ""
+  track.fx[#track.fx + 1] = fx
+  return #track.fx - 1
+end
+function API.TrackFX_GetNamedConfigParm(track, index, key)
+  assert(key == "renamed_name", "TrackFX_GetNamedConfigParm: only renamed_name is in the stub")
+  return true, track_fx(track, index).renamed
+end
+function API.TrackFX_SetNamedConfigParm(track, index, key, value)
+  assert(key == "renamed_name", "TrackFX_SetNamedConfigParm: only renamed_name is in the stub")
+  track_fx(track, index).renamed = value
+  return true
+end
+function API.TrackFX_GetNumParams(track, index) return #track_fx(track, index).params end
+function API.TrackFX_GetParamName(track, index, param, _) return true, fx_param(track_fx(track, index), param).name end
+function API.TrackFX_GetEQParam(track, index, param)
+  local p = fx_param(track_fx(track, index), param)
+  if p.bandtype == nil then return false, 0, 0, 0, 0 end
+  return true, p.bandtype, p.bandidx, p.paramtype, p.value
+end
+function API.TrackFX_FormatParamValueNormalized(track, index, param, value, _)
+  local fx = track_fx(track, index)
+  return true, FX_DISPLAY[fx.kind](fx_param(fx, param), value)
+end
+function API.TrackFX_SetParamNormalized(track, index, param, value)
+  local fx = track_fx(track, index)
+  local p = fx_param(fx, param)
+  p.value, p.display = value, FX_DISPLAY[fx.kind](p, value)
+  return true
+end
+function API.TrackFX_SetEQBandEnabled(track, index, bandtype, bandidx, enable)
+  local fx = track_fx(track, index)
+  local key = ("%d:%d"):format(bandtype, bandidx)
+  if not fx.bands_enabled or fx.bands_enabled[key] == nil then return false end
+  fx.bands_enabled[key] = enable
+  return true
+end
+function API.TrackFX_SetEnabled(track, index, enabled) track_fx(track, index).enabled = enabled end
+
+local TRACK_NUMBERS = {D_VOL = "volume", D_PAN = "pan", D_WIDTH = "width", I_PANMODE = "pan_mode"}
+function API.SetMediaTrackInfo_Value(track, key, value)
+  track[assert(TRACK_NUMBERS[key], "SetMediaTrackInfo_Value: key " .. key .. " is not in the stub")] = value
+  return true
+end
+
 function API.Undo_BeginBlock() end
 function API.Undo_EndBlock(description, flags) end
 function API.PreventUIRefresh(count) end
@@ -241,6 +349,7 @@ local function describe(value)
   if type(value) ~= "table" then return value end
   if value == PROJECT then return "<project>" end
   if value.guid then return "<track " .. value.name .. ">" end
+  if value.params then return "<fx " .. value.name .. ">" end
   if value.takes then return "<item>" end
   if value.startoffs then return "<take>" end
   if value.file then return "<source " .. value.file .. ">" end

@@ -27,7 +27,7 @@ def test_example_config_is_valid_and_documents_every_key():
     ({"output": {"pattern": "{song}-{job_id}"}}, "output.pattern: unknown field {song}"),
     ({"output": {"pattern": "a/{job_id}"}}, "output.pattern: must be a single visible folder name"),
     ({"settle_seconds": "soon"}, "settle_seconds: Input should be a valid number"),
-    ({"transfer": {"engine": "magic"}}, "transfer.engine: Input should be 'match' or 'neural'"),
+    ({"transfer": {"engine": "magic"}}, "transfer.engine: Input should be 'match', 'neural' or 'param'"),
     ({"osc": {"reply_host": "127.0.0.1"}}, "reply_host is set but reply_port is not"),
     ({"output": {"root": "/tmp/mdtest"}, "watch": [{"path": "/tmp/mdtest/bounces"}]},
      "output.root (/tmp/mdtest) is, or contains, watch[0].path"),

@@ -175,3 +175,21 @@ def test_weights_hash_depends_on_values_and_names_only():
     assert modelfiles.weights_sha256(changed) != modelfiles.weights_sha256(state)
     renamed = {f"x.{n}": t for n, t in state.items()}
     assert modelfiles.weights_sha256(renamed) != modelfiles.weights_sha256(state)
+
+
+def test_models_list_shows_every_kind_in_the_store(tmp_path, capsys):
+    """`mixdaemon models list` names each model with its kind; a damaged file does not stop it."""
+    import numpy as np
+
+    from mixdaemon.cli import main
+    modelfiles.save_pair(tmp_path / "pair.safetensors", *small_pair(1))
+    modelfiles.save_param_predictor(tmp_path / "predictor.safetensors", {"w": np.ones((2, 3))},
+                                    {"slots": ["a"], "feature_size": 2, "provenance": {}})
+    (tmp_path / "broken.safetensors").write_bytes(b"junk")
+    assert main(["models", "list", "--store", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"engine store: {tmp_path}"
+    assert [line.split()[:2] for line in lines[1:]] == [["pair", "MST"], ["predictor", "parameter"]]
+    assert [p.name for p in modelfiles.list_pairs(tmp_path)] == ["pair"]
+    with pytest.raises(ModelFileError, match="not a parameter predictor"):
+        modelfiles.load_param_predictor("pair", tmp_path)

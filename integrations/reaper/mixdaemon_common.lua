@@ -728,6 +728,177 @@ function M.import_last_result()
   end)
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- applying a param-engine result's fx_params.json to the tracks it came from
+--
+-- Each original track of the last conversion gets its stem's chain (fx_params.json, written by
+-- mixdaemon/fxchain.py) as REAPER effects and track settings:
+--   EQ            "mixdaemon EQ" (ReaEQ: low shelf, band, band, high shelf = low shelf, peaks 1-2,
+--                 high shelf) and "mixdaemon EQ 2" (ReaEQ, first band = peak 3, its other bands off),
+--                 because a new ReaEQ has four bands and the chain has five;
+--   compressor    "mixdaemon comp" (ReaComp: Thresh, Ratio, Attack, Release), bypassed when off;
+--   gain          track volume D_VOL (linear, 1 = 0 dB);
+--   width, pan    track pan mode "stereo pan" (I_PANMODE 5), D_WIDTH and D_PAN. REAPER's width cannot
+--                 widen: a width above 1 is set to 1 and reported;
+--   reverb send   not applied (no reverb bus is created); reported in the console.
+-- Running the action again updates the same effects instead of adding more.
+--
+-- How values get into the plug-ins: ReaEQ and ReaComp take normalized (0-1) parameter values whose
+-- curves REAPER does not document. Rather than hard-coding guessed curves, each value is found by
+-- bisection on TrackFX_FormatParamValueNormalized (the plug-in's own display text for a normalized
+-- value; Cockos plug-ins support it), then set with TrackFX_SetParamNormalized. Assumptions, stated:
+-- the display grows with the normalized value and starts with the number in the unit the chain uses
+-- (Hz, a "k" suffix meaning ×1000; dB; ms; ratio as "R:1"); ReaEQ's third band parameter is its
+-- bandwidth in octaves, converted from the chain's Q (N = 2/ln 2 · asinh(1/(2Q))); ReaEQ's bands are
+-- found with TrackFX_GetEQParam (band types 1 low shelf, 2 band, 4 high shelf); ReaComp's
+-- parameters by name (TrackFX_GetParamName starting with Thresh, Ratio, Attack, Release).
+
+local FX_PARAMS_NAME = "fx_params.json"
+local EQ_NAME, EQ2_NAME, COMP_NAME = "mixdaemon EQ", "mixdaemon EQ 2", "mixdaemon comp"
+local LOSHELF, BAND, HISHELF = 1, 2, 4
+local FREQ, GAIN, BANDWIDTH = 0, 1, 2
+local PANMODE_STEREO_PAN = 5
+
+-- The number a plug-in displays: "-12.5", "+3.0", "1.20k", "4.0:1", "-inf".
+function M.display_number(text)
+  local s = tostring(text or ""):gsub(",", ".")
+  if s:lower():find("inf") then return s:find("^%s*%-") and -math.huge or math.huge end
+  local number, suffix = s:match("([%+%-]?%d+%.?%d*)%s*([kK]?)")
+  if not number then return nil end
+  return tonumber(number) * (suffix ~= "" and 1000 or 1)
+end
+
+function M.octaves_of_q(q) return 2 / math.log(2) * math.log(1 / (2 * q) + math.sqrt(1 / (4 * q * q) + 1)) end
+
+local function set_by_display(track, fx, param, target, what)
+  local low, high = 0.0, 1.0
+  for _ = 1, 32 do
+    local middle = (low + high) / 2
+    local ok, text = reaper.TrackFX_FormatParamValueNormalized(track, fx, param, middle, "")
+    local value = ok and M.display_number(text)
+    if not value then error(("%s: the plug-in shows %q, not a number"):format(what, tostring(text)), 0) end
+    if value < target then low = middle else high = middle end
+  end
+  reaper.TrackFX_SetParamNormalized(track, fx, param, (low + high) / 2)
+end
+
+-- The track's effect renamed `name`, else a new `plugin` renamed so.
+local function named_fx(track, plugin, name)
+  for i = 0, reaper.TrackFX_GetCount(track) - 1 do
+    local ok, renamed = reaper.TrackFX_GetNamedConfigParm(track, i, "renamed_name")
+    if ok and renamed == name then return i end
+  end
+  local fx = reaper.TrackFX_AddByName(track, plugin, false, -1)
+  if fx < 0 then error(("cannot add %s to a track"):format(plugin), 0) end
+  reaper.TrackFX_SetNamedConfigParm(track, fx, "renamed_name", name)
+  return fx
+end
+
+local function eq_params(track, fx)
+  local found = {}
+  for p = 0, reaper.TrackFX_GetNumParams(track, fx) - 1 do
+    local ok, bandtype, bandidx, paramtype = reaper.TrackFX_GetEQParam(track, fx, p)
+    if ok then found[("%d:%d:%d"):format(bandtype, bandidx, paramtype)] = p end
+  end
+  return found
+end
+
+local function set_band(track, fx, params, bandtype, bandidx, band, label)
+  local function param(kind)
+    local p = params[("%d:%d:%d"):format(bandtype, bandidx, kind)]
+    if not p then error(("ReaEQ has no %s band (band type %d, index %d)"):format(label, bandtype, bandidx), 0) end
+    return p
+  end
+  reaper.TrackFX_SetEQBandEnabled(track, fx, bandtype, bandidx, true)
+  set_by_display(track, fx, param(FREQ), band.freq_hz, label .. " frequency")
+  set_by_display(track, fx, param(GAIN), band.gain_db, label .. " gain")
+  set_by_display(track, fx, param(BANDWIDTH), M.octaves_of_q(band.q), label .. " bandwidth")
+end
+
+local function apply_chain(track, chain, notes)
+  local eq = named_fx(track, "ReaEQ", EQ_NAME)
+  local params = eq_params(track, eq)
+  set_band(track, eq, params, LOSHELF, 0, chain.eq[1], "low shelf")
+  set_band(track, eq, params, BAND, 0, chain.eq[2], "peak 1")
+  set_band(track, eq, params, BAND, 1, chain.eq[3], "peak 2")
+  set_band(track, eq, params, HISHELF, 0, chain.eq[5], "high shelf")
+  local eq2 = named_fx(track, "ReaEQ", EQ2_NAME)
+  set_band(track, eq2, eq_params(track, eq2), BAND, 0, chain.eq[4], "peak 3")
+  for _, other in ipairs({{LOSHELF, 0}, {BAND, 1}, {HISHELF, 0}}) do
+    reaper.TrackFX_SetEQBandEnabled(track, eq2, other[1], other[2], false)
+  end
+
+  local comp = named_fx(track, "ReaComp", COMP_NAME)
+  local settings = chain.compressor
+  local active = settings.ratio > 1.001 and settings.threshold_db < 0
+  if active then
+    local wanted = {Thresh = settings.threshold_db, Ratio = settings.ratio, Attack = settings.attack_ms,
+                    Release = settings.release_ms}
+    for p = 0, reaper.TrackFX_GetNumParams(track, comp) - 1 do
+      local _, name = reaper.TrackFX_GetParamName(track, comp, p, "")
+      for prefix, value in pairs(wanted) do
+        if name:lower():sub(1, #prefix) == prefix:lower() then
+          set_by_display(track, comp, p, value, "compressor " .. prefix)
+          wanted[prefix] = nil
+        end
+      end
+    end
+    local missing = next(wanted)
+    if missing then error("ReaComp has no parameter named " .. missing, 0) end
+  end
+  reaper.TrackFX_SetEnabled(track, comp, active)
+
+  reaper.SetMediaTrackInfo_Value(track, "D_VOL", 10 ^ (chain.gain_db / 20))
+  reaper.SetMediaTrackInfo_Value(track, "I_PANMODE", PANMODE_STEREO_PAN)
+  reaper.SetMediaTrackInfo_Value(track, "D_PAN", chain.pan)
+  reaper.SetMediaTrackInfo_Value(track, "D_WIDTH", math.min(chain.width, 1))
+  if chain.width > 1 then notes[#notes + 1] = ("width %.2f set to 1 (REAPER cannot widen)"):format(chain.width) end
+  if chain.reverb.send_db then
+    notes[#notes + 1] = ("reverb send %.1f dB (room size %.2f) not applied"):format(chain.reverb.send_db, chain.reverb.room_size)
+  end
+end
+
+function M.apply_fx_params()
+  M.guard(function()
+    local project = current_project()
+    local job = M.load_job(project)
+    if not job then error("this project has no conversion yet: select tracks and run mixdaemon_convert_selected_tracks", 0) end
+    local manifest_text = read_file(job.manifest or "")
+    if not manifest_text then
+      error(("the last conversion (%s) has no result yet; run mixdaemon_import_result when it is done"):format(job.name), 0)
+    end
+    local path = M.join(dirname(job.manifest), FX_PARAMS_NAME)
+    local text = read_file(path)
+    if not text then error(("no %s beside %s: convert with the param engine (--engine param)"):format(FX_PARAMS_NAME, job.manifest), 0) end
+    local fx_params, manifest = M.json_decode(text), M.json_decode(manifest_text)
+    local role_of = {}
+    for _, input in ipairs(manifest.inputs or {}) do role_of[basename(input.path)] = input.role end
+    reaper.Undo_BeginBlock()
+    reaper.PreventUIRefresh(1)
+    local applied = {}
+    local ok, err = pcall(function()
+      for _, entry in ipairs(job.tracks) do
+        local role = role_of[basename(entry.file or "")]
+        local chain = role and fx_params.stems[role]
+        local track = track_by_guid(project, entry.guid)
+        if chain and track then
+          local notes = {}
+          apply_chain(track, chain, notes)
+          applied[#applied + 1] = entry.name .. " (" .. role .. ")" .. (#notes > 0 and (": " .. table.concat(notes, "; ")) or "")
+        end
+      end
+    end)
+    reaper.PreventUIRefresh(-1)
+    reaper.UpdateArrange()
+    reaper.Undo_EndBlock("mixdaemon: apply FX settings", -1)
+    if not ok then error(err, 0) end
+    if #applied == 0 then
+      error("no track of the last conversion has a stem chain in " .. path .. " (a full mix cannot take per-stem settings)", 0)
+    end
+    M.log(("applied the FX settings of %s to %d track(s):\n  %s"):format(path, #applied, table.concat(applied, "\n  ")))
+  end)
+end
+
 function M.set_reference()
   M.guard(function()
     local project = current_project()

@@ -1,9 +1,12 @@
-"""`mixdaemon train material | encoder | cloner | export`: the command line of training, and the API
-functions behind it (`train_encoder`, `train_cloner`), which tests and scripts call directly.
+"""`mixdaemon train material | encoder | cloner | export | automix | params`: the command line of
+training, and the API functions behind it (`train_encoder`, `train_cloner`, `train_automix`,
+`train.params.train_params`), which tests and scripts call directly.
 
     mixdaemon train material MATERIAL --songs 64 --seconds 30 --seed 0
     mixdaemon train encoder MATERIAL --run-dir runs/encoder --steps 600
     mixdaemon train cloner MATERIAL --encoder runs/encoder --run-dir runs/cloner --steps 600 --name default
+    mixdaemon train params MATERIAL --val-dir VAL --run-dir runs/params --name params-default
+    mixdaemon train automix MATERIAL --run-dir runs/automix --steps 700 --name automix-default
 
 Every run keeps runs/<name>/checkpoint.pt (model, optimizer, LR schedule, FX probabilities, step)
 and runs/<name>/log.csv (step, phase, metric, value, seconds); `--resume` continues a run exactly.
@@ -17,7 +20,8 @@ from pathlib import Path
 # modules are imported by the functions that use them.
 
 RENDERERS = ("auto", "fluidsynth", "numpy")  # mixdaemon.train.material.RENDERERS
-SIZES = ("tiny", "small", "full")            # the presets of train.encoder and train.cloner
+SIZES = ("tiny", "small", "full")            # the presets of train.encoder, train.cloner and automix_models
+AUTOMIX_ARCHITECTURES = ("automix", "wave-u-net")  # mixdaemon.automix_models.ARCHITECTURES
 
 
 def _libraries(songs_dir, val_dir, cache_dir, stats, seed, progress):
@@ -62,6 +66,31 @@ def train_cloner(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=No
     return out
 
 
+def train_automix(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=None, device: str = "auto",
+                  threads: int | None = None, out: str | Path | None = None) -> Path:
+    """Train (or continue) an automix network (cfg: AutomixTrainingConfig) on FX-normalized stems
+    with the original mixes as targets. When the run reaches its last step, the model is written to
+    `out` (default: <run_dir>/model.safetensors) and that path returned; the checkpoint path when
+    the run stopped early (loop.stop_after)."""
+    from .automix import AutomixTrainer, automix_libraries, export_automix_model
+    from ..fxnorm import default_stats_path
+    from .loop import configure_torch, resolve_device
+    configure_torch(cfg.seed, threads)
+
+    def report(stage, done, total):
+        if loop.progress:
+            print(f"{stage}: {done}/{total}", end="\r" if done < total else "\n", flush=True)
+    train, validation = automix_libraries(songs_dir, val_dir, stats or default_stats_path("fxnorm"), cache_dir,
+                                          cfg.seed, report)
+    trainer = AutomixTrainer(cfg, train, validation, loop, resolve_device(device))
+    trainer.run()
+    if trainer.step < cfg.steps:
+        return trainer.checkpoint_path
+    out = Path(out) if out else loop.run_dir / "model.safetensors"
+    export_automix_model(loop.run_dir, out, train)
+    return out
+
+
 # --- argument parsing -------------------------------------------------------------------------------
 
 def _model_config(preset: str, presets: dict, override: str | None) -> dict:
@@ -88,7 +117,7 @@ def _loop(args):
 
 def _common(args) -> dict:
     return {"val_dir": args.val_dir, "cache_dir": args.cache_dir, "stats": args.stats, "device": args.device,
-            "threads": args.threads, "ir_folder": args.ir_folder}
+            "threads": args.threads}
 
 
 def _given(**values) -> dict:
@@ -114,7 +143,7 @@ def cmd_encoder(args) -> int:
         segment=args.segment, strong_negatives=args.negatives, temperature=args.temperature, lr=args.lr,
         lr_final_fraction=args.lr_final, mixture=not args.no_mixture, schedule=not args.no_schedule,
         validation_items=args.validation_items, precision=args.precision, seed=args.seed))
-    path = train_encoder(cfg, args.songs_dir, _loop(args), **_common(args))
+    path = train_encoder(cfg, args.songs_dir, _loop(args), ir_folder=args.ir_folder, **_common(args))
     print(f"encoder checkpoint: {path}")
     return 0
 
@@ -134,8 +163,22 @@ def cmd_cloner(args) -> int:
         identity_init=False if args.no_identity_init else None, validation_items=args.validation_items,
         precision=args.precision, seed=args.seed))
     path = train_cloner(cfg, args.songs_dir, _loop(args), out=_pair_destination(args, Path(args.run_dir)),
-                        **_common(args))
+                        ir_folder=args.ir_folder, **_common(args))
     print(f"{'model pair' if path.suffix == '.safetensors' else 'cloner checkpoint'}: {path}")
+    return 0
+
+
+def cmd_automix(args) -> int:
+    from ..automix_models import ARCHITECTURES
+    from .automix import AutomixTrainingConfig
+    presets = ARCHITECTURES[args.architecture][2]
+    cfg = AutomixTrainingConfig(**_given(
+        architecture=args.architecture, model=_model_config(args.size, presets, args.model_config), loss=args.loss,
+        steps=args.steps, batch=args.batch, segment=args.segment, lr=args.lr, lr_final_fraction=args.lr_final,
+        validation_items=args.validation_items, precision=args.precision, seed=args.seed))
+    path = train_automix(cfg, args.songs_dir, _loop(args), out=_pair_destination(args, Path(args.run_dir)),
+                         **_common(args))
+    print(f"{'automix model' if path.suffix == '.safetensors' else 'automix checkpoint'}: {path}")
     return 0
 
 
@@ -146,13 +189,30 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    from ..modelfiles import store_dir
+    from .loop import configure_torch
+    from .params import ParamsTrainingConfig, train_params
+    hidden = [int(h) for h in args.hidden.split(",")] if args.hidden else None
+    cfg = ParamsTrainingConfig(**_given(examples=args.examples, validation_examples=args.validation_examples,
+                                        segment_seconds=args.segment_seconds, hidden=hidden, epochs=args.epochs,
+                                        lr=args.lr, seed=args.seed))
+    configure_torch(cfg.seed, args.threads)
+    train, validation = _libraries(args.songs_dir, args.val_dir, args.cache_dir, args.stats, cfg.seed, not args.quiet)
+    run_dir = Path(args.run_dir)
+    out = store_dir(args.store) / f"{args.name}.safetensors" if args.name else Path(args.out or run_dir / "predictor.safetensors")
+    path, metrics = train_params(cfg, train, validation, run_dir, out, ir_folder=args.ir_folder, progress=not args.quiet)
+    print(", ".join(f"{k} {v}" for k, v in metrics.items()))
+    print(f"parameter predictor: {path}")
+    return 0
+
+
 def _add_run_options(p) -> None:
     p.add_argument("songs_dir", help="training songs: SONGS_DIR/<song>/{drums,bass,other,vocals}.wav")
     p.add_argument("--run-dir", required=True, help="folder for checkpoint.pt and log.csv")
     p.add_argument("--val-dir", help="validation songs (default: every 8th training song is held out)")
     p.add_argument("--cache-dir", help="FX-normalized stems cache (default: SONGS_DIR/.mixdaemon-normalized)")
     p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
-    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
     p.add_argument("--size", default="small", choices=SIZES, help="model size preset (default: small)")
     p.add_argument("--model-config", help="JSON object (or file) of model config keys overriding the preset")
     p.add_argument("--steps", type=int, help="total updates of the run")
@@ -172,15 +232,19 @@ def _add_run_options(p) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _add_ir_folder(p) -> None:
+    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
+
+
 def _add_pair_destination(p) -> None:
-    p.add_argument("--name", help="write the pair into the engine store under this name (e.g. default)")
+    p.add_argument("--name", help="write the model into the engine store under this name (e.g. default)")
     p.add_argument("--store", help="engine store folder (default: engines/ or $MIXDAEMON_ENGINES)")
-    p.add_argument("--out", help="pair file to write (default: RUN_DIR/model.safetensors)")
+    p.add_argument("--out", help="model file to write (default: RUN_DIR/model.safetensors)")
 
 
 def add_train_parser(subparsers) -> None:
     """`mixdaemon train material|encoder|cloner|export` (see the module docstring)."""
-    train = subparsers.add_parser("train", help="train the MST networks on the project's own material")
+    train = subparsers.add_parser("train", help="train the MST and automix networks on the project's own material")
     sub = train.add_subparsers(dest="train_command", required=True)
 
     p = sub.add_parser("material", help="render procedural training songs (MUSDB18 layout)")
@@ -197,6 +261,7 @@ def add_train_parser(subparsers) -> None:
     p = sub.add_parser("encoder", help="contrastive FXencoder training (§3.3) with probability scheduling (§2.4)",
                        description="Unset options keep the defaults of train.encoder.EncoderTrainingConfig.")
     _add_run_options(p)
+    _add_ir_folder(p)
     p.add_argument("--items", type=int, help="contents per batch")
     p.add_argument("--negatives", type=int, help="strong negatives K per content")
     p.add_argument("--temperature", type=float)
@@ -208,12 +273,49 @@ def add_train_parser(subparsers) -> None:
     p = sub.add_parser("cloner", help="MixFXcloner training with a frozen encoder (§4.3)",
                        description="Unset options keep the defaults of train.cloner.ClonerTrainingConfig.")
     _add_run_options(p)
+    _add_ir_folder(p)
     p.add_argument("--encoder", required=True, help="the encoder run (folder or checkpoint.pt)")
     p.add_argument("--items", type=int, help="triplets per stem per batch")
     p.add_argument("--validation-items", type=int, help="per stem")
     p.add_argument("--no-identity-init", action="store_true", help="start from random weights instead of y = x")
     _add_pair_destination(p)
     p.set_defaults(func=cmd_cloner)
+
+    p = sub.add_parser("automix", help="FxNorm-automix training (§6.4): normalized stems in, the original mix out",
+                       description="Inputs: the stems FX-normalized with the FxNorm statistics (cached); target: "
+                                   "SONG/mixture.wav, or the sum of the stems. Reverb normalization (impulse "
+                                   "responses) is not supported. Unset options keep the defaults of "
+                                   "train.automix.AutomixTrainingConfig.")
+    _add_run_options(p)
+    p.add_argument("--architecture", default="automix", choices=AUTOMIX_ARCHITECTURES,
+                   help="automix: the paper's network; wave-u-net: the baseline (default: automix)")
+    p.add_argument("--loss", choices=["La", "Lb"], help="§6.3 loss (default: Lb)")
+    p.add_argument("--batch", type=int, help="excerpts per update")
+    p.add_argument("--validation-items", type=int, help="validation excerpts (one per held-out song in turn)")
+    _add_pair_destination(p)
+    p.set_defaults(func=cmd_automix)
+
+    p = sub.add_parser("params", help="the param engine's predictor, on FXmanipulator draws with known parameters",
+                       description="Unset options keep the defaults of train.params.ParamsTrainingConfig.")
+    p.add_argument("songs_dir", help="training songs: SONGS_DIR/<song>/{drums,bass,other,vocals}.wav")
+    p.add_argument("--run-dir", required=True, help="folder for the examples, log.csv and metrics.json")
+    p.add_argument("--val-dir", help="validation songs (default: every 8th training song is held out)")
+    p.add_argument("--cache-dir", help="FX-normalized stems cache (default: SONGS_DIR/.mixdaemon-normalized)")
+    p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
+    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
+    p.add_argument("--examples", type=int, help="training examples (one stem each)")
+    p.add_argument("--validation-examples", type=int)
+    p.add_argument("--segment-seconds", type=float, help="length of x and of the reference per example")
+    p.add_argument("--hidden", help="hidden layer sizes, comma-separated (e.g. 128,128)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="AdamW learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--name", help="write the predictor into the engine store under this name (e.g. params-default)")
+    p.add_argument("--store", help="engine store folder (default: engines/ or $MIXDAEMON_ENGINES)")
+    p.add_argument("--out", help="predictor file to write (default: RUN_DIR/predictor.safetensors)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("export", help="write a cloner run's current checkpoint and its encoder as a model pair")
     p.add_argument("run_dir", help="the cloner run")

@@ -215,19 +215,20 @@ HOLDOUT_EVERY = 8  # without a validation folder, every 8th song (sorted by name
 
 def libraries(songs_dir: str | Path, val_dir: str | Path | None, stats_path: str | Path,
               cache_dir: str | Path | None = None, seed: int = 0,
-              progress: Callable[[str, int, int], None] | None = None) -> tuple[StemLibrary, StemLibrary]:
+              progress: Callable[[str, int, int], None] | None = None, library_class: type = StemLibrary):
     """(training library, validation library): val_dir's songs, or every HOLDOUT_EVERY-th song of
-    songs_dir held out from training."""
+    songs_dir held out from training. library_class: StemLibrary, or another class with its
+    constructor (train.automix.MultitrackLibrary)."""
     report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
     if val_dir is not None:
         val_cache = Path(cache_dir) / "validation" if cache_dir else None
-        return (StemLibrary(songs_dir, stats_path, cache_dir, seed, progress=report("normalizing training songs")),
-                StemLibrary(val_dir, stats_path, val_cache, seed, progress=report("normalizing validation songs")))
+        return (library_class(songs_dir, stats_path, cache_dir, seed, progress=report("normalizing training songs")),
+                library_class(val_dir, stats_path, val_cache, seed, progress=report("normalizing validation songs")))
     names = [f.name for f in song_folders(Path(songs_dir))]
     held_out = names[HOLDOUT_EVERY - 1::HOLDOUT_EVERY]
     if not held_out:
         raise ConfigError(f"{songs_dir}: fewer than {HOLDOUT_EVERY} songs, too few to hold some out for "
                           "validation; give a validation folder")
-    train = StemLibrary(songs_dir, stats_path, cache_dir, seed, [n for n in names if n not in held_out],
-                        progress=report("normalizing songs"))
-    return train, StemLibrary(songs_dir, stats_path, cache_dir, seed, held_out)
+    train = library_class(songs_dir, stats_path, cache_dir, seed, [n for n in names if n not in held_out],
+                          progress=report("normalizing songs"))
+    return train, library_class(songs_dir, stats_path, cache_dir, seed, held_out)

@@ -30,8 +30,9 @@ from .loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, load_check
 ENCODER_PRESETS = {
     # tests: embedding 32, stride 512, ~20 k parameters
     "tiny": EncoderConfig(channels=(4, 8, 16, 32), kernels=(9, 9, 5, 5), strides=(8, 8, 4, 2)),
-    # the shipped default: embedding 128, stride 1024, ~0.35 M parameters (1.4 MB)
-    "small": EncoderConfig(channels=(8, 16, 32, 64, 128, 128), kernels=(25, 15, 9, 9, 5, 5), strides=(8, 4, 4, 4, 2, 1)),
+    # the shipped default (engines/MODEL_CARD.md): embedding 128, stride 1024, 0.48 M parameters (1.9 MB)
+    "small": EncoderConfig(channels=(16, 32, 64, 128, 128, 128), kernels=(25, 15, 9, 9, 5, 5),
+                           strides=(8, 4, 4, 4, 2, 1)),
     "full": EncoderConfig(),  # the authors' size: embedding 2048, 81 M parameters
 }
 VALIDATION_SETS = ("full", *FX_NAMES)

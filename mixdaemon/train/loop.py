@@ -189,7 +189,7 @@ class Trainer:
     """The shared loop; subclasses define make_batch, train_step, validate and their state.
 
     Subclass contract:
-    - kind: "encoder" | "cloner"; cfg (with .steps and .seed), model, optimizer; config(): the run's
+    - kind: "encoder" | "cloner" | "automix"; cfg (with .steps and .seed), model, optimizer; config(): the run's
       settings (JSON data), which a resumed run must repeat;
     - make_batch(rng) → batch (runs in data workers; must only read self);
     - train_step(batch) → {"loss": float, ...};
@@ -198,6 +198,7 @@ class Trainer:
     """
 
     kind = ""
+    max_grad_norm: float | None = None  # clip the gradient's L2 norm to this before each update
 
     def __init__(self, loop: LoopSettings):
         if loop.validate_every < 1 or loop.checkpoint_every < 1:
@@ -228,6 +229,8 @@ class Trainer:
             raise MixdaemonError(f"{self.kind} training diverged at step {self.step + 1}: non-finite {where}; "
                                  f"resume from the checkpoint of step {self._saved_step} with --precision fp32 "
                                  "(bf16 CPU kernels have produced NaN gradients) or a lower --lr")
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.optimizer.step()
 
     def cosine_schedule(self, final_fraction: float) -> None:

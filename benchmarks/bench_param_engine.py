@@ -1,0 +1,83 @@
+"""The param engine's speed and parameter recovery.
+
+speed     the whole engine (feature measurement, prediction, refinement, rendering, output gain) on a
+          3-minute 4-stem song: the real stems of SONG (15 s) repeated to --minutes, converted toward
+          REFERENCE repeated likewise; wall and CPU seconds, median of --repeats, as × real time.
+recovery  evaluation.parameter_recovery on the real stems (never trained on), over --seeds draws:
+          errors of the refined estimate and of the prediction alone; --reference other_half (the
+          draw applied to the song's other half: other music, as with a real reference) or
+          same_content (the draw applied to the input itself).
+
+    .venv/bin/python benchmarks/bench_param_engine.py --json /tmp/param_bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mixdaemon.chain_estimation import DEFAULT_PREDICTOR, ParamPredictor
+from mixdaemon.evaluation import parameter_recovery
+from mixdaemon.param_engine import ParamEngine
+from mixdaemon.stems import STEM_NAMES, load_song
+
+REAL_STEMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stems"
+
+
+def song_stems(folder: Path, seconds: float) -> dict[str, np.ndarray]:
+    stems = load_song([folder / f"{name}.wav" for name in STEM_NAMES]).stems
+    return {name: np.resize(x, (int(seconds * 44100), 2)) for name, x in stems.items()}
+
+
+def speed(predictor: ParamPredictor, minutes: float, repeats: int, workers: int) -> dict:
+    seconds = 60.0 * minutes
+    x, reference = song_stems(REAL_STEMS / "song_a", seconds), song_stems(REAL_STEMS / "song_b", seconds)
+    engine = ParamEngine(predictor, workers=workers)
+    engine.convert_song_with_params({k: v[:44100 * 5] for k, v in x.items()},
+                                    {k: v[:44100 * 5] for k, v in reference.items()})  # warm-up (numba, FFT plans)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        load = os.getloadavg()[0]
+        wall, cpu = time.perf_counter(), time.process_time()
+        engine.convert_song_with_params(x, reference)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    wall, cpu = statistics.median(walls), statistics.median(cpus)
+    return {"song_seconds": seconds, "stems": len(STEM_NAMES), "workers": workers, "repeats": repeats,
+            "wall_seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "x_real_time_wall": round(seconds / wall, 1),
+            "x_real_time_if_2_free_cores": round(seconds / (cpu / 2), 1), "load_average_1min_at_last_start": load,
+            "cores": os.cpu_count()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", default=["speed", "recovery"], choices=["speed", "recovery"])
+    p.add_argument("--predictor", default=DEFAULT_PREDICTOR)
+    p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=5, help="recovery: draws per stem (seeds 0..N-1)")
+    p.add_argument("--reference", default="other_half", choices=["other_half", "same_content"],
+                   help="recovery: what the draw is applied to for the reference")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    predictor = ParamPredictor.load(args.predictor)
+    results = {"predictor": str(predictor.path), "predictor_sha256": predictor.sha256}
+    if "speed" in args.sections:
+        results["speed"] = speed(predictor, args.minutes, args.repeats, args.workers)
+        print(json.dumps(results["speed"], indent=1))
+    if "recovery" in args.sections:
+        results["recovery"] = parameter_recovery(REAL_STEMS, predictor, seeds=tuple(range(args.seeds)),
+                                                 reference=args.reference)
+        print(json.dumps(results["recovery"], indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
