@@ -6,7 +6,7 @@ speed     the whole engine (feature measurement, prediction, refinement, renderi
 recovery  evaluation.parameter_recovery on the real stems (never trained on), over --seeds draws:
           errors of the refined estimate and of the prediction alone; --reference other_half (the
           draw applied to the song's other half: other music, as with a real reference) or
-          same_content (the draw applied to the input itself).
+          same_content (the draw applied to the input itself); --single-fx eq: EQ draws alone.
 
     .venv/bin/python benchmarks/bench_param_engine.py --json /tmp/param_bench.json
 """
@@ -64,6 +64,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="recovery: draws per stem (seeds 0..N-1)")
     p.add_argument("--reference", default="other_half", choices=["other_half", "same_content"],
                    help="recovery: what the draw is applied to for the reference")
+    p.add_argument("--single-fx", choices=["eq", "comp", "pan", "imager", "reverb", "gain"],
+                   help="recovery: draws of this effect alone (default: the FXmanipulator's full chain)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     predictor = ParamPredictor.load(args.predictor)
@@ -73,7 +75,7 @@ def main() -> None:
         print(json.dumps(results["speed"], indent=1))
     if "recovery" in args.sections:
         results["recovery"] = parameter_recovery(REAL_STEMS, predictor, seeds=tuple(range(args.seeds)),
-                                                 reference=args.reference)
+                                                 reference=args.reference, single_fx=args.single_fx)
         print(json.dumps(results["recovery"], indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -87,8 +87,9 @@ def _stem_rng(seed: int, song: str, stem: str) -> np.random.Generator:
 
 
 def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
-                progress: Progress = lambda stage, fraction: None) -> list[EvaluationSong]:
-    """The evaluation material of every song (stats: an fxnorm_stats.FxStats)."""
+                progress: Progress = lambda stage, fraction: None, single_fx: str | None = None) -> list[EvaluationSong]:
+    """The evaluation material of every song (stats: an fxnorm_stats.FxStats); with single_fx, every
+    draw is that one effect alone (FXManipulator's single_fx)."""
     from .fxmanipulator import FXManipulator
     from .fxnorm import normalize_stems
     folders = song_folders(songs_dir)
@@ -103,7 +104,7 @@ def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
                       for part in (0, 1)]
         x, gt, ref, draws = {}, {}, {}, {}
         for name in STEM_NAMES:
-            manipulator = FXManipulator(name, ir_folder=ir_folder)
+            manipulator = FXManipulator(name, ir_folder=ir_folder, single_fx=single_fx)
             (gt[name], ref[name]), draws[name] = manipulator.manipulate(
                 [normalized[0][name], normalized[1][name]], _stem_rng(seed, folder.name, name))
             x[name] = normalized[0][name].astype(np.float32)
@@ -332,13 +333,14 @@ RECOVERY_REFERENCES = ("other_half", "same_content")
 
 
 def parameter_recovery(songs_dir: str | Path, predictor, seeds=(0,), stats_path: str | Path | None = None,
-                       reference: str = "other_half") -> dict:
+                       reference: str = "other_half", single_fx: str | None = None) -> dict:
     """The param engine's estimates on this protocol's material (x = normalized first half; the
     reference = the draw applied to the normalized second half ("other_half", a reference song's
     situation: other music), or to x itself ("same_content": the draw alone separates x from the
     reference)) against the draw's own chain (fxchain.chain_from_draw on x), for the refined
     estimate and for the prediction alone. Each error is averaged over the stems where its FX fired
-    (compressor and reverb detection over all).
+    (compressor and reverb detection over all). single_fx: draws of that effect alone, which
+    separates how well it is recovered from how much the other effects confound it.
     Returns {"refined": {error: mean}, "predicted": {...}, "cases": {error: count}}."""
     if reference not in RECOVERY_REFERENCES:
         raise ValueError(f"reference {reference!r}: one of {RECOVERY_REFERENCES}")
@@ -349,7 +351,7 @@ def parameter_recovery(songs_dir: str | Path, predictor, seeds=(0,), stats_path:
     stats = FxStats.load(Path(stats_path) if stats_path else default_stats_path("mst"))
     collected: dict[str, dict[str, list[float]]] = {"refined": {}, "predicted": {}}
     for seed in seeds:
-        for song in build_songs(songs_dir, stats, seed):
+        for song in build_songs(songs_dir, stats, seed, single_fx=single_fx):
             for name in STEM_NAMES:
                 drawn = song.draws[name]
                 true = chain_from_draw(drawn, song.x[name])
@@ -362,7 +364,8 @@ def parameter_recovery(songs_dir: str | Path, predictor, seeds=(0,), stats_path:
                             for key in keys:
                                 collected[kind].setdefault(key, []).append(errors[key])
     return {kind: {k: round(float(np.mean(v)), 3) for k, v in values.items()} for kind, values in collected.items()} | {
-        "cases": {k: len(v) for k, v in collected["refined"].items()}, "seeds": list(seeds), "reference": reference}
+        "cases": {k: len(v) for k, v in collected["refined"].items()}, "seeds": list(seeds), "reference": reference,
+        "single_fx": single_fx}
 
 
 def format_table(report: dict) -> str:

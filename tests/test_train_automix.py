@@ -1,7 +1,6 @@
 """`mixdaemon train automix`: cached aligned data, a tiny run that ends in a model `mixdaemon automix`
 uses, exact resumption, and the settings it refuses."""
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,9 @@ from mixdaemon.fxnorm import default_stats_path
 from mixdaemon.modelfiles import read_automix_info
 from mixdaemon.train.automix import AutomixTrainingConfig, MultitrackLibrary
 from mixdaemon.train.commands import train_automix
-from mixdaemon.train.loop import LoopSettings, read_log
+from mixdaemon.train.loop import read_log
 from mixdaemon.train.material import make_material
+from train_support import quick_loop
 
 SEGMENT = 2 ** 17  # 3 s: the loss drops 30 STFT frames at each end, so it needs 1.5 s at least
 
@@ -24,11 +24,6 @@ SEGMENT = 2 ** 17  # 3 s: the loss drops 30 STFT frames at each end, so it needs
 def tiny_config(**overrides) -> AutomixTrainingConfig:
     return AutomixTrainingConfig(**{"model": AUTOMIX_PRESETS["tiny"].to_dict(), "steps": 4, "batch": 1,
                                     "segment": SEGMENT, "validation_items": 1, **overrides})
-
-
-def loop(run_dir: Path, **overrides) -> LoopSettings:
-    return LoopSettings(**{"run_dir": run_dir, "validate_every": 2, "checkpoint_every": 1, "workers": 0,
-                           "progress": False, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +68,7 @@ def test_library_keeps_stems_and_mix_aligned_and_uses_the_mixture_file(songs):
 
 def test_tiny_run_gives_a_model_that_mixes_real_stems(songs, real_stems, tmp_path):
     started = time.process_time()
-    out = train_automix(tiny_config(), songs["songs_dir"], loop(tmp_path / "run"), **common(songs),
+    out = train_automix(tiny_config(), songs["songs_dir"], quick_loop(tmp_path / "run"), **common(songs),
                         out=tmp_path / "store" / "tiny-automix.safetensors")
     # CPU seconds of the process (all threads), so that a busy machine cannot fail it
     assert time.process_time() - started < 60
@@ -92,16 +87,16 @@ def test_tiny_run_gives_a_model_that_mixes_real_stems(songs, real_stems, tmp_pat
 
 def test_wave_u_net_baseline_trains_with_the_same_command(songs, tmp_path):
     cfg = tiny_config(architecture="wave-u-net", model=WAVEUNET_PRESETS["tiny"].to_dict(), steps=2)
-    out = train_automix(cfg, songs["songs_dir"], loop(tmp_path / "wun"), **common(songs))
+    out = train_automix(cfg, songs["songs_dir"], quick_loop(tmp_path / "wun"), **common(songs))
     assert out == tmp_path / "wun" / "model.safetensors" and read_automix_info(out).architecture == "wave-u-net"
 
 
 def test_resumed_run_follows_the_uninterrupted_loss_curve(songs, tmp_path):
     cfg = tiny_config(steps=3)
-    train_automix(cfg, songs["songs_dir"], loop(tmp_path / "straight"), **common(songs))
-    stopped = train_automix(cfg, songs["songs_dir"], loop(tmp_path / "resumed", stop_after=1), **common(songs))
+    train_automix(cfg, songs["songs_dir"], quick_loop(tmp_path / "straight"), **common(songs))
+    stopped = train_automix(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", stop_after=1), **common(songs))
     assert stopped.name == "checkpoint.pt" and max(read_log(tmp_path / "resumed")) == 1
-    train_automix(cfg, songs["songs_dir"], loop(tmp_path / "resumed", resume=True), **common(songs))
+    train_automix(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", resume=True), **common(songs))
     for phase in ("train", "val"):
         straight = read_log(tmp_path / "straight", phase)
         assert read_log(tmp_path / "resumed", phase) == straight and len(straight) >= 2
@@ -110,12 +105,12 @@ def test_resumed_run_follows_the_uninterrupted_loss_curve(songs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     with pytest.raises(ConfigError, match="different settings.*loss"):
-        train_automix(tiny_config(steps=3, loss="La"), songs["songs_dir"], loop(tmp_path / "resumed", resume=True),
+        train_automix(tiny_config(steps=3, loss="La"), songs["songs_dir"], quick_loop(tmp_path / "resumed", resume=True),
                       **common(songs))
 
 
 def test_settings_the_model_cannot_train_with_are_refused(songs, tmp_path):
     with pytest.raises(ConfigError, match="multiple of 16"):
-        train_automix(tiny_config(segment=SEGMENT + 8), songs["songs_dir"], loop(tmp_path / "a"), **common(songs))
+        train_automix(tiny_config(segment=SEGMENT + 8), songs["songs_dir"], quick_loop(tmp_path / "a"), **common(songs))
     with pytest.raises(ConfigError, match="the loss needs at least"):
-        train_automix(tiny_config(segment=2 ** 15), songs["songs_dir"], loop(tmp_path / "b"), **common(songs))
+        train_automix(tiny_config(segment=2 ** 15), songs["songs_dir"], quick_loop(tmp_path / "b"), **common(songs))

@@ -16,8 +16,9 @@ from mixdaemon.train import train_cloner, train_encoder
 from mixdaemon.train.cloner import ClonerTrainingConfig, identity_init
 from mixdaemon.train.data import StemLibrary, cloner_batch, encoder_batch, manipulators, trim_silence
 from mixdaemon.train.encoder import ENCODER_PRESETS, EncoderTrainingConfig, nt_xent
-from mixdaemon.train.loop import LoopSettings, read_log
+from mixdaemon.train.loop import read_log
 from mixdaemon.train.material import fluidsynth_available, make_material, midi_file, render_song
+from train_support import quick_loop
 
 SEGMENT = 16384  # 0.37 s: the tiny encoder's crops are 0.19–0.37 s
 
@@ -32,11 +33,6 @@ def tiny_cloner_config(encoder: Path, **overrides) -> ClonerTrainingConfig:
                                    "validation_items": 1, "lr": 1e-3,
                                    "model": {"nblocks": 3, "channel_width": 4, "kernel_size": 3,
                                              "dilation_growth": 2}, **overrides})
-
-
-def loop(run_dir: Path, **overrides) -> LoopSettings:
-    return LoopSettings(**{"run_dir": run_dir, "validate_every": 2, "checkpoint_every": 1, "workers": 0,
-                           "progress": False, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,7 @@ ENCODER_CPU_SECONDS = {}
 def trained_encoder(songs, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "encoder"
     started = time.process_time()
-    path = train_encoder(tiny_encoder_config(), songs["songs_dir"], loop(run), val_dir=songs["val_dir"],
+    path = train_encoder(tiny_encoder_config(), songs["songs_dir"], quick_loop(run), val_dir=songs["val_dir"],
                          cache_dir=songs["cache_dir"], threads=2)
     ENCODER_CPU_SECONDS["tiny"] = time.process_time() - started
     return path
@@ -157,7 +153,7 @@ def test_identity_init_makes_the_cloner_pass_audio_through():
 
 def test_tiny_training_end_to_end_gives_a_pair_the_neural_engine_uses(songs, trained_encoder, tmp_path):
     started = time.process_time()
-    out = train_cloner(tiny_cloner_config(trained_encoder), songs["songs_dir"], loop(tmp_path / "cloner"),
+    out = train_cloner(tiny_cloner_config(trained_encoder), songs["songs_dir"], quick_loop(tmp_path / "cloner"),
                        val_dir=songs["val_dir"], cache_dir=songs["cache_dir"], threads=2,
                        out=tmp_path / "store" / "tiny.safetensors")
     # CPU seconds of the process (all threads), not wall time, so that a busy machine cannot fail
@@ -184,12 +180,12 @@ def test_tiny_training_end_to_end_gives_a_pair_the_neural_engine_uses(songs, tra
 def test_resumed_encoder_run_follows_the_uninterrupted_loss_curve(songs, tmp_path):
     cfg = tiny_encoder_config(steps=5)
     common = {"val_dir": songs["val_dir"], "cache_dir": songs["cache_dir"], "threads": 2}
-    train_encoder(cfg, songs["songs_dir"], loop(tmp_path / "straight"), **common)
+    train_encoder(cfg, songs["songs_dir"], quick_loop(tmp_path / "straight"), **common)
     # interrupted after step 3 — between the validations of steps 2 and 4, which reschedule the
     # FX probabilities — then resumed
-    train_encoder(cfg, songs["songs_dir"], loop(tmp_path / "resumed", stop_after=3), **common)
+    train_encoder(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", stop_after=3), **common)
     assert max(read_log(tmp_path / "resumed")) == 3
-    train_encoder(cfg, songs["songs_dir"], loop(tmp_path / "resumed", resume=True), **common)
+    train_encoder(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", resume=True), **common)
     for phase, metric in (("train", "loss"), ("val", "loss"), ("val", "p_eq")):
         straight = read_log(tmp_path / "straight", phase, metric)
         assert read_log(tmp_path / "resumed", phase, metric) == straight and len(straight) >= 2
@@ -199,16 +195,16 @@ def test_resumed_encoder_run_follows_the_uninterrupted_loss_curve(songs, tmp_pat
 
     with pytest.raises(ConfigError, match="different settings.*lr"):
         train_encoder(tiny_encoder_config(steps=5, lr=1e-3), songs["songs_dir"],
-                      loop(tmp_path / "resumed", resume=True), **common)
+                      quick_loop(tmp_path / "resumed", resume=True), **common)
     with pytest.raises(ConfigError, match="holds a run already"):
-        train_encoder(cfg, songs["songs_dir"], loop(tmp_path / "resumed"), **common)
+        train_encoder(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed"), **common)
 
 
 def test_resumed_cloner_run_follows_the_uninterrupted_loss_curve(songs, trained_encoder, tmp_path):
     cfg = tiny_cloner_config(trained_encoder, steps=3)
     common = {"val_dir": songs["val_dir"], "cache_dir": songs["cache_dir"], "threads": 2}
-    train_cloner(cfg, songs["songs_dir"], loop(tmp_path / "straight"), **common)
-    assert train_cloner(cfg, songs["songs_dir"], loop(tmp_path / "resumed", stop_after=1), **common).name == "checkpoint.pt"
-    train_cloner(cfg, songs["songs_dir"], loop(tmp_path / "resumed", resume=True), **common)
+    train_cloner(cfg, songs["songs_dir"], quick_loop(tmp_path / "straight"), **common)
+    assert train_cloner(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", stop_after=1), **common).name == "checkpoint.pt"
+    train_cloner(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", resume=True), **common)
     straight = read_log(tmp_path / "straight")
     assert read_log(tmp_path / "resumed") == straight and sorted(straight) == [1, 2, 3]
