@@ -43,3 +43,19 @@ def test_tiny_training_run_writes_a_predictor_the_engine_uses(material, tmp_path
     assert data["features"].shape[0] == 24 and np.all((data["targets"] >= 0) & (data["targets"] <= 1))
     assert main(args[:-1] + ["--epochs", "2", "-q"]) == 0  # same examples, other training: reused
     assert examples.stat().st_mtime_ns == made
+
+
+def test_examples_follow_the_chosen_fx_probability(material, tmp_path):
+    """--fx-probability 0: no effect fires, so every target EQ is flat; the FXmanipulator's default
+    probabilities give EQ targets away from flat."""
+    from mixdaemon.chain_estimation import SLOT_INDEX
+    from mixdaemon.fxnorm import default_stats_path
+    from mixdaemon.train.data import StemLibrary
+    from mixdaemon.train.params import ParamsTrainingConfig, make_examples
+
+    library = StemLibrary(material / "train", default_stats_path("mst"), tmp_path / "cache")
+    targets = {p: make_examples(library, 12, ParamsTrainingConfig(segment_seconds=1.0, fx_probability=p), 0,
+                                tmp_path / f"examples-{p}.npz", progress=False)["targets"] for p in (0.0, None)}
+    gains = [SLOT_INDEX[f"eq{i}.gain_db"] for i in range(5)]
+    np.testing.assert_allclose(targets[0.0][:, gains], 0.5, atol=1e-6)  # 0 dB on a ±15 dB unit scale
+    assert np.abs(targets[None][:, gains] - 0.5).max() > 0.05

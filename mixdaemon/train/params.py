@@ -29,7 +29,7 @@ from .. import chain_features as cf
 from ..chain_estimation import PREDICTED_SLOTS, SLOT_INDEX, ParamPredictor, chain_to_unit
 from ..errors import ConfigError
 from ..fxchain import chain_from_draw
-from ..fxmanipulator import MARGIN_SAMPLES
+from ..fxmanipulator import FX_NAMES, MARGIN_SAMPLES
 from .data import STEMS, StemLibrary, manipulators
 from .loop import LOG, TRAIN_STREAM, VALIDATION_STREAM, CsvLog, step_rng
 
@@ -46,6 +46,10 @@ class ParamsTrainingConfig:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    # None: the FXmanipulator's default firing probabilities (as the evaluation protocol draws);
+    # a value: every effect fires with it, so that the predictor does not learn "a compressor is
+    # almost always there" from the defaults and predict one on every stem.
+    fx_probability: float | None = None
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -84,13 +88,15 @@ def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, s
                   ir_folder=None, progress: bool = True) -> dict[str, np.ndarray]:
     """`count` examples, made once and kept in `path` (reused when made with the same settings)."""
     key = json.dumps({"count": count, "segment_seconds": cfg.segment_seconds, "seed": cfg.seed, "stream": stream,
-                      "songs": library.songs, "library": library.key, "ir_folder": str(ir_folder)}, sort_keys=True)
+                      "songs": library.songs, "library": library.key, "ir_folder": str(ir_folder),
+                      "fx_probability": cfg.fx_probability}, sort_keys=True)
     if path.is_file():
         with np.load(path) as stored:
             if str(stored["key"]) == key:
                 return {k: stored[k] for k in ("features", "targets", "weights")}
     from tqdm import tqdm
-    fx = manipulators(ir_folder=ir_folder)
+    probabilities = None if cfg.fx_probability is None else {name: cfg.fx_probability for name in FX_NAMES}
+    fx = manipulators(probabilities, ir_folder=ir_folder)
     length = int(cfg.segment_seconds * cf.WORKING_RATE)
     rows = [make_example(library, fx, step_rng(cfg.seed, stream, k), length)
             for k in tqdm(range(count), desc=f"making {path.stem}", unit="example", disable=not progress)]
