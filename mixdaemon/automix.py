@@ -17,6 +17,7 @@ a model sees at inference exactly the inputs it was trained on.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,9 +31,11 @@ from .audio import WORKING_RATE, write_audio
 from .automix_models import INPUT_STEMS, model_context
 from .dsp import integrated_loudness
 from .errors import ConfigError, MixdaemonError, StemLayoutError
-from .fxnorm import default_stats_path, normalize_stems
+from .fxnorm import ReverbNormalization, add_reverb, default_stats_path, normalize_stems
 from .mastering import TRUE_PEAK_CEILING_DBTP, limit_linked, true_peak_dbtp
 from .stems import SILENCE_DBFS, load_song
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "automix-default"
 NORMALIZE_ORDER = "fxnorm"
@@ -58,6 +61,7 @@ class AutomixSettings:
     ceiling_dbtp: float = TRUE_PEAK_CEILING_DBTP
     subtype: str = "PCM_24"
     seed: int = 0
+    ir_folder: str | None = None  # impulse responses for reverb normalization (§1.7), as in training
 
 
 @dataclass
@@ -76,13 +80,15 @@ class AutomixResult:
 
 
 def normalize_for_automix(stems: dict[str, np.ndarray], stats, seed: int = 0,
-                          progress: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
-    """The four stems FX-normalized in FxNorm's order with `stats` (an FxStats)."""
+                          progress: Callable[[int, int, str], None] | None = None,
+                          reverb=None) -> dict[str, np.ndarray]:
+    """The four stems FX-normalized in FxNorm's order with `stats` (an FxStats), after the reverb
+    normalization of vocals and other when `reverb` (an fxnorm.ReverbNormalization) is given."""
     missing = [s for s in INPUT_STEMS if s not in stems]
     if missing:
         raise StemLayoutError(f"automix needs all four stems; missing {', '.join(missing)}")
-    return normalize_stems({s: stems[s] for s in INPUT_STEMS}, stats, order=NORMALIZE_ORDER, seed=seed,
-                           progress=progress)
+    stems = add_reverb({s: stems[s] for s in INPUT_STEMS}, reverb, seed)
+    return normalize_stems(stems, stats, order=NORMALIZE_ORDER, seed=seed, progress=progress)
 
 
 def network_input(normalized: dict[str, np.ndarray]) -> np.ndarray:
@@ -99,10 +105,12 @@ class Automixer:
     """A loaded automix model and its FX-normalization statistics; mixes songs of any length.
     The daemon keeps one, so the model loads once."""
 
-    def __init__(self, model: torch.nn.Module, info, stats, chunk_seconds: float = 10.0, seed: int = 0):
+    def __init__(self, model: torch.nn.Module, info, stats, chunk_seconds: float = 10.0, seed: int = 0,
+                 reverb=None):
         if chunk_seconds <= 0:
             raise ConfigError(f"chunk_seconds: {chunk_seconds} must be positive")
         self.model, self.model_info, self.stats, self.seed = model.eval(), info, stats, seed
+        self.reverb = reverb
         self.context, self.multiple = model_context(model)
         self.context = -(-self.context // self.multiple) * self.multiple  # keeps every chunk on the pooling grid
         self.hop = max(self.multiple, int(chunk_seconds * WORKING_RATE) // self.multiple * self.multiple)
@@ -121,7 +129,11 @@ class Automixer:
         if trained_with and trained_with != file_sha256(stats_path):
             raise ConfigError(f"{info.path}: was trained on inputs normalized with other statistics (sha256 "
                               f"{trained_with[:12]}…) than {stats_path}; pass the statistics it was trained with")
-        return cls(model, info, FxStats.load(stats_path), settings.chunk_seconds, settings.seed)
+        reverb = ReverbNormalization(settings.ir_folder) if settings.ir_folder else None
+        if info.normalization.get("reverb_ir_folder") and reverb is None:
+            log.warning("%s was trained on reverb-normalized stems (an IR folder); without one its inputs "
+                        "differ from its training data", info.path)
+        return cls(model, info, FxStats.load(stats_path), settings.chunk_seconds, settings.seed, reverb)
 
     @property
     def info(self) -> dict:
@@ -133,7 +145,7 @@ class Automixer:
     def normalize(self, stems: dict[str, np.ndarray], progress: Progress = _no_progress) -> dict[str, np.ndarray]:
         def report(done: int, total: int, label: str) -> None:
             progress(f"normalizing {label}", _NORMALIZE_SHARE * done / total)
-        return normalize_for_automix(stems, self.stats, self.seed, report)
+        return normalize_for_automix(stems, self.stats, self.seed, report, self.reverb)
 
     def mix_normalized(self, normalized: dict[str, np.ndarray], progress: Progress = _no_progress) -> np.ndarray:
         """The network's mix, (n, 2) float32, of normalized stems of any length n: chunks of `hop`
@@ -221,7 +233,7 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
 
 def cmd_automix(args) -> int:
     from .cli import ProgressBar
-    settings = AutomixSettings(model=args.model, stats=args.stats)
+    settings = AutomixSettings(model=args.model, stats=args.stats, ir_folder=args.ir_folder)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         result = automix(args.stems if len(args.stems) > 1 else args.stems[0], args.out, settings, progress=bar,
@@ -246,6 +258,8 @@ def add_automix_parser(subparsers) -> None:
                    help=f"automix model: a name in the engine store or a model file (default: {DEFAULT_MODEL})")
     p.add_argument("--stats", help="FX-normalization statistics the model was trained with "
                                    "(default: the shipped FxNorm statistics)")
+    p.add_argument("--ir-folder", help="impulse responses for reverb normalization of vocals and other "
+                                       "(§1.7; use the folder the model was trained with)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_automix)

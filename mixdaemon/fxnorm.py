@@ -588,6 +588,43 @@ class PanningMatch:
 # Chains
 # =====================================================================================================
 
+REVERB_STEMS = ("vocals", "other")  # §1.7: FxNorm adds reverb to these stems only
+REVERB_SHELF_DB = -30.0
+
+
+class ReverbNormalization:
+    """§1.7 (FxNorm, before the other steps): out = x + Conv(EQ(x)) — a long, fully wet reverb of
+    the stem's mid band added to vocals and other, so that the reverbs the stems arrive with matter
+    less. EQ: −30 dB low shelf at U[500, 700] Hz and −30 dB high shelf at U[7, 10] kHz; the
+    impulse response is drawn from the user's folder (the papers used private IRs of RT60 2–4 s) and
+    aligned to its peak. Seeded like the Haas step: the same stem always gets the same reverb."""
+
+    name = "reverb"
+
+    def __init__(self, ir_folder: str | os.PathLike):
+        from .fxmanipulator import ImpulseResponseLibrary  # the FXmanipulator's IR folder rules
+        self.library = ImpulseResponseLibrary(ir_folder, SR)
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        ir = self.library.load(self.library.draw_index(rng))
+        ir = ir[int(np.argmax(np.max(np.abs(ir), axis=1))):]  # aligned to the IR peak
+        if ir.shape[1] == 1:
+            ir = np.repeat(ir, 2, axis=1)
+        sos = np.stack([dsp.low_shelf(rng.uniform(500.0, 700.0), REVERB_SHELF_DB),
+                              dsp.high_shelf(rng.uniform(7000.0, 10000.0), REVERB_SHELF_DB)])
+        filtered = dsp.apply_sos(np.asarray(x, dtype=np.float64), sos)
+        wet = signal.oaconvolve(filtered, ir, axes=0)[:x.shape[0]]
+        return (x + wet).astype(np.float32)
+
+
+def add_reverb(stems: dict[str, np.ndarray], reverb: ReverbNormalization | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The stems with ReverbNormalization applied to REVERB_STEMS (all unchanged without one)."""
+    if reverb is None:
+        return stems
+    return {name: reverb(x, np.random.default_rng(stem_seed(seed, f"{name}:reverb", x))) if name in REVERB_STEMS else x
+            for name, x in stems.items()}
+
+
 def as_stereo(audio: np.ndarray, what: str) -> np.ndarray:
     """(n,), (n, 1) or (n, 2) → float64 (n, 2); mono is duplicated."""
     x = np.asarray(audio, dtype=np.float64)

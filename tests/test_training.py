@@ -52,7 +52,7 @@ def trained_encoder(songs, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "encoder"
     started = time.process_time()
     path = train_encoder(tiny_encoder_config(), songs["songs_dir"], quick_loop(run), val_dir=songs["val_dir"],
-                         cache_dir=songs["cache_dir"], threads=2)
+                         cache_dir=songs["cache_dir"], threads=1)
     ENCODER_CPU_SECONDS["tiny"] = time.process_time() - started
     return path
 
@@ -154,7 +154,7 @@ def test_identity_init_makes_the_cloner_pass_audio_through():
 def test_tiny_training_end_to_end_gives_a_pair_the_neural_engine_uses(songs, trained_encoder, tmp_path):
     started = time.process_time()
     out = train_cloner(tiny_cloner_config(trained_encoder), songs["songs_dir"], quick_loop(tmp_path / "cloner"),
-                       val_dir=songs["val_dir"], cache_dir=songs["cache_dir"], threads=2,
+                       val_dir=songs["val_dir"], cache_dir=songs["cache_dir"], threads=1,
                        out=tmp_path / "store" / "tiny.safetensors")
     # CPU seconds of the process (all threads), not wall time, so that a busy machine cannot fail
     # it; on an idle 2-core machine the wall time is at most this

@@ -17,11 +17,13 @@ Optimizer as §6.4 (Adam with AMSGrad, weight decay 1e-7, gradient norm clipped 
 Lb (§6.3). Validation scores a fixed set of excerpts of held-out songs, also as a ratio to the
 loss of the "sum of normalized stems" baseline (below 1: the model is closer to the original mix).
 
-Not implemented: reverb normalization of the inputs with impulse responses (§1.7; the papers' IRs
-are private), the pre-training stage, and AMP.
+With `ir_folder`, vocals and other get the reverb normalization of §1.7 first (fxnorm.
+ReverbNormalization, as `mixdaemon automix --ir-folder` applies it). Not implemented: the
+"prereverb" of dry inputs, the pre-training stage, and AMP.
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ from ..automix import NORMALIZE_ORDER, network_input, normalize_for_automix
 from ..automix_models import (AUTOMIX_PRESETS, INPUT_STEMS, automix_loss, build_model,
                               min_loss_length, model_context)
 from ..errors import ConfigError
+from ..fxnorm import ReverbNormalization
 from ..fxnorm_stats import FxStats
 from ..hashing import file_sha256
 from ..modelfiles import AutomixModelInfo, save_automix_model
@@ -67,6 +70,7 @@ class AutomixTrainingConfig:
     validation_items: int = 8
     precision: str = "fp32"
     stats_sha256: str = ""              # the FX-normalization statistics of the inputs
+    ir_folder: str | None = None        # impulse responses for the reverb normalization (§1.7)
     seed: int = 0
 
 
@@ -75,15 +79,19 @@ class MultitrackLibrary:
     Same constructor as data.StemLibrary, so data.libraries builds either."""
 
     def __init__(self, songs_dir: str | Path, stats_path: str | Path, cache_dir: str | Path | None = None,
-                 seed: int = 0, songs: list[str] | None = None, progress: Callable[[int, int], None] | None = None):
+                 seed: int = 0, songs: list[str] | None = None, progress: Callable[[int, int], None] | None = None,
+                 ir_folder: str | Path | None = None):
         self.songs_dir = Path(songs_dir)
         self.stats_path = Path(stats_path)
         self.cache_dir = Path(cache_dir) if cache_dir else self.songs_dir / ".mixdaemon-automix"
         folders = song_folders(self.songs_dir)
         if songs is not None:
             folders = [f for f in folders if f.name in songs]
+        self.reverb = ReverbNormalization(ir_folder) if ir_folder else None
         key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": file_sha256(self.stats_path),
                "seed": seed}
+        if self.reverb is not None:  # a different IR set makes different inputs
+            key["reverb_irs"] = {"folder": str(Path(ir_folder).resolve()), "files": self.reverb.library.files}
         manifest = self.cache_dir / CACHE_MANIFEST
         fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
         lengths = json.loads(manifest.read_text()).get("songs", {}) if fresh else {}
@@ -120,7 +128,7 @@ class MultitrackLibrary:
         folder_cache = self.cache_dir / folder.name
         folder_cache.mkdir(parents=True, exist_ok=True)
         np.save(folder_cache / f"inputs_normalized_{NORMALIZE_ORDER}.npy",
-                network_input(normalize_for_automix(stems, stats, seed)))
+                network_input(normalize_for_automix(stems, stats, seed, reverb=self.reverb)))
         np.save(folder_cache / TARGET_FILE, np.ascontiguousarray(target.T, dtype=np.float32))
         return length
 
@@ -229,9 +237,10 @@ class AutomixTrainer(Trainer):
         return {"loss": loss, "ratio_to_sum": loss / self.baseline_loss}
 
 
-def automix_libraries(songs_dir, val_dir, stats_path, cache_dir=None, seed: int = 0, progress=None):
+def automix_libraries(songs_dir, val_dir, stats_path, cache_dir=None, seed: int = 0, progress=None, ir_folder=None):
     from .data import libraries
-    return libraries(songs_dir, val_dir, stats_path, cache_dir, seed, progress, library_class=MultitrackLibrary)
+    return libraries(songs_dir, val_dir, stats_path, cache_dir, seed, progress,
+                     library_class=functools.partial(MultitrackLibrary, ir_folder=ir_folder))
 
 
 def export_automix_model(run, out: str | Path, train_library: MultitrackLibrary | None = None) -> AutomixModelInfo:
@@ -254,7 +263,8 @@ def export_automix_model(run, out: str | Path, train_library: MultitrackLibrary 
                 "wall_seconds": round(state["elapsed_seconds"], 1), "config": cfg,
                 "last_validation": last_validation, "data": data}
     return save_automix_model(out, model.eval(), cfg["architecture"],
-                              normalization={"order": NORMALIZE_ORDER, "stats_sha256": cfg["stats_sha256"]},
+                              normalization={"order": NORMALIZE_ORDER, "stats_sha256": cfg["stats_sha256"],
+                                             "reverb_ir_folder": cfg.get("ir_folder")},
                               provenance={"source": "trained by mixdaemon train automix",
                                           "run": str(run_dir.resolve())},
                               training=training)

@@ -81,7 +81,7 @@ def train_automix(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=N
         if loop.progress:
             print(f"{stage}: {done}/{total}", end="\r" if done < total else "\n", flush=True)
     train, validation = automix_libraries(songs_dir, val_dir, stats or default_stats_path("fxnorm"), cache_dir,
-                                          cfg.seed, report)
+                                          cfg.seed, report, cfg.ir_folder)
     trainer = AutomixTrainer(cfg, train, validation, loop, resolve_device(device))
     trainer.run()
     if trainer.step < cfg.steps:
@@ -175,7 +175,8 @@ def cmd_automix(args) -> int:
     cfg = AutomixTrainingConfig(**_given(
         architecture=args.architecture, model=_model_config(args.size, presets, args.model_config), loss=args.loss,
         steps=args.steps, batch=args.batch, segment=args.segment, lr=args.lr, lr_final_fraction=args.lr_final,
-        validation_items=args.validation_items, precision=args.precision, seed=args.seed))
+        validation_items=args.validation_items, precision=args.precision, seed=args.seed,
+        ir_folder=str(Path(args.ir_folder).resolve()) if args.ir_folder else None))
     path = train_automix(cfg, args.songs_dir, _loop(args), out=_pair_destination(args, Path(args.run_dir)),
                          **_common(args))
     print(f"{'automix model' if path.suffix == '.safetensors' else 'automix checkpoint'}: {path}")
@@ -283,10 +284,12 @@ def add_train_parser(subparsers) -> None:
 
     p = sub.add_parser("automix", help="FxNorm-automix training (§6.4): normalized stems in, the original mix out",
                        description="Inputs: the stems FX-normalized with the FxNorm statistics (cached); target: "
-                                   "SONG/mixture.wav, or the sum of the stems. Reverb normalization (impulse "
-                                   "responses) is not supported. Unset options keep the defaults of "
+                                   "SONG/mixture.wav, or the sum of the stems. With --ir-folder, vocals and other "
+                                   "get reverb normalization first (§1.7). Unset options keep the defaults of "
                                    "train.automix.AutomixTrainingConfig.")
     _add_run_options(p)
+    p.add_argument("--ir-folder", help="impulse responses (RT60 2–4 s) for the reverb normalization of vocals "
+                                       "and other (§1.7); pass the same folder to `mixdaemon automix`")
     p.add_argument("--architecture", default="automix", choices=AUTOMIX_ARCHITECTURES,
                    help="automix: the paper's network; wave-u-net: the baseline (default: automix)")
     p.add_argument("--loss", choices=["La", "Lb"], help="§6.3 loss (default: Lb)")
