@@ -371,8 +371,9 @@ def list_pairs(store: str | os.PathLike | None = None) -> list[PairInfo]:
     pairs = []
     for path in sorted(store_dir(store).glob(f"*{PAIR_SUFFIX}")):
         try:
-            if _read_metadata(path, "model").get("format") == FORMAT:  # other kinds share the store
-                pairs.append(read_pair_info(path))
+            metadata = _read_metadata(path, "model")
+            if metadata.get("format") == FORMAT:  # other kinds share the store
+                pairs.append(_pair_info(path, metadata))
         except ModelFileError as e:
             log.warning("skipping %s", e)
     return pairs

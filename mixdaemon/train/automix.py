@@ -23,7 +23,6 @@ ReverbNormalization, as `mixdaemon automix --ir-folder` applies it). Not impleme
 """
 from __future__ import annotations
 
-import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, field
@@ -44,7 +43,7 @@ from ..fxnorm_stats import FxStats
 from ..hashing import file_sha256
 from ..modelfiles import AutomixModelInfo, save_automix_model
 from ..stems import load_song
-from .data import song_folders
+from .data import cached_songs, song_folders
 from .loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, load_checkpoint, read_log, step_rng
 
 CACHE_FORMAT = 1
@@ -92,17 +91,8 @@ class MultitrackLibrary:
                "seed": seed}
         if self.reverb is not None:  # a different IR set makes different inputs
             key["reverb_irs"] = {"folder": str(Path(ir_folder).resolve()), "files": self.reverb.library.files}
-        manifest = self.cache_dir / CACHE_MANIFEST
-        fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
-        lengths = json.loads(manifest.read_text()).get("songs", {}) if fresh else {}
-        stats = None
-        for i, folder in enumerate(folders):
-            if folder.name not in lengths:
-                stats = stats or FxStats.load(self.stats_path)
-                lengths[folder.name] = self._prepare(folder, stats, seed)
-                manifest.write_text(json.dumps({"key": key, "songs": lengths}, indent=1))
-            if progress is not None:
-                progress(i + 1, len(folders))
+        lengths = cached_songs(self.cache_dir / CACHE_MANIFEST, key, folders, self.stats_path,
+                               lambda folder, stats: self._prepare(folder, stats, seed), progress)
         self.key = key
         self.songs = [f.name for f in folders]
         self.lengths = [lengths[name] for name in self.songs]
@@ -235,12 +225,6 @@ class AutomixTrainer(Trainer):
         with autocast(self.device, self.cfg.precision):
             loss = self._mean_validation_loss(self.model)
         return {"loss": loss, "ratio_to_sum": loss / self.baseline_loss}
-
-
-def automix_libraries(songs_dir, val_dir, stats_path, cache_dir=None, seed: int = 0, progress=None, ir_folder=None):
-    from .data import libraries
-    return libraries(songs_dir, val_dir, stats_path, cache_dir, seed, progress,
-                     library_class=functools.partial(MultitrackLibrary, ir_folder=ir_folder))
 
 
 def export_automix_model(run, out: str | Path, train_library: MultitrackLibrary | None = None) -> AutomixModelInfo:

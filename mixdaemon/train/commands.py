@@ -13,6 +13,7 @@ and runs/<name>/log.csv (step, phase, metric, value, seconds); `--resume` contin
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -24,14 +25,28 @@ SIZES = ("tiny", "small", "full")            # the presets of train.encoder, tra
 AUTOMIX_ARCHITECTURES = ("automix", "wave-u-net")  # mixdaemon.automix_models.ARCHITECTURES
 
 
-def _libraries(songs_dir, val_dir, cache_dir, stats, seed, progress):
+def _libraries(songs_dir, val_dir, cache_dir, stats, seed, progress, flavour="mst", library_class=None):
+    """(training, validation) libraries, normalized with `stats` or the shipped statistics of
+    `flavour`; library_class: data.StemLibrary (default) or another with its constructor."""
     from ..fxnorm import default_stats_path
-    from .data import libraries
+    from .data import StemLibrary, libraries
 
     def report(stage, done, total):
         if progress:
             print(f"{stage}: {done}/{total}", end="\r" if done < total else "\n", flush=True)
-    return libraries(songs_dir, val_dir, stats or default_stats_path("mst"), cache_dir, seed, report)
+    return libraries(songs_dir, val_dir, stats or default_stats_path(flavour), cache_dir, seed, report,
+                     library_class=library_class or StemLibrary)
+
+
+def _run_and_export(trainer, train, loop, out, export) -> Path:
+    """Run the trainer; at its last step write the model with export(run_dir, out, train) to `out`
+    (default: <run_dir>/model.safetensors) and return that path, else the checkpoint's."""
+    trainer.run()
+    if trainer.step < trainer.cfg.steps:
+        return trainer.checkpoint_path
+    out = Path(out) if out else loop.run_dir / "model.safetensors"
+    export(loop.run_dir, out, train)
+    return out
 
 
 def train_encoder(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=None, device: str = "auto",
@@ -58,12 +73,7 @@ def train_cloner(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=No
     configure_torch(cfg.seed, threads)
     train, validation = _libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress)
     trainer = ClonerTrainer(cfg, train, validation, loop, resolve_device(device), ir_folder)
-    trainer.run()
-    if trainer.step < cfg.steps:
-        return trainer.checkpoint_path
-    out = Path(out) if out else loop.run_dir / "model.safetensors"
-    export_pair(loop.run_dir, out, train)
-    return out
+    return _run_and_export(trainer, train, loop, out, export_pair)
 
 
 def train_automix(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=None, device: str = "auto",
@@ -72,23 +82,13 @@ def train_automix(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=N
     with the original mixes as targets. When the run reaches its last step, the model is written to
     `out` (default: <run_dir>/model.safetensors) and that path returned; the checkpoint path when
     the run stopped early (loop.stop_after)."""
-    from .automix import AutomixTrainer, automix_libraries, export_automix_model
-    from ..fxnorm import default_stats_path
+    from .automix import AutomixTrainer, MultitrackLibrary, export_automix_model
     from .loop import configure_torch, resolve_device
     configure_torch(cfg.seed, threads)
-
-    def report(stage, done, total):
-        if loop.progress:
-            print(f"{stage}: {done}/{total}", end="\r" if done < total else "\n", flush=True)
-    train, validation = automix_libraries(songs_dir, val_dir, stats or default_stats_path("fxnorm"), cache_dir,
-                                          cfg.seed, report, cfg.ir_folder)
+    train, validation = _libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress, "fxnorm",
+                                   functools.partial(MultitrackLibrary, ir_folder=cfg.ir_folder))
     trainer = AutomixTrainer(cfg, train, validation, loop, resolve_device(device))
-    trainer.run()
-    if trainer.step < cfg.steps:
-        return trainer.checkpoint_path
-    out = Path(out) if out else loop.run_dir / "model.safetensors"
-    export_automix_model(loop.run_dir, out, train)
-    return out
+    return _run_and_export(trainer, train, loop, out, export_automix_model)
 
 
 # --- argument parsing -------------------------------------------------------------------------------

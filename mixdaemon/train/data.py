@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -62,6 +62,26 @@ def song_folders(songs_dir: Path) -> list[Path]:
     return folders
 
 
+def cached_songs(manifest: Path, key: dict, folders: list[Path], stats_path: Path,
+                 prepare: Callable[[Path, FxStats], Any], progress: Callable[[int, int], None] | None = None) -> dict:
+    """{song name: what prepare(folder, stats) returned} for every folder, from the cache
+    manifest file when it was made with the same `key`; songs not in it yet are prepared (statistics
+    loaded once, on the first need) and the manifest rewritten after each, so an interrupted run
+    keeps what it finished."""
+    fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
+    songs = json.loads(manifest.read_text()).get("songs", {}) if fresh else {}
+    stats = None
+    for i, folder in enumerate(folders):
+        if folder.name not in songs:
+            stats = stats or FxStats.load(stats_path)
+            songs[folder.name] = prepare(folder, stats)
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            manifest.write_text(json.dumps({"key": key, "songs": songs}, indent=1))
+        if progress is not None:
+            progress(i + 1, len(folders))
+    return songs
+
+
 class StemLibrary:
     """Normalized, trimmed stems of a folder of songs, with length-weighted segment draws."""
 
@@ -79,18 +99,8 @@ class StemLibrary:
             folders = [f for f in folders if f.name in songs]
         key = {"format": CACHE_FORMAT, "order": NORMALIZE_ORDER, "stats_sha256": file_sha256(self.stats_path),
                "trim": [TRIM_WINDOW, TRIM_DBFS], "seed": seed}
-        manifest = self.cache_dir / CACHE_MANIFEST
-        fresh = manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
-        songs = json.loads(manifest.read_text()).get("songs", {}) if fresh else {}
-        stats = None
-        for i, folder in enumerate(folders):
-            if folder.name not in songs:
-                stats = stats or FxStats.load(self.stats_path)
-                songs[folder.name] = self._normalize(folder, stats, seed)
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                manifest.write_text(json.dumps({"key": key, "songs": songs}, indent=1))
-            if progress is not None:
-                progress(i + 1, len(folders))
+        songs = cached_songs(self.cache_dir / CACHE_MANIFEST, key, folders, self.stats_path,
+                             lambda folder, stats: self._normalize(folder, stats, seed), progress)
         self.key = key
         self.songs = [f.name for f in folders]
         # (path, length) of every usable stem file, per stem
