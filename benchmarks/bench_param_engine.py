@@ -7,6 +7,13 @@ recovery  evaluation.parameter_recovery on the real stems (never trained on), ov
           errors of the refined estimate and of the prediction alone; --reference other_half (the
           draw applied to the song's other half: other music, as with a real reference) or
           same_content (the draw applied to the input itself); --single-fx eq: EQ draws alone.
+ceiling   what limits EQ recovery, on the same material: (1) what moves a stem's spectral shape
+          besides an EQ: content (the two halves of a stem, level-only draws: what a reference of
+          other music adds to the EQ's change), and a compressor or a reverb alone (single-FX draws
+          on the same content); (2) modelling: EQ recovery of full-chain draws on the
+          same content when the chain's compressor, reverb, width and pan are the draw's own settings
+          (only the EQ estimated, through chain_estimation.fit_eq_with_coloration), and when the
+          coloration subtracted is the FXmanipulator's own (its draw with the EQ switched off).
 
     .venv/bin/python benchmarks/bench_param_engine.py --json /tmp/param_bench.json
 """
@@ -17,12 +24,18 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.chain_estimation import DEFAULT_PREDICTOR, ParamPredictor
-from mixdaemon.evaluation import parameter_recovery
+from mixdaemon import chain_features as cf
+from mixdaemon.chain_estimation import DEFAULT_PREDICTOR, ParamPredictor, fit_eq, fit_eq_with_coloration
+from mixdaemon.evaluation import build_songs, parameter_recovery, recovery_errors
+from mixdaemon.fxchain import chain_from_draw
+from mixdaemon.fxmanipulator import FXManipulator
+from mixdaemon.fxnorm import default_stats_path
+from mixdaemon.fxnorm_stats import FxStats
 from mixdaemon.param_engine import ParamEngine
 from mixdaemon.stems import STEM_NAMES, load_song
 
@@ -54,9 +67,48 @@ def speed(predictor: ParamPredictor, minutes: float, repeats: int, workers: int)
             "cores": os.cpu_count()}
 
 
+def _offset_free_rms(db: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((db - db.mean()) ** 2)))
+
+
+def ceiling(predictor: ParamPredictor, seeds: int) -> dict:
+    stats = FxStats.load(default_stats_path("mst"))
+    shape_moves = {}   # what moves a stem's spectral shape besides the EQ, offset-free RMS dB
+    for single_fx, against in (("gain", "ref"), ("comp", "gt"), ("reverb", "gt")):
+        moves = shape_moves[{"gain": "content", "comp": "compressor", "reverb": "reverb"}[single_fx]] = {}
+        for seed in range(seeds):
+            for song in build_songs(REAL_STEMS, stats, seed, single_fx=single_fx):
+                for name in STEM_NAMES:
+                    moves.setdefault(name, []).append(_offset_free_rms(
+                        cf.measure(getattr(song, against)[name]).shape_db - cf.measure(song.x[name]).shape_db))
+    errors = {"true_settings_our_chain": [], "fxmanipulator_coloration": []}
+    for seed in range(seeds):
+        for song in build_songs(REAL_STEMS, stats, seed):
+            for name in STEM_NAMES:
+                drawn, x = song.draws[name], song.x[name]
+                if not drawn["fired"].get("eq"):
+                    continue
+                true = chain_from_draw(drawn, x)
+                fx, fr = cf.measure(x), cf.measure(song.gt[name])
+                unit = predictor.predict(cf.pair_vector(fx, fr))[0]
+                part = np.asarray(cf.excerpt(x), dtype=np.float64)
+                eq = fit_eq_with_coloration(unit, true, fr.shape_db - fx.shape_db, part, cf.measure(part))
+                errors["true_settings_our_chain"].append(recovery_errors(replace(true, eq=eq), true))
+                without_eq = {**drawn, "fired": {**drawn["fired"], "eq": False}}
+                colored = FXManipulator(name).apply_params([x], without_eq)[0]
+                eq = fit_eq(unit, fr.shape_db - cf.measure(colored).shape_db)
+                errors["fxmanipulator_coloration"].append(recovery_errors(replace(true, eq=eq), true))
+    keys = ("eq_gain_offset_free_abs_db", "eq_curve_rms_db")
+    return {"shape_move_rms_db": {source: {name: round(float(np.mean(v)), 2) for name, v in moves.items()}
+                                  | {"all": round(float(np.mean(sum(moves.values(), []))), 2)}
+                                  for source, moves in shape_moves.items()},
+            **{variant: {k: round(float(np.mean([e[k] for e in rows])), 3) for k in keys} | {"cases": len(rows)}
+               for variant, rows in errors.items()}, "seeds": list(range(seeds))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=["speed", "recovery"], choices=["speed", "recovery"])
+    p.add_argument("--sections", nargs="+", default=["speed", "recovery"], choices=["speed", "recovery", "ceiling"])
     p.add_argument("--predictor", default=DEFAULT_PREDICTOR)
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)
@@ -77,6 +129,9 @@ def main() -> None:
         results["recovery"] = parameter_recovery(REAL_STEMS, predictor, seeds=tuple(range(args.seeds)),
                                                  reference=args.reference, single_fx=args.single_fx)
         print(json.dumps(results["recovery"], indent=1))
+    if "ceiling" in args.sections:
+        results["ceiling"] = ceiling(predictor, args.seeds)
+        print(json.dumps(results["ceiling"], indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -17,6 +17,10 @@ a learned first guess, then a short refinement against the reference's features.
    - width, pan and reverb send: kept as predicted. (A least-squares fit of width and pan to the
      reference's side/mid and right/left ratios made the recovery of drawn settings worse: the
      reference's side energy also holds its reverb, and its content differs from the input's.)
+   - EQ again, against what the rest of the chain does to the spectrum: render the excerpt through
+     the whole chain, take away the EQ's own response, and refit the EQ to the shape change less
+     that coloration (fit_eq_with_coloration). A heavy compressor adds harmonics and a reverb has
+     its own tone; fitted to the whole change, the EQ took the blame for both.
    - gain: set by the engine after rendering, so the stem's gated level equals the reference's.
    Each stage starts at the prediction and only moves where its objective improves.
 """
@@ -61,6 +65,7 @@ PREDICTED_SLOTS: tuple[Slot, ...] = tuple(
        Slot("width_log2", *WIDTH_LOG2), Slot("pan", -1.0, 1.0),
        Slot("reverb.send_db", *SEND_DB), Slot("reverb.room_size", 0.3, 0.95)])
 SLOT_INDEX = {slot.name: i for i, slot in enumerate(PREDICTED_SLOTS)}
+_EQ_SLOTS = [i for i, s in enumerate(PREDICTED_SLOTS) if s.name.startswith("eq")]
 
 
 def _to_unit(value: float, slot: Slot) -> float:
@@ -70,11 +75,17 @@ def _to_unit(value: float, slot: Slot) -> float:
     return float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
 
 
-def _from_unit(unit: float, slot: Slot) -> float:
-    u = float(np.clip(unit, 0.0, 1.0))
-    if slot.log:
-        return float(np.exp(np.log(slot.low) + u * (np.log(slot.high) - np.log(slot.low))))
-    return slot.low + u * (slot.high - slot.low)
+_SLOT_LOW = np.array([np.log(s.low) if s.log else s.low for s in PREDICTED_SLOTS])
+_SLOT_HIGH = np.array([np.log(s.high) if s.log else s.high for s in PREDICTED_SLOTS])
+_SLOT_LOG = np.array([s.log for s in PREDICTED_SLOTS])
+
+
+def decode_slots(unit: np.ndarray) -> dict[str, float]:
+    """Every slot's value, by name, from its [0, 1] encoding (one vectorized pass: the EQ fit
+    decodes thousands of times per stem)."""
+    values = _SLOT_LOW + np.clip(unit, 0.0, 1.0) * (_SLOT_HIGH - _SLOT_LOW)
+    values = np.where(_SLOT_LOG, np.exp(values), values)
+    return dict(zip(SLOT_INDEX, values.tolist()))
 
 
 def chain_to_unit(chain: fxchain.StemChain, input_level_db: float) -> np.ndarray:
@@ -93,12 +104,18 @@ def chain_to_unit(chain: fxchain.StemChain, input_level_db: float) -> np.ndarray
     return np.array([_to_unit(values[s.name], s) for s in PREDICTED_SLOTS])
 
 
+def eq_from_unit(unit: np.ndarray) -> list[fxchain.EqBand]:
+    """The EQ bands of chain_to_unit's encoding."""
+    v = decode_slots(unit)
+    return [fxchain.EqBand(kind, v[f"eq{i}.freq_hz"], v[f"eq{i}.gain_db"],
+                           v[f"eq{i}.q"] if kind == "peak" else fxchain.SHELF_Q)
+            for i, kind in enumerate(fxchain.BAND_KINDS)]
+
+
 def chain_from_unit(unit: np.ndarray, input_level_db: float) -> fxchain.StemChain:
     """Decode chain_to_unit's encoding; a ratio below 1.2 or a send below −35 dB means "off"."""
-    v = {s.name: _from_unit(u, s) for s, u in zip(PREDICTED_SLOTS, unit)}
-    eq = [fxchain.EqBand(kind, v[f"eq{i}.freq_hz"], v[f"eq{i}.gain_db"],
-                         v[f"eq{i}.q"] if kind == "peak" else fxchain.SHELF_Q)
-          for i, kind in enumerate(fxchain.BAND_KINDS)]
+    v = decode_slots(unit)
+    eq = eq_from_unit(unit)
     threshold = min(-0.5, input_level_db + v["comp.threshold_re_level_db"])
     compressor = fxchain.CompressorSettings(threshold, v["comp.ratio"], v["comp.attack_ms"], v["comp.release_ms"]) \
         if v["comp.ratio"] >= RATIO_OFF_BELOW else fxchain.CompressorSettings(attack_ms=v["comp.attack_ms"],
@@ -156,7 +173,6 @@ class ParamPredictor:
 _SUBPOINTS = 4  # frequencies per spectrum band at which the EQ response is averaged
 _EQ_GRID_HZ = np.geomspace(cf.BAND_EDGES_HZ[0], cf.BAND_EDGES_HZ[-1], cf.SPECTRUM_BANDS * _SUBPOINTS + 1)
 _EQ_GRID_HZ = np.sqrt(_EQ_GRID_HZ[:-1] * _EQ_GRID_HZ[1:])
-_EQ_SLOTS = [i for i, s in enumerate(PREDICTED_SLOTS) if s.name.startswith("eq")]
 # Residuals are in dB per spectrum band; a weight w makes a move of 0.1 (3 dB of gain, or a tenth of
 # a band's frequency range in log scale) cost like a 0.1·w dB misfit in one band. The reference's
 # spectrum differs from the input's in content as well as in EQ, so the fit may only leave the
@@ -170,21 +186,23 @@ def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
     return 10.0 * np.log10(power.reshape(cf.SPECTRUM_BANDS, _SUBPOINTS).mean(axis=1))
 
 
-def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60) -> list[fxchain.EqBand]:
-    """EQ bands whose per-band response best matches target_db up to a constant, starting from (and
-    weakly held at) the EQ slots of `unit`."""
-    start = unit[_EQ_SLOTS]
+def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
+           start: list[fxchain.EqBand] | None = None) -> list[fxchain.EqBand]:
+    """EQ bands whose per-band response best matches target_db up to a constant, weakly held at the
+    EQ slots of `unit`; the search starts there, or at `start` (a previous fit: fewer steps)."""
+    prior = unit[_EQ_SLOTS]
+    first = prior if start is None else chain_to_unit(fxchain.StemChain(eq=start), 0.0)[_EQ_SLOTS]
 
     def bands_of(u):
         full = unit.copy()
         full[_EQ_SLOTS] = u
-        return chain_from_unit(full, 0.0).eq
+        return eq_from_unit(full)
 
     def residuals(u):
         error = band_response_db(bands_of(u)) - target_db
-        return np.concatenate([error - error.mean(), EQ_PRIOR_WEIGHT * (u - start)])
+        return np.concatenate([error - error.mean(), EQ_PRIOR_WEIGHT * (u - prior)])
 
-    fit = least_squares(residuals, start, bounds=(0.0, 1.0), max_nfev=max_evaluations, x_scale=0.1)
+    fit = least_squares(residuals, first, bounds=(0.0, 1.0), max_nfev=max_evaluations, x_scale=0.1)
     return bands_of(fit.x)
 
 
@@ -200,9 +218,10 @@ def search_compressor(start: fxchain.CompressorSettings, x_excerpt_eq: np.ndarra
     clock, so the same input gives the same settings on any machine at any load. Whether to
     compress at all stays the predictor's call: on validation draws it detects a fired compressor
     far more reliably than the dynamics features of a few seconds do."""
+    planar = np.ascontiguousarray(x_excerpt_eq.T)
+
     def error_of(setting):
-        stage = fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE) if setting.active else None
-        return _dynamics_error(stage(x_excerpt_eq) if stage else x_excerpt_eq, target)
+        return _dynamics_error(fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE)(planar).T, target)
 
     if not start.active:
         return start
@@ -221,6 +240,30 @@ def search_compressor(start: fxchain.CompressorSettings, x_excerpt_eq: np.ndarra
     return best
 
 
+# Rounds of "render, measure what the rest of the chain did to the spectrum, refit the EQ to the
+# remainder". The compressor's coloration depends on the EQ in front of it, so the first round's
+# estimate is refined once more; a third round changed the validation songs' figures by < 0.05 dB.
+COLORATION_ROUNDS = 2
+
+
+def coloration_db(chain: fxchain.StemChain, part: np.ndarray, part_features: cf.StemFeatures) -> np.ndarray:
+    """How much the chain's stages other than the EQ move the spectral shape of `part` (per spectrum
+    band, dB): the whole chain's change, less the EQ's analytic response. A heavy compressor adds
+    harmonics and a reverb has its own tone, so the EQ alone must not be fitted to the whole change."""
+    rendered = cf.measure(fxchain.render(part, replace(chain, gain_db=0.0)))
+    return rendered.shape_db - part_features.shape_db - band_response_db(chain.eq)
+
+
+def fit_eq_with_coloration(unit: np.ndarray, chain: fxchain.StemChain, shape_change_db: np.ndarray,
+                           part: np.ndarray, part_features: cf.StemFeatures) -> list[fxchain.EqBand]:
+    """The EQ (fit_eq from `unit`) that, in front of the chain's other stages, moves the spectral shape
+    by shape_change_db, their coloration measured on the excerpt `part` (COLORATION_ROUNDS rounds)."""
+    eq = chain.eq
+    for _ in range(COLORATION_ROUNDS):
+        eq = fit_eq(unit, shape_change_db - coloration_db(replace(chain, eq=eq), part, part_features), start=eq)
+    return eq
+
+
 class Estimate(NamedTuple):
     chain: fxchain.StemChain
     predicted: fxchain.StemChain
@@ -235,10 +278,13 @@ def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarr
     fr = reference_features or cf.measure(reference)
     unit = predictor.predict(cf.pair_vector(fx, fr))[0]
     predicted = chain_from_unit(unit, fx.level_db)
-    chain = replace(predicted, eq=fit_eq(unit, fr.shape_db - fx.shape_db))
+    shape_change = fr.shape_db - fx.shape_db
+    chain = replace(predicted, eq=fit_eq(unit, shape_change))
     if refine:
-        part = cf.excerpt(x)
-        part_eq = fxchain.EqStage(chain.eq_sos())(np.asarray(part, dtype=np.float64))
-        target = cf.measure(part).dynamics_db + (fr.dynamics_db - fx.dynamics_db)
+        part = np.asarray(cf.excerpt(x), dtype=np.float64)
+        part_features = cf.measure(part)
+        part_eq = fxchain.render(part, fxchain.StemChain(eq=chain.eq))
+        target = part_features.dynamics_db + (fr.dynamics_db - fx.dynamics_db)
         chain.compressor = search_compressor(chain.compressor, part_eq, target)
+        chain.eq = fit_eq_with_coloration(unit, chain, shape_change, part, part_features)
     return Estimate(chain, predicted)

@@ -89,7 +89,7 @@ def cmd_fxnorm_fit(args) -> int:
 
 def cmd_fxnorm_apply(args) -> int:
     from .audio import write_audio
-    from .fxnorm import ORDER_FLAVOUR, ORDERS, default_stats_path, normalize_stems
+    from .fxnorm import ORDER_FLAVOUR, ORDERS, ReverbNormalization, add_reverb, default_stats_path, normalize_stems
     from .fxnorm_stats import FxStats
     from .stems import load_song
     from .transfer import check_output_folder
@@ -100,11 +100,12 @@ def cmd_fxnorm_apply(args) -> int:
     if args.order not in ORDERS:
         raise MixdaemonError(f"--order {args.order}: choose one of {', '.join(ORDERS)}")
     stats = FxStats.load(args.stats or default_stats_path(ORDER_FLAVOUR[args.order]))
+    reverb = ReverbNormalization(args.ir_folder) if args.ir_folder else None
     out = Path(args.out)
     check_output_folder(out, song.input_files, args.overwrite)
     bar = ProgressBar(enabled=not args.quiet)
     try:
-        normalized = normalize_stems(song.stems, stats, order=args.order, seed=args.seed,
+        normalized = normalize_stems(add_reverb(song.stems, reverb, args.seed), stats, order=args.order, seed=args.seed,
                                      progress=lambda done, total, label: bar(label, done / max(total, 1)))
     finally:
         bar.close()
@@ -214,6 +215,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--order", default="mst_inference",
                    help="mst_inference (default), mst_training, or fxnorm (needs fxnorm statistics)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ir-folder", help="impulse responses (WAV/FLAC): first add FxNorm's reverb normalization "
+                                       "(§1.7) to vocals and other, as automix training does")
     p.add_argument("--subtype", help="output sample format (default: PCM_24, or FLOAT when a stem exceeds full scale)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -6,6 +6,8 @@ Conventions (ALGORITHMS.md, top): audio is float, shape (n_samples, channels), 4
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import pyloudnorm
@@ -109,11 +111,19 @@ def istft_np(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
 # --- compressor (ALGORITHMS.md §1.3 "Compressor DSP") ---------------------------------------------
 
 def compress(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float, release_ms: float,
-             sr: int = WORKING_RATE) -> np.ndarray:
+             sr: int = WORKING_RATE, time_axis: int = 0) -> np.ndarray:
     """Hard-knee feed-forward compressor with an instantaneous peak detector and a one-pole
     attack/release smoother on the gain reduction; channels are independent; no make-up gain.
-    Shared by FX normalization and the FXmanipulator, so both apply the same dynamics."""
-    return compress_with_level(x, compressor_level_db(x), threshold_db, ratio, attack_ms, release_ms, sr)
+    Shared by FX normalization, the FXmanipulator and the param engine's chain, so all apply the
+    same dynamics. time_axis=-1 takes channel-first (channels, n) signals without copying them."""
+    x = np.asarray(x, dtype=np.float64)
+    planar = np.ascontiguousarray(as_2d(x).T if time_axis == 0 else np.atleast_2d(x))
+    out = np.empty_like(planar)
+    alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
+    alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
+    for channel, result in zip(planar, out):
+        _compress_channel(channel, float(threshold_db), 1.0 - 1.0 / float(ratio), alpha_attack, alpha_release, result)
+    return (out.T if time_axis == 0 else out).reshape(x.shape)
 
 
 # --- RBJ biquads (Audio EQ Cookbook) ----------------------------------------------------------------
@@ -152,9 +162,9 @@ def peaking(freq_hz: float, gain_db: float, q: float, sr: int = WORKING_RATE) ->
     return _normalised(1 + alpha * a, -2 * cos_w0, 1 - alpha * a, 1 + alpha / a, -2 * cos_w0, 1 - alpha / a)
 
 
-def apply_sos(x: np.ndarray, sos: np.ndarray) -> np.ndarray:
+def apply_sos(x: np.ndarray, sos: np.ndarray, time_axis: int = 0) -> np.ndarray:
     """Run a cascade of second-order sections along time (state starts at zero)."""
-    return signal.sosfilt(np.atleast_2d(sos), np.asarray(x, dtype=np.float64), axis=0)
+    return signal.sosfilt(np.atleast_2d(sos), np.asarray(x, dtype=np.float64), axis=time_axis)
 
 
 # --- mid/side ---------------------------------------------------------------------------------------
@@ -248,38 +258,20 @@ def gain_to_lufs(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> n
     return x * 10.0 ** ((target_lufs - loudness) / 20.0)
 
 
-# --- compressor with a precomputed detector level (for parameter searches) ----------------------------
-
-def compressor_level_db(x: np.ndarray) -> np.ndarray:
-    """The detector input of `compress` per sample: 20·log10|x|, or −120 dB where |x| < 1e-6. It
-    depends on the signal only, so a search over thresholds and ratios computes it once."""
-    a = np.abs(np.asarray(x, dtype=np.float64))
-    with np.errstate(divide="ignore"):
-        return np.where(a < 1e-6, -120.0, 20.0 * np.log10(a))
-
+# --- compressor kernel ---------------------------------------------------------------------------------
 
 @numba.njit(cache=True, nogil=True)
-def _compress_level_channel(x, level, threshold_db, slope, alpha_attack, alpha_release, out):
+def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, out):
+    # The detector level 20·log10|x| is only needed above the threshold (below it the target gain
+    # reduction is 0), and the gain only while some reduction is smoothed in: skipping both where
+    # they cannot matter makes a pass 2-3x faster than computing them for every sample.
     smoothed = 0.0
-    to_gain = -np.log(10.0) / 20.0
+    to_gain = -math.log(10.0) / 20.0
+    to_db = 20.0 / math.log(10.0)
+    threshold_amp = max(10.0 ** (threshold_db / 20.0), 1e-6)  # the detector's floor
     for n in range(x.shape[0]):
-        gain_reduction = (level[n] - threshold_db) * slope if level[n] >= threshold_db else 0.0
+        a = abs(x[n])
+        gain_reduction = (to_db * math.log(a) - threshold_db) * slope if a >= threshold_amp else 0.0
         alpha = alpha_attack if gain_reduction > smoothed else alpha_release
         smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
-        out[n] = x[n] * np.exp(to_gain * smoothed)
-
-
-def compress_with_level(x: np.ndarray, level_db: np.ndarray, threshold_db: float, ratio: float,
-                        attack_ms: float, release_ms: float, sr: int = WORKING_RATE) -> np.ndarray:
-    """`compress` given level_db = compressor_level_db(x): searches that run one signal through many
-    settings (FX normalization's compression matching) compute the per-sample log10 once."""
-    x2 = as_2d(np.ascontiguousarray(x, dtype=np.float64))
-    level2 = as_2d(np.ascontiguousarray(level_db, dtype=np.float64))
-    out = np.empty_like(x2)
-    alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
-    alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
-    for c in range(x2.shape[1]):
-        _compress_level_channel(np.ascontiguousarray(x2[:, c]), np.ascontiguousarray(level2[:, c]),
-                                float(threshold_db), 1.0 - 1.0 / float(ratio), alpha_attack, alpha_release,
-                                out[:, c])
-    return out.reshape(np.shape(x))
+        out[n] = x[n] * math.exp(to_gain * smoothed) if smoothed > 0.0 else x[n]

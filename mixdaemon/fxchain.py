@@ -17,9 +17,15 @@ Implementation choices (deviations from "pedalboard everywhere", on purpose):
 - The EQ runs the RBJ biquads of mixdaemon.dsp (scipy), the same filters as the FXmanipulator: the
   estimator fits EQ settings through their exact analytic response (`eq_response_db`), and scipy's
   cascade is faster than five pedalboard filters.
-- The compressor is pedalboard.Compressor (JUCE: peak ballistics on the level, hard knee), not the
-  FXmanipulator's gain-smoothing compressor of §1.3: it is ~5x faster, and neither equals ReaComp,
-  so settings transfer to the DAW approximately (same threshold, ratio and time constants).
+- The compressor is the project's one compressor, dsp.compress (§1.3: peak detector, smoothed gain
+  reduction, hard knee, channels independent), which FX normalization and the FXmanipulator use.
+  A heavy compressor changes a stem's spectrum as well as its dynamics (a fast one on bass adds
+  harmonics): the FXmanipulator's compressor alone moves the real bass stems' spectral shape by
+  4.9 dB RMS (benchmarks/bench_param_engine.py --sections ceiling). The EQ estimate takes out the
+  coloration of the chain's own compressor, which only works if that compressor colors like the
+  one the drawn settings came from; JUCE's (pedalboard.Compressor, used first, ~5x faster) does
+  not. Neither equals ReaComp, so settings transfer to the DAW approximately (same threshold,
+  ratio and time constants).
 - Pan is a balance control (the far channel is turned down linearly, the near one kept), REAPER's
   "stereo balance" behaviour under a 0 dB pan law; width scales the side signal and keeps the mid.
 - The reverb send is pedalboard.Reverb (Freeverb) fully wet, damping 0.5, added to the panned signal.
@@ -177,25 +183,25 @@ class StemChain:
 
 
 # --- stages -----------------------------------------------------------------------------------------
-# Each stage maps a float64 (n, 2) signal to a float64 (n, 2) signal.
+# Each stage maps a float64 channel-first (2, n) signal to another: every stage then works on
+# contiguous channels (the compressor's loop, scipy's filters, pedalboard's planar buffers), and a
+# chain copies its audio only on the way in and out of `render`.
 
 class EqStage:
     def __init__(self, sos: np.ndarray):
         self.sos = sos
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return dsp.apply_sos(x, self.sos)
+        return dsp.apply_sos(x, self.sos, time_axis=-1)
 
 
 class CompressorStage:
     def __init__(self, settings: CompressorSettings, sr: int):
-        self.sr = sr
-        self.plugin = pedalboard.Compressor(threshold_db=settings.threshold_db, ratio=settings.ratio,
-                                            attack_ms=settings.attack_ms, release_ms=settings.release_ms)
+        self.settings, self.sr = settings, sr
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.plugin(np.ascontiguousarray(x.T, dtype=np.float32), self.sr, reset=True)
-        return y.T.astype(np.float64)
+        s = self.settings
+        return dsp.compress(x, s.threshold_db, s.ratio, s.attack_ms, s.release_ms, self.sr, time_axis=-1)
 
 
 class StereoStage:
@@ -205,14 +211,10 @@ class StereoStage:
     def __init__(self, width: float, pan: float):
         a, b = (1.0 + width) / 2.0, (1.0 - width) / 2.0
         g_left, g_right = balance_gains(pan)
-        self.matrix = np.array([[a * g_left, b * g_right], [b * g_left, a * g_right]])  # y = x @ matrix
+        self.matrix = np.array([[a * g_left, b * g_left], [b * g_right, a * g_right]])  # y = matrix @ x
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        (ll, lr), (rl, rr) = self.matrix
-        out = np.empty_like(x)
-        out[:, 0] = ll * x[:, 0] + rl * x[:, 1]
-        out[:, 1] = lr * x[:, 0] + rr * x[:, 1]
-        return out
+        return np.dot(self.matrix, x, out=np.empty_like(x))
 
 
 class ReverbSendStage:
@@ -223,8 +225,8 @@ class ReverbSendStage:
                                         dry_level=0.0, width=1.0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        wet = self.plugin(np.ascontiguousarray(x.T, dtype=np.float32), self.sr, reset=True)
-        return x + self.level * wet.T.astype(np.float64)
+        wet = self.plugin(x.astype(np.float32), self.sr, reset=True)
+        return x + self.level * wet
 
 
 class GainStage:
@@ -242,23 +244,28 @@ def balance_gains(pan: float) -> tuple[float, float]:
 
 def render(stem: np.ndarray, chain: StemChain, sr: int = dsp.WORKING_RATE) -> np.ndarray:
     """The stem through the chain: float32 (n, 2), not clipped (limiting is mastering's job)."""
-    x = np.asarray(stem, dtype=np.float64)
+    x = np.asarray(stem)
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"stem: shape {x.shape}; expected (n, 2) stereo")
-    for stage in chain.stages(sr):
-        x = stage(x)
-    return x.astype(np.float32)
+    return np.ascontiguousarray(run_stages(chain.stages(sr), np.ascontiguousarray(x.T, dtype=np.float64)).T,
+                                dtype=np.float32)
+
+
+def run_stages(stages: list, planar: np.ndarray) -> np.ndarray:
+    """A channel-first (2, n) float64 signal through stages in order."""
+    for stage in stages:
+        planar = stage(planar)
+    return planar
 
 
 def eq_response_db(bands: list[EqBand], freqs_hz: np.ndarray, sr: int = dsp.WORKING_RATE) -> np.ndarray:
-    """Magnitude response of the EQ in dB at freqs_hz (the analytic response of the biquads)."""
+    """Magnitude response of the EQ in dB at freqs_hz (the analytic response of the biquads, all
+    bands at once: the EQ fit evaluates it thousands of times per stem)."""
     z = np.exp(-1j * 2.0 * np.pi * np.asarray(freqs_hz, dtype=np.float64) / sr)
-    total = np.zeros(z.shape)
-    for band in bands:
-        b0, b1, b2, _, a1, a2 = band.sos(sr)
-        h = (b0 + b1 * z + b2 * z * z) / (1.0 + a1 * z + a2 * z * z)
-        total += 20.0 * np.log10(np.abs(h) + 1e-30)
-    return total
+    powers = np.stack([np.ones_like(z), z, z * z])                  # (3, frequencies)
+    sos = np.stack([band.sos(sr) for band in bands])                # (bands, 6)
+    h = (sos[:, :3] @ powers) / (sos[:, 3:] @ powers)
+    return np.sum(20.0 * np.log10(np.abs(h) + 1e-30), axis=0)
 
 
 # --- from FXmanipulator draws -----------------------------------------------------------------------

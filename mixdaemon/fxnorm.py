@@ -400,15 +400,13 @@ def search_compression(x: np.ndarray, mean_db: float, std_db: float, setting: Co
         return x, CompressionResult(stat, None, None, None if stat is None else stat[0], 0)
 
     passes = 0
-    level_db = dsp.compressor_level_db(x)
     latest: tuple[int, int, float, np.ndarray] | None = None   # (ratio, index, P mean, output)
     chosen: tuple[int, int, float, np.ndarray] | None = None   # the hit with the least compression
 
     def level_at(ratio: int, index: int) -> float:
         nonlocal passes, latest, chosen
         passes += 1
-        y = dsp.compress_with_level(x, level_db, COMP_THRESHOLDS_DB[index], ratio, setting.attack_ms,
-                                    setting.release_ms)
+        y = dsp.compress(x, COMP_THRESHOLDS_DB[index], ratio, setting.attack_ms, setting.release_ms)
         # The gain reduction is never negative, so |y| ≤ |x| ≤ −10 dBFS: the original's clip to ±1
         # cannot act and is left out.
         p = onset_peak_stat(y)

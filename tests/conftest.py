@@ -47,3 +47,17 @@ def private_cache(tmp_path_factory):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def impulse_responses(tmp_path) -> Path:
+    """A folder of two decaying-noise impulse responses, each with a pre-delay before its peak."""
+    import soundfile as sf
+    folder = tmp_path / "irs"
+    folder.mkdir()
+    noise = np.random.default_rng(7)
+    n = int(0.5 * 44100)
+    for i in range(2):
+        tail = noise.standard_normal((n, 2)) * np.exp(-np.arange(n) / (0.1 * 44100))[:, None]
+        sf.write(folder / f"hall_{i}.wav", np.concatenate([np.zeros((441, 2)), 0.5 * tail]), 44100, subtype="FLOAT")
+    return folder

@@ -41,3 +41,26 @@ def test_fit_then_apply_with_own_statistics(real_stems, tmp_path):
     y = read_audio(tmp_path / "norm" / "vocals.wav").samples
     assert abs(integrated_loudness(y) - stats.stems["vocals"].loudness) < 0.5
     assert np.isfinite(y).all()
+
+
+def test_apply_with_impulse_responses_adds_reverb_to_vocals_and_other_only(real_stems, mst_stats_path, tmp_path,
+                                                                            impulse_responses):
+    _excerpt(real_stems, "song_a", tmp_path / "in")
+    for run, extra in (("dry", []), ("wet", ["--ir-folder", str(impulse_responses)])):
+        assert main(["fxnorm", "apply", str(tmp_path / "in"), "--out", str(tmp_path / run),
+                     "--stats", str(mst_stats_path), "-q", *extra]) == 0
+    for stem in STEMS:
+        dry = read_audio(tmp_path / "dry" / f"{stem}.wav").samples
+        wet = read_audio(tmp_path / "wet" / f"{stem}.wav").samples
+        if stem in ("vocals", "other"):
+            assert np.sqrt(np.mean((wet - dry) ** 2)) > 0.01 * np.sqrt(np.mean(dry ** 2)), stem
+        else:
+            np.testing.assert_array_equal(wet, dry)
+
+
+def test_apply_with_a_missing_impulse_response_folder_says_so(real_stems, tmp_path, capsys):
+    _excerpt(real_stems, "song_a", tmp_path / "in")
+    assert main(["fxnorm", "apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--ir-folder", str(tmp_path / "nowhere"), "-q"]) != 0
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

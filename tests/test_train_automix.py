@@ -118,20 +118,9 @@ def test_settings_the_model_cannot_train_with_are_refused(songs, tmp_path):
         train_automix(tiny_config(segment=2 ** 15), songs["songs_dir"], quick_loop(tmp_path / "b"), **common(songs))
 
 
-def write_impulse_responses(folder: Path, seconds: float = 0.5) -> Path:
-    """Two decaying-noise impulse responses, each with a pre-delay before its peak."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
-    n = int(seconds * 44100)
-    for i in range(2):
-        tail = rng.standard_normal((n, 2)) * np.exp(-np.arange(n) / (0.1 * 44100))[:, None]
-        sf.write(folder / f"hall_{i}.wav", np.concatenate([np.zeros((441, 2)), 0.5 * tail]), 44100, subtype="FLOAT")
-    return folder
-
-
-def test_reverb_normalization_adds_a_tail_to_vocals_and_other_only(tmp_path):
+def test_reverb_normalization_adds_a_tail_to_vocals_and_other_only(impulse_responses):
     from mixdaemon.fxnorm import ReverbNormalization, add_reverb
-    reverb = ReverbNormalization(write_impulse_responses(tmp_path / "irs"))
+    reverb = ReverbNormalization(impulse_responses)
     burst = np.zeros((44100, 2), np.float32)
     burst[:2205] = np.random.default_rng(0).standard_normal((2205, 2)).astype(np.float32) * 0.3
     stems = {name: burst.copy() for name in ("vocals", "bass", "drums", "other")}
@@ -145,8 +134,9 @@ def test_reverb_normalization_adds_a_tail_to_vocals_and_other_only(tmp_path):
     np.testing.assert_array_equal(again["vocals"], out["vocals"])  # same stem, same reverb
 
 
-def test_a_run_with_impulse_responses_records_them_and_automix_applies_them(songs, real_stems, tmp_path):
-    irs = write_impulse_responses(tmp_path / "irs")
+def test_a_run_with_impulse_responses_records_them_and_automix_applies_them(songs, real_stems, tmp_path,
+                                                                            impulse_responses):
+    irs = impulse_responses
     out = train_automix(tiny_config(steps=2, ir_folder=str(irs)), songs["songs_dir"], quick_loop(tmp_path / "run"),
                         val_dir=songs["val_dir"], cache_dir=tmp_path / "cache", threads=1,
                         out=tmp_path / "tiny-reverb.safetensors")
