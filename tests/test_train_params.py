@@ -59,3 +59,32 @@ def test_examples_follow_the_chosen_fx_probability(material, tmp_path):
     gains = [SLOT_INDEX[f"eq{i}.gain_db"] for i in range(5)]
     np.testing.assert_allclose(targets[0.0][:, gains], 0.5, atol=1e-6)  # 0 dB on a ±15 dB unit scale
     assert np.abs(targets[None][:, gains] - 0.5).max() > 0.05
+
+
+def _position_in(files, segment):
+    """(file index, start) of a segment copied out of one of the library's cached files."""
+    for i, (path, _) in enumerate(files):
+        audio = np.load(path)
+        for start in np.flatnonzero(audio[:len(audio) - len(segment) + 1, 0] == segment[0, 0]):
+            if np.array_equal(audio[start:start + len(segment)], segment):
+                return i, int(start)
+    raise AssertionError("segment not found in any file")
+
+
+def test_same_song_examples_pair_two_passages_of_one_stem(material, tmp_path):
+    from mixdaemon.fxnorm import default_stats_path
+    from mixdaemon.train.data import StemLibrary
+    from mixdaemon.train.params import ParamsTrainingConfig, make_examples
+
+    library = StemLibrary(material / "train", default_stats_path("mst"), tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a, b = library.segments_of_one_file("bass", rng, (4410, 6000))
+        (file_a, start_a), (file_b, start_b) = (_position_in(library.files["bass"], s) for s in (a, b))
+        assert file_a == file_b                                              # one song's stem
+        assert start_a + 4410 <= start_b or start_b + 6000 <= start_a        # two passages that do not overlap
+
+    # the option reaches the examples (and their cache key: a rerun with another share remakes them)
+    made = {p: make_examples(library, 8, ParamsTrainingConfig(segment_seconds=0.5, same_song_probability=p), 0,
+                             tmp_path / "examples.npz", progress=False)["features"] for p in (0.0, 1.0)}
+    assert not np.array_equal(made[0.0], made[1.0])

@@ -197,7 +197,8 @@ def cmd_params(args) -> int:
     hidden = [int(h) for h in args.hidden.split(",")] if args.hidden else None
     cfg = ParamsTrainingConfig(**_given(examples=args.examples, validation_examples=args.validation_examples,
                                         segment_seconds=args.segment_seconds, hidden=hidden, epochs=args.epochs,
-                                        lr=args.lr, fx_probability=args.fx_probability, seed=args.seed))
+                                        lr=args.lr, fx_probability=args.fx_probability,
+                                        same_song_probability=args.same_song_probability, seed=args.seed))
     configure_torch(cfg.seed, args.threads)
     train, validation = _libraries(args.songs_dir, args.val_dir, args.cache_dir, args.stats, cfg.seed, not args.quiet)
     run_dir = Path(args.run_dir)
@@ -314,6 +315,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate")
     p.add_argument("--fx-probability", type=float,
                    help="every effect fires with this probability (default: the FXmanipulator's own)")
+    p.add_argument("--same-song-probability", type=float,
+                   help="share of examples whose reference is another passage of the same stem (default 0: "
+                        "always another song)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--name", help="write the predictor into the engine store under this name (e.g. params-default)")

@@ -136,17 +136,32 @@ class StemLibrary:
             self._arrays[path] = np.load(path, mmap_mode="r")
         return self._arrays[path]
 
-    def segment(self, stem: str, rng: np.random.Generator, length: int) -> np.ndarray:
-        """`length` samples (float32 (length, 2)) of a file drawn ∝ length among those long enough,
-        from a uniform start."""
+    def _draw_file(self, stem: str, rng: np.random.Generator, length: int) -> tuple[Path, int]:
+        """A file drawn ∝ length among those with at least `length` samples: (path, its length)."""
         files = [(p, n) for p, n in self.files[stem] if n >= length]
         if not files:
             raise ConfigError(f"{self.songs_dir}: no {stem} stem has {length} samples of audio after trimming "
                               f"(use shorter segments)")
         lengths = np.array([n for _, n in files], dtype=np.float64)
-        path, n = files[int(rng.choice(len(files), p=lengths / lengths.sum()))]
+        return files[int(rng.choice(len(files), p=lengths / lengths.sum()))]
+
+    def segment(self, stem: str, rng: np.random.Generator, length: int) -> np.ndarray:
+        """`length` samples (float32 (length, 2)) of a file drawn ∝ length among those long enough,
+        from a uniform start."""
+        path, n = self._draw_file(stem, rng, length)
         start = int(rng.integers(0, n - length + 1))
         return np.array(self._array(path)[start:start + length], dtype=np.float32)
+
+    def segments_of_one_file(self, stem: str, rng: np.random.Generator, lengths: tuple[int, int]
+                             ) -> tuple[np.ndarray, np.ndarray]:
+        """Two segments of these lengths that do not overlap, from one file drawn as in `segment`
+        (two passages of one song's stem), in a random order within the file."""
+        path, n = self._draw_file(stem, rng, sum(lengths))
+        first = int(rng.integers(2))
+        gaps = np.sort(rng.integers(0, n - sum(lengths) + 1, size=2))
+        order = (first, 1 - first)
+        starts = {order[0]: int(gaps[0]), order[1]: int(gaps[1]) + lengths[order[0]]}
+        return tuple(np.array(self._array(path)[starts[i]:starts[i] + lengths[i]], dtype=np.float32) for i in (0, 1))
 
 
 def manipulators(probabilities: Mapping[str, float] | None = None, ir_folder=None) -> dict[str, FXManipulator]:

@@ -1,8 +1,9 @@
 """Training the param engine's predictor (chain_estimation.ParamPredictor) on FXmanipulator draws.
 
 An example is one stem: x = a segment of a normalized training stem (train.data.StemLibrary),
-reference = the FXmanipulator's manipulation of another segment of the same stem type (usually
-from another song, as a user's reference is). The draw's parameters are known, so the target is
+reference = the FXmanipulator's manipulation of another segment of the same stem type: from
+another song, as a user's reference is, or (`same_song_probability`) another passage of the same
+stem, as in the evaluation protocol. The draw's parameters are known, so the target is
 the chain equivalent to the draw (fxchain.chain_from_draw, measured on the manipulated segment),
 encoded as chain_estimation.PREDICTED_SLOTS; the input is chain_features.pair_vector(x, reference).
 
@@ -50,6 +51,11 @@ class ParamsTrainingConfig:
     # a value: every effect fires with it, so that the predictor does not learn "a compressor is
     # almost always there" from the defaults and predict one on every stem.
     fx_probability: float | None = None
+    # The share of examples whose reference is another passage of the input's own stem (as in the
+    # evaluation protocol) instead of a stem of another song: across songs, content differences
+    # drown what a compressor or reverb did, and the predictor learns to ignore the features that
+    # show them (it then predicted a compressor on every stem).
+    same_song_probability: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -70,12 +76,15 @@ def slot_weights(unit: np.ndarray, fired: dict[str, bool]) -> np.ndarray:
     return weights
 
 
-def make_example(library: StemLibrary, fx: dict, rng: np.random.Generator, length: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_example(library: StemLibrary, fx: dict, rng: np.random.Generator, length: int,
+                 same_song_probability: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pair features, unit target, slot weights) of one example."""
     stem = STEMS[int(rng.integers(len(STEMS)))]
-    x = library.segment(stem, rng, length)
-    source = library.segment(stem, rng, length + 2 * MARGIN_SAMPLES)
+    if same_song_probability > 0.0 and rng.random() < same_song_probability:
+        x, source = library.segments_of_one_file(stem, rng, (length, length + 2 * MARGIN_SAMPLES))
+    else:
+        x = library.segment(stem, rng, length)
+        source = library.segment(stem, rng, length + 2 * MARGIN_SAMPLES)
     (reference,), drawn = fx[stem].manipulate([source], rng, padded=True)
     applied_to = source[MARGIN_SAMPLES:MARGIN_SAMPLES + length].astype(np.float64)
     chain = chain_from_draw(drawn, applied_to)
@@ -89,7 +98,8 @@ def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, s
     """`count` examples, made once and kept in `path` (reused when made with the same settings)."""
     key = json.dumps({"count": count, "segment_seconds": cfg.segment_seconds, "seed": cfg.seed, "stream": stream,
                       "songs": library.songs, "library": library.key, "ir_folder": str(ir_folder),
-                      "fx_probability": cfg.fx_probability}, sort_keys=True)
+                      "fx_probability": cfg.fx_probability, "same_song_probability": cfg.same_song_probability},
+                     sort_keys=True)
     if path.is_file():
         with np.load(path) as stored:
             if str(stored["key"]) == key:
@@ -98,7 +108,7 @@ def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, s
     probabilities = None if cfg.fx_probability is None else {name: cfg.fx_probability for name in FX_NAMES}
     fx = manipulators(probabilities, ir_folder=ir_folder)
     length = int(cfg.segment_seconds * cf.WORKING_RATE)
-    rows = [make_example(library, fx, step_rng(cfg.seed, stream, k), length)
+    rows = [make_example(library, fx, step_rng(cfg.seed, stream, k), length, cfg.same_song_probability)
             for k in tqdm(range(count), desc=f"making {path.stem}", unit="example", disable=not progress)]
     data = {name: np.stack([row[i] for row in rows]).astype(np.float32)
             for i, name in enumerate(("features", "targets", "weights"))}
