@@ -23,7 +23,7 @@ Implementation choices (deviations from "pedalboard everywhere", on purpose):
   harmonics): the FXmanipulator's compressor alone moves the real bass stems' spectral shape by
   4.9 dB RMS (benchmarks/bench_param_engine.py --sections ceiling). The EQ estimate takes out the
   coloration of the chain's own compressor, which only works if that compressor colors like the
-  one the drawn settings came from; JUCE's (pedalboard.Compressor, used first, ~5x faster) does
+  one the drawn settings came from; JUCE's (pedalboard.Compressor, used first, a little faster) does
   not. Neither equals ReaComp, so settings transfer to the DAW approximately (same threshold,
   ratio and time constants).
 - Pan is a balance control (the far channel is turned down linearly, the near one kept), REAPER's
