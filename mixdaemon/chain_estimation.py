@@ -104,9 +104,9 @@ def chain_to_unit(chain: fxchain.StemChain, input_level_db: float) -> np.ndarray
     return np.array([_to_unit(values[s.name], s) for s in PREDICTED_SLOTS])
 
 
-def eq_from_unit(unit: np.ndarray) -> list[fxchain.EqBand]:
-    """The EQ bands of chain_to_unit's encoding."""
-    v = decode_slots(unit)
+def eq_from_unit(unit: np.ndarray, decoded: dict[str, float] | None = None) -> list[fxchain.EqBand]:
+    """The EQ bands of chain_to_unit's encoding (`decoded`: decode_slots(unit), when already made)."""
+    v = decoded or decode_slots(unit)
     return [fxchain.EqBand(kind, v[f"eq{i}.freq_hz"], v[f"eq{i}.gain_db"],
                            v[f"eq{i}.q"] if kind == "peak" else fxchain.SHELF_Q)
             for i, kind in enumerate(fxchain.BAND_KINDS)]
@@ -115,7 +115,7 @@ def eq_from_unit(unit: np.ndarray) -> list[fxchain.EqBand]:
 def chain_from_unit(unit: np.ndarray, input_level_db: float) -> fxchain.StemChain:
     """Decode chain_to_unit's encoding; a ratio below 1.2 or a send below −35 dB means "off"."""
     v = decode_slots(unit)
-    eq = eq_from_unit(unit)
+    eq = eq_from_unit(unit, v)
     threshold = min(-0.5, input_level_db + v["comp.threshold_re_level_db"])
     compressor = fxchain.CompressorSettings(threshold, v["comp.ratio"], v["comp.attack_ms"], v["comp.release_ms"]) \
         if v["comp.ratio"] >= RATIO_OFF_BELOW else fxchain.CompressorSettings(attack_ms=v["comp.attack_ms"],
