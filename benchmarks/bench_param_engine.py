@@ -92,7 +92,9 @@ def ceiling(predictor: ParamPredictor, seeds: int) -> dict:
                 fx, fr = cf.measure(x), cf.measure(song.gt[name])
                 unit = predictor.predict(cf.pair_vector(fx, fr))[0]
                 part = np.asarray(cf.excerpt(x), dtype=np.float64)
-                eq = fit_eq_with_coloration(unit, true, fr.shape_db - fx.shape_db, part, cf.measure(part))
+                # as the engine does: the refit starts from the plain fit, the rest of the chain is the draw's
+                start = replace(true, eq=fit_eq(unit, fr.shape_db - fx.shape_db))
+                eq = fit_eq_with_coloration(unit, start, fr.shape_db - fx.shape_db, part, cf.measure(part))
                 errors["true_settings_our_chain"].append(recovery_errors(replace(true, eq=eq), true))
                 without_eq = {**drawn, "fired": {**drawn["fired"], "eq": False}}
                 colored = FXManipulator(name).apply_params([x], without_eq)[0]

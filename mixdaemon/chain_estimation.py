@@ -22,7 +22,8 @@ a learned first guess, then a short refinement against the reference's features.
      that coloration (fit_eq_with_coloration). A heavy compressor adds harmonics and a reverb has
      its own tone; fitted to the whole change, the EQ took the blame for both.
    - gain: set by the engine after rendering, so the stem's gated level equals the reference's.
-   Each stage starts at the prediction and only moves where its objective improves.
+   Each stage starts at the prediction (the refit at the previous fit, still held toward the
+   prediction) and only moves where its objective improves.
 """
 from __future__ import annotations
 
@@ -210,18 +211,18 @@ def _dynamics_error(y: np.ndarray, target: np.ndarray) -> float:
     return float(np.sum((cf.measure(y).dynamics_db - target) ** 2))
 
 
-def search_compressor(start: fxchain.CompressorSettings, x_excerpt_eq: np.ndarray,
+def search_compressor(start: fxchain.CompressorSettings, planar_excerpt_eq: np.ndarray,
                       target: np.ndarray) -> fxchain.CompressorSettings:
     """Coordinate search over threshold, then ratio, around a predicted active compressor for the
     dynamics features `target` of the compressed excerpt. Its cost is bounded by construction (nine
     compressor passes over an excerpt of fixed length, whatever the song's length) rather than by a
     clock, so the same input gives the same settings on any machine at any load. Whether to
     compress at all stays the predictor's call: on validation draws it detects a fired compressor
-    far more reliably than the dynamics features of a few seconds do."""
-    planar = np.ascontiguousarray(x_excerpt_eq.T)
-
+    far more reliably than the dynamics features of a few seconds do. The excerpt comes channel-first
+    ((2, n) float64, as the chain's stages take it)."""
     def error_of(setting):
-        return _dynamics_error(fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE)(planar).T, target)
+        stage = fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE)
+        return _dynamics_error(stage(planar_excerpt_eq).T, target)
 
     if not start.active:
         return start
@@ -257,8 +258,11 @@ def coloration_db(chain: fxchain.StemChain, part: np.ndarray, part_features: cf.
 def fit_eq_with_coloration(unit: np.ndarray, chain: fxchain.StemChain, shape_change_db: np.ndarray,
                            part: np.ndarray, part_features: cf.StemFeatures) -> list[fxchain.EqBand]:
     """The EQ (fit_eq from `unit`) that, in front of the chain's other stages, moves the spectral shape
-    by shape_change_db, their coloration measured on the excerpt `part` (COLORATION_ROUNDS rounds)."""
+    by shape_change_db, their coloration measured on the excerpt `part` (COLORATION_ROUNDS rounds).
+    A chain with no stage but its EQ colors nothing: its EQ is returned as it is."""
     eq = chain.eq
+    if not replace(chain, eq=fxchain.default_eq(), gain_db=0.0).stages():
+        return eq
     for _ in range(COLORATION_ROUNDS):
         eq = fit_eq(unit, shape_change_db - coloration_db(replace(chain, eq=eq), part, part_features), start=eq)
     return eq
@@ -273,7 +277,8 @@ def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarr
                    refine: bool = True, x_features: cf.StemFeatures | None = None,
                    reference_features: cf.StemFeatures | None = None) -> Estimate:
     """The chain for input stem x toward the reference stem (gain_db still 0: the engine sets it
-    after rendering); refine=False keeps the predicted compressor (the EQ fit takes a few ms)."""
+    after rendering); refine=False keeps the predicted compressor and skips the coloration refit
+    (one EQ fit, a few ms, instead of three fits and the excerpt's renders)."""
     fx = x_features or cf.measure(x)
     fr = reference_features or cf.measure(reference)
     unit = predictor.predict(cf.pair_vector(fx, fr))[0]
@@ -283,7 +288,7 @@ def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarr
     if refine:
         part = np.asarray(cf.excerpt(x), dtype=np.float64)
         part_features = cf.measure(part)
-        part_eq = fxchain.render(part, fxchain.StemChain(eq=chain.eq))
+        part_eq = fxchain.run_stages(fxchain.StemChain(eq=chain.eq).stages(), np.ascontiguousarray(part.T))
         target = part_features.dynamics_db + (fr.dynamics_db - fx.dynamics_db)
         chain.compressor = search_compressor(chain.compressor, part_eq, target)
         chain.eq = fit_eq_with_coloration(unit, chain, shape_change, part, part_features)

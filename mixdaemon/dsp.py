@@ -115,9 +115,12 @@ def compress(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float,
     """Hard-knee feed-forward compressor with an instantaneous peak detector and a one-pole
     attack/release smoother on the gain reduction; channels are independent; no make-up gain.
     Shared by FX normalization, the FXmanipulator and the param engine's chain, so all apply the
-    same dynamics. time_axis=-1 takes channel-first (channels, n) signals without copying them."""
-    x = np.asarray(x, dtype=np.float64)
-    planar = np.ascontiguousarray(as_2d(x).T if time_axis == 0 else np.atleast_2d(x))
+    same dynamics. The detector reads |x| below 1e-6 as −120 dB. time_axis=-1 takes channel-first
+    (channels, n) signals (not copied when C-contiguous float64)."""
+    if time_axis not in (0, -1):
+        raise ValueError(f"time_axis {time_axis}: 0 for (n, channels) or -1 for (channels, n)")
+    x = np.asarray(x)
+    planar = np.ascontiguousarray(as_2d(x).T if time_axis == 0 else np.atleast_2d(x), dtype=np.float64)
     out = np.empty_like(planar)
     alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
     alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
@@ -163,7 +166,7 @@ def peaking(freq_hz: float, gain_db: float, q: float, sr: int = WORKING_RATE) ->
 
 
 def apply_sos(x: np.ndarray, sos: np.ndarray, time_axis: int = 0) -> np.ndarray:
-    """Run a cascade of second-order sections along time (state starts at zero)."""
+    """Run a cascade of second-order sections along time (axis `time_axis`; state starts at zero)."""
     return signal.sosfilt(np.atleast_2d(sos), np.asarray(x, dtype=np.float64), axis=time_axis)
 
 
@@ -268,10 +271,11 @@ def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, out):
     smoothed = 0.0
     to_gain = -math.log(10.0) / 20.0
     to_db = 20.0 / math.log(10.0)
-    threshold_amp = max(10.0 ** (threshold_db / 20.0), 1e-6)  # the detector's floor
+    threshold_amp = max(10.0 ** (threshold_db / 20.0), 1e-6)
+    floor_reduction = max(-120.0 - threshold_db, 0.0) * slope  # |x| < 1e-6 reads as −120 dB
     for n in range(x.shape[0]):
         a = abs(x[n])
-        gain_reduction = (to_db * math.log(a) - threshold_db) * slope if a >= threshold_amp else 0.0
+        gain_reduction = (to_db * math.log(a) - threshold_db) * slope if a >= threshold_amp else floor_reduction
         alpha = alpha_attack if gain_reduction > smoothed else alpha_release
         smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
         out[n] = x[n] * math.exp(to_gain * smoothed) if smoothed > 0.0 else x[n]

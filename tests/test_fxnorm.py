@@ -246,3 +246,31 @@ def test_fit_on_a_tiny_folder_and_load_the_result(real_stems, tmp_path, mst_stat
 def test_fit_rejects_a_folder_without_songs(tmp_path):
     with pytest.raises(StemLayoutError, match="no song folders"):
         fit(tmp_path)
+
+
+def _compress_by_the_spec(x, threshold_db, ratio, attack_ms, release_ms, sr=44100):
+    """§1.3 written out plainly, one channel: detector 20·log10|x| (−120 dB below 1e-6), hard knee,
+    one-pole smoothing of the gain reduction (attack while it rises, release while it falls)."""
+    alpha_attack, alpha_release = np.exp(-1.0 / (0.001 * sr * attack_ms)), np.exp(-1.0 / (0.001 * sr * release_ms))
+    out, smoothed = np.empty_like(x), 0.0
+    for n, sample in enumerate(x):
+        level = 20.0 * np.log10(abs(sample)) if abs(sample) >= 1e-6 else -120.0
+        target = (level - threshold_db) * (1.0 - 1.0 / ratio) if level >= threshold_db else 0.0
+        alpha = alpha_attack if target > smoothed else alpha_release
+        smoothed = alpha * smoothed + (1.0 - alpha) * target
+        out[n] = sample * 10.0 ** (-smoothed / 20.0)
+    return out
+
+
+@pytest.mark.parametrize("threshold_db", [-20.0, -60.0, -130.0])
+def test_the_compressor_follows_the_spec_in_every_layout(threshold_db, rng):
+    x = rng.standard_normal((2000, 2)) * np.linspace(0.0, 0.5, 2000)[:, None]
+    x[500:700] = 0.0                                     # silence: below the detector's floor
+    expected = np.stack([_compress_by_the_spec(x[:, c], threshold_db, 6.0, 2.0, 30.0) for c in range(2)], axis=1)
+    np.testing.assert_allclose(dsp.compress(x, threshold_db, 6.0, 2.0, 30.0), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dsp.compress(x[:, 0], threshold_db, 6.0, 2.0, 30.0), expected[:, 0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dsp.compress(x[:, :1], threshold_db, 6.0, 2.0, 30.0), expected[:, :1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dsp.compress(np.ascontiguousarray(x.T), threshold_db, 6.0, 2.0, 30.0, time_axis=-1),
+                               expected.T, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="time_axis"):
+        dsp.compress(x, threshold_db, 6.0, 2.0, 30.0, time_axis=1)

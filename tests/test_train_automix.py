@@ -1,7 +1,6 @@
 """`mixdaemon train automix`: cached aligned data, a tiny run that ends in a model `mixdaemon automix`
 uses, exact resumption, and the settings it refuses."""
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
