@@ -13,6 +13,9 @@ never clips) and a one-pole release. A final measurement confirms the ceiling; a
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from scipy import ndimage, signal
@@ -29,12 +32,50 @@ OVERSAMPLING = 4  # BS.1770-4 annex 2: 4x oversampling for true-peak measurement
 _INTERPOLATOR = (signal.firwin(193, 0.247, window=("kaiser", 8.0)) * OVERSAMPLING).astype(np.float32)
 
 
-def true_peak_envelope(x: np.ndarray) -> np.ndarray:
+# What the interpolation can make of a signal, at most: each oversampled point is one phase of the
+# filter (about 49 taps, centred on its sample) applied to the samples around it, so it is at most
+# that phase's L1 norm times the largest |x| within _REACH samples.
+_WORST_CASE_GAIN = float(max(np.abs(_INTERPOLATOR[r::OVERSAMPLING]).sum() for r in range(OVERSAMPLING)))
+_REACH = len(_INTERPOLATOR) // (2 * OVERSAMPLING) + 2
+_BLOCK = 8192          # samples measured exactly at a time where the bound says it may matter
+_CONTEXT = 2 * _REACH  # samples read on each side of a block, so its points are those of the whole signal
+
+
+def true_peak_envelope(x: np.ndarray, above: float = 0.0) -> np.ndarray:
     """Per-sample maximum of |x| over channels and over the 4x-oversampled points that follow
-    each sample: the level a D/A converter can actually reach."""
+    each sample: the level a D/A converter can actually reach.
+
+    Exact wherever it could reach `above`. Elsewhere it is an upper bound below `above` (the
+    interpolator's worst case around that sample), which spares the oversampling of the quiet
+    parts: the limiter only needs the envelope where it may exceed its target, a peak meter only
+    where it may exceed the loudest sample."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]
+    sample_peak = np.max(np.abs(x), axis=1) if x.size else np.zeros(x.shape[0], np.float32)
+    bound = np.maximum(ndimage.maximum_filter1d(sample_peak, 2 * _REACH + 1) * _WORST_CASE_GAIN, sample_peak)
+    n_blocks = -(-x.shape[0] // _BLOCK)
+    needed = [b for b in range(n_blocks) if bound[b * _BLOCK:(b + 1) * _BLOCK].max() >= above]
+    out = bound.astype(np.float64)
+    for first, last in _runs(needed):
+        start, stop = first * _BLOCK, min(x.shape[0], (last + 1) * _BLOCK)
+        lo, hi = max(0, start - _CONTEXT), min(x.shape[0], stop + _CONTEXT)
+        out[start:stop] = _oversampled_envelope(x[lo:hi])[start - lo:stop - lo]
+    return out
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs in a sorted list of block indices, as (first, last) pairs."""
+    runs = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _oversampled_envelope(x: np.ndarray) -> np.ndarray:
     delay = (len(_INTERPOLATOR) - 1) // 2  # the filter's group delay in oversampled points
     up = signal.upfirdn(_INTERPOLATOR, x, up=OVERSAMPLING, axis=0)[delay:delay + x.shape[0] * OVERSAMPLING]
     return _frame_abs_max(np.ascontiguousarray(up).reshape(x.shape[0], -1), x)
@@ -59,7 +100,7 @@ def true_peak_dbtp(x: np.ndarray) -> float:
     """BS.1770-4 true peak of a signal in dBTP."""
     if x.size == 0:
         return float("-inf")
-    return float(db(true_peak_envelope(x).max()))
+    return float(db(true_peak_envelope(x, above=float(np.max(np.abs(x)))).max()))
 
 
 @numba.njit(cache=True)
@@ -97,13 +138,18 @@ def limit_linked(stems: dict[str, np.ndarray], ceiling_dbtp: float = TRUE_PEAK_C
     ceiling = 10.0 ** ((ceiling_dbtp - 0.05) / 20.0)
     stems = {k: np.asarray(v, dtype=np.float32) for k, v in stems.items()}
 
+    target = ceiling * 0.995
+
     def envelope() -> np.ndarray:
-        mix = np.sum(list(stems.values()), axis=0)
-        return np.max([true_peak_envelope(s) for s in [mix, *stems.values()]], axis=0)
+        # exact wherever it may reach the target (below it the gain is 1 either way); the signals
+        # in parallel, since the oversampling filter releases the GIL
+        signals = [np.sum(list(stems.values()), axis=0), *stems.values()]
+        with ThreadPoolExecutor(max_workers=min(len(signals), os.cpu_count() or 1)) as pool:
+            return np.max(list(pool.map(lambda s: true_peak_envelope(s, above=target), signals)), axis=0)
 
     env = envelope()
     if env.max() > ceiling:
-        gain = limiter_gain(env, ceiling * 0.995, sr)[:, None].astype(np.float32)
+        gain = limiter_gain(env, target, sr)[:, None].astype(np.float32)
         stems = {k: v * gain for k, v in stems.items()}
         # The smooth gain scales the envelope almost exactly; what gain changes between samples
         # add to intersample peaks is removed by a static trim (a few hundredths of a dB at most).

@@ -44,3 +44,19 @@ def test_limiting_is_local_not_a_global_gain():
     limited, _ = limit_linked(quiet)
     # one second before the transient, nothing was turned down
     np.testing.assert_allclose(limited["bass"][: n // 2 - 44100], quiet["bass"][: n // 2 - 44100], rtol=1e-6)
+
+
+def test_the_envelope_is_exact_wherever_it_may_reach_the_level_asked_for():
+    from mixdaemon.mastering import true_peak_envelope
+    rng = np.random.default_rng(3)
+    t = np.arange(44100 * 3)
+    # quiet passages and loud bursts of a bright tone (whose true peaks fall between samples)
+    x = (np.sin(2 * np.pi * 11025.3 * t / 44100)[:, None] * np.where((t // 20000) % 3 == 0, 0.9, 0.02)[:, None]
+         + 0.01 * rng.standard_normal((t.size, 2))).astype(np.float32)
+    exact = true_peak_envelope(x)
+    for above in (0.3, 0.8):
+        fast = true_peak_envelope(x, above=above)
+        np.testing.assert_array_equal(fast[exact >= above], exact[exact >= above])
+        assert np.all(fast >= exact) and np.all(fast[fast != exact] < above)  # elsewhere a bound under `above`
+        assert np.mean(fast != exact) > 0.3                                     # the quiet parts were skipped
+    assert true_peak_dbtp(x) == float(20 * np.log10(exact.max() + 1e-30))
