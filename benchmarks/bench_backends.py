@@ -19,7 +19,7 @@ Sections:
   cloner, which explain the ratio between the two.
 
 Models: ``full`` is the authors' architecture, ``default`` the shipped default pair's (the
-"small" training presets of mixdaemon/train; the pair named "default" in the engine store is used
+"small" training presets of mixdaemon/train; the pair named "default" in the model store is used
 when it exists). Weights are random: the cost does not depend on their values.
 
 The machine may be shared, so every measurement alternates the contenders call by call and keeps
@@ -43,12 +43,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mixdaemon.audio import read_audio  # noqa: E402
-from mixdaemon.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
-from mixdaemon.inference import REFERENCE_SEGMENT, convert  # noqa: E402
-from mixdaemon.modelfiles import ModelFileError, load_pair, weights_sha256  # noqa: E402
-from mixdaemon.models import FXencoder, MixFXcloner  # noqa: E402
-from mixdaemon.onnx_export import ensure_onnx  # noqa: E402
+from mixdaemon.audio.io import read_audio  # noqa: E402
+from mixdaemon.nets.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
+from mixdaemon.nets.inference import convert
+from mixdaemon.nets.mst import FXencoder, MixFXcloner  # noqa: E402
+from mixdaemon.nets.onnx_export import ensure_onnx  # noqa: E402
+from mixdaemon.nets.shapes import REFERENCE_SEGMENT  # noqa: E402
+from mixdaemon.nets.store import ModelFileError, load_pair, weights_sha256  # noqa: E402
 
 SR = 44100
 STEMS = REPO.parent / "shared" / "data" / "real_stems"
@@ -63,7 +64,7 @@ def models(size: str) -> tuple[FXencoder, MixFXcloner, str]:
         encoder, cloner, info = load_pair("default")
         return encoder, cloner, f"pair {info.path}"
     except ModelFileError:
-        from mixdaemon.models import ClonerConfig
+        from mixdaemon.nets.mst import ClonerConfig
         from mixdaemon.train.cloner import CLONER_PRESETS
         from mixdaemon.train.encoder import ENCODER_PRESETS
 
@@ -259,7 +260,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="cloner input for the raw section")
     parser.add_argument("--song-seconds", type=float, default=60.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--store", help="engine store for the exported graphs (default: a temporary folder)")
+    parser.add_argument("--store", help="model store for the exported graphs (default: a temporary folder)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

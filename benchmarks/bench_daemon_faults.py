@@ -38,13 +38,21 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from test_daemon_support import (DaemonProcess, OscListener, OutputMonitor, daemon_config, make_reference,  # noqa: E402
-                                 osc_packet, wav_bytes, write_toml)
+from tests.support.daemon import (  # noqa: E402
+    DaemonProcess,
+    OscListener,
+    OutputMonitor,
+    daemon_config,
+    make_reference,
+    osc_packet,
+    wav_bytes,
+    write_toml,
+)
 
-from mixdaemon.audio import resample  # noqa: E402
-from mixdaemon.examples import synth_song  # noqa: E402
+from mixdaemon.audio.examples import synth_song  # noqa: E402
+from mixdaemon.audio.io import resample  # noqa: E402
 
 STEMS = ("drums", "bass", "other", "vocals")
 RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
@@ -375,7 +383,7 @@ def _osc_string(s: str) -> bytes:
 
 
 def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: float) -> dict:
-    from mixdaemon.osc import COMMANDS
+    from mixdaemon.daemon.osc import COMMANDS
     listener = OscListener()
     proc = _start(work, listener, reference)
     packets = osc_packets(n, rng, list(COMMANDS))

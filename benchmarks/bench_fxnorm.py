@@ -34,8 +34,9 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixdaemon import dsp, fxnorm  # noqa: E402
-from mixdaemon.fxnorm_stats import FxStats  # noqa: E402
+from mixdaemon.audio import dsp  # noqa: E402
+from mixdaemon.fx import normalization as fxnorm
+from mixdaemon.fx.stats import FxStats  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL_STEMS = SHARED / "data" / "real_stems"

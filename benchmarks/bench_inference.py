@@ -52,8 +52,9 @@ class _FirstBatchDone(Exception):
 
 def worker(args) -> dict:
     import torch
-    from mixdaemon.inference import convert, embed_reference
-    from mixdaemon.models import ClonerConfig, FXencoder, MixFXcloner
+
+    from mixdaemon.nets.inference import convert, embed_reference
+    from mixdaemon.nets.mst import ClonerConfig, FXencoder, MixFXcloner
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

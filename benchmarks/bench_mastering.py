@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import mixdaemon
-from mixdaemon.mastering import limit_linked, true_peak_dbtp
-from mixdaemon.stems import STEM_NAMES, load_song
+from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
+from mixdaemon.audio.stems import STEM_NAMES, load_song
 
 REAL_STEMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stems"
 

@@ -29,15 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon import chain_features as cf
-from mixdaemon.chain_estimation import DEFAULT_PREDICTOR, ParamPredictor, fit_eq, fit_eq_with_coloration
-from mixdaemon.evaluation import build_songs, parameter_recovery, recovery_errors
-from mixdaemon.fxchain import chain_from_draw
-from mixdaemon.fxmanipulator import FXManipulator
-from mixdaemon.fxnorm import default_stats_path
-from mixdaemon.fxnorm_stats import FxStats
-from mixdaemon.param_engine import ParamEngine
-from mixdaemon.stems import STEM_NAMES, load_song
+from mixdaemon.audio.stems import STEM_NAMES, load_song
+from mixdaemon.defaults import DEFAULT_PREDICTOR
+from mixdaemon.evaluation.recovery import parameter_recovery, recovery_errors
+from mixdaemon.evaluation.table2 import build_songs
+from mixdaemon.fx import features as cf
+from mixdaemon.fx.chain import chain_from_draw
+from mixdaemon.fx.manipulator import FXManipulator
+from mixdaemon.fx.stats import FxStats, default_stats_path
+from mixdaemon.mixing.param import ParamEngine
+from mixdaemon.mixing.param_estimation import (
+    ParamPredictor,
+    fit_eq,
+    fit_eq_with_coloration,
+)
 
 REAL_STEMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_stems"
 

@@ -30,12 +30,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mixdaemon.audio import read_audio  # noqa: E402
-from mixdaemon.automix import AutomixSettings, Automixer  # noqa: E402
-from mixdaemon.automix_models import INPUT_STEMS  # noqa: E402
-from mixdaemon.mastering import limit_linked  # noqa: E402
-from mixdaemon.metrics import fxnorm_feature_distances  # noqa: E402
-from mixdaemon.stems import load_song  # noqa: E402
+from mixdaemon.audio.io import read_audio  # noqa: E402
+from mixdaemon.audio.mastering import limit_linked  # noqa: E402
+from mixdaemon.audio.metrics import fxnorm_feature_distances  # noqa: E402
+from mixdaemon.audio.stems import load_song  # noqa: E402
+from mixdaemon.mixing.automix import Automixer
+from mixdaemon.mixing.settings import AutomixSettings  # noqa: E402
+from mixdaemon.nets.automix import INPUT_STEMS  # noqa: E402
 
 REAL_STEMS = REPO.parent / "shared" / "data" / "real_stems"
 SUM_BASELINE = "sum of normalized stems"

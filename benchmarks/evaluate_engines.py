@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mixdaemon.evaluation import MULTITRACK, PAPER_RATIO, evaluate, format_table  # noqa: E402
+from mixdaemon.evaluation.table2 import MULTITRACK, PAPER_RATIO, evaluate, format_table  # noqa: E402
 
 REAL_STEMS = REPO.parent / "shared" / "data" / "real_stems"
 

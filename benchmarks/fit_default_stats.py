@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixdaemon import fxnorm  # noqa: E402
-from mixdaemon.fxnorm_stats import FxStats, fit  # noqa: E402
+from mixdaemon.fx import normalization as fxnorm  # noqa: E402
+from mixdaemon.fx.fit import fit
+from mixdaemon.fx.stats import FxStats  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MUSDB18 = {

@@ -6,7 +6,7 @@ Stages (each one resumes where an interrupted run stopped; rerunning a finished 
             FluidSynth + FluidR3_GM (apt-get install fluidsynth fluid-soundfont-gm), see
             mixdaemon/train/material.py
   encoder   `mixdaemon train encoder` with ENCODER_ARGS
-  cloner    `mixdaemon train cloner` with CLONER_ARGS, exported into the engine store as "default"
+  cloner    `mixdaemon train cloner` with CLONER_ARGS, exported into the model store as "default"
   speed     the neural engine converting a 3-minute 4-stem song (the project's numpy synth) with a
             3-minute reference on --backend (default: auto, the fastest CPU path) with --threads
             threads: wall and CPU seconds vs real time
@@ -38,7 +38,7 @@ SPEED_SECONDS = 180.0
 
 
 def _train(argv: list[str]) -> None:
-    from mixdaemon.train import add_train_parser
+    from mixdaemon.cli.train import register as add_train_parser
     parser = argparse.ArgumentParser(prog="mixdaemon")
     add_train_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["train", *argv])
@@ -71,12 +71,11 @@ def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> 
     """Wall and CPU time of NeuralEngine.convert_song on a SPEED_SECONDS 4-stem song."""
     import torch
 
-    from mixdaemon.backends import create_backend
-    from mixdaemon.examples import synth_song
-    from mixdaemon.fxnorm import default_stats_path
-    from mixdaemon.fxnorm_stats import FxStats
-    from mixdaemon.modelfiles import load_pair
-    from mixdaemon.neural import NeuralEngine
+    from mixdaemon.audio.examples import synth_song
+    from mixdaemon.fx.stats import FxStats, default_stats_path
+    from mixdaemon.mixing.neural import NeuralEngine
+    from mixdaemon.nets.backends import create_backend
+    from mixdaemon.nets.store import load_pair
     torch.set_num_threads(threads)
     song, reference = synth_song(SPEED_SECONDS, seed=0), synth_song(SPEED_SECONDS, seed=1)
     encoder, cloner, info = load_pair(model)

@@ -5,9 +5,5 @@
 - loop: what both trainings share (seeds, devices, resumable checkpoints, CSV log, progress);
 - encoder: contrastive FXencoder training with probability scheduling (§3.3, §2.4);
 - cloner: MixFXcloner training against a frozen encoder with the multi-scale spectral loss (§4.3);
-- commands: the `mixdaemon train ...` command line (`add_train_parser`).
+- runs: the runs `mixdaemon train ...` (cli/train.py) starts: train_encoder, train_cloner, train_automix.
 """
-
-from .commands import add_train_parser, train_cloner, train_encoder
-
-__all__ = ["add_train_parser", "train_encoder", "train_cloner"]

@@ -32,24 +32,50 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import __version__
-from ..audio import WORKING_RATE, read_audio
-from ..automix import NORMALIZE_ORDER, network_input, normalize_for_automix
-from ..automix_models import (AUTOMIX_PRESETS, INPUT_STEMS, automix_loss, build_model,
-                              min_loss_length, model_context)
-from ..errors import ConfigError
-from ..fxnorm import ReverbNormalization
-from ..fxnorm_stats import FxStats
-from ..hashing import file_sha256
-from ..modelfiles import AutomixModelInfo, save_automix_model
-from ..stems import load_song
-from .data import cached_songs, song_folders
-from .loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, load_checkpoint, read_log, step_rng
+from mixdaemon import __version__
+from mixdaemon.audio.dsp import WORKING_RATE
+from mixdaemon.audio.io import read_audio
+from mixdaemon.audio.stems import load_song
+from mixdaemon.errors import ConfigError
+from mixdaemon.files import file_sha256
+from mixdaemon.fx.normalization import ReverbNormalization
+from mixdaemon.fx.stats import FxStats
+from mixdaemon.mixing.automix import (
+    NORMALIZE_ORDER,
+    network_input,
+    normalize_for_automix,
+)
+from mixdaemon.nets.automix import (
+    ARCHITECTURES,
+    AUTOMIX_PRESETS,
+    INPUT_STEMS,
+    automix_loss,
+    build_model,
+    min_loss_length,
+    model_context,
+)
+from mixdaemon.nets.store import AutomixModelInfo, save_automix_model
+from mixdaemon.progress import Progress, no_progress
+from mixdaemon.train.data import cached_songs, song_folders
+from mixdaemon.train.loop import (
+    VALIDATION_STREAM,
+    LoopSettings,
+    Trainer,
+    autocast,
+    load_checkpoint,
+    read_log,
+    step_rng,
+)
 
 CACHE_FORMAT = 1
 CACHE_MANIFEST = "automix-cache.json"
 TARGET_FILE = "mix.npy"
 SEGMENT = 132_288  # 3 s, a multiple of 64: the paper's pre-training excerpt (its full models use 10 s)
+
+
+def model_presets(architecture: str) -> dict:
+    """The size presets (tiny, small, full) of an automix architecture's model config."""
+    return ARCHITECTURES[architecture][2]
 
 
 @dataclass
@@ -78,7 +104,7 @@ class MultitrackLibrary:
     Same constructor as data.StemLibrary, so data.libraries builds either."""
 
     def __init__(self, songs_dir: str | Path, stats_path: str | Path, cache_dir: str | Path | None = None,
-                 seed: int = 0, songs: list[str] | None = None, progress: Callable[[int, int], None] | None = None,
+                 seed: int = 0, songs: list[str] | None = None, progress: Progress = no_progress,
                  ir_folder: str | Path | None = None):
         self.songs_dir = Path(songs_dir)
         self.stats_path = Path(stats_path)

@@ -19,14 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..errors import ConfigError
-from ..metrics import mss_loss_lr, mss_loss_ms
-from ..modelfiles import PairInfo, save_pair, weights_sha256
-from ..models import ClonerConfig, MixFXcloner
-from .data import ClonerBatch, StemLibrary, cloner_batch, manipulators
-from .encoder import load_trained_encoder
-from .loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, load_checkpoint, read_log, step_rng
+from mixdaemon import __version__
+from mixdaemon.audio.metrics import mss_loss_lr, mss_loss_ms
+from mixdaemon.errors import ConfigError
+from mixdaemon.nets.mst import ClonerConfig, MixFXcloner
+from mixdaemon.nets.store import PairInfo, save_pair, weights_sha256
+from mixdaemon.train.data import ClonerBatch, StemLibrary, cloner_batch, manipulators
+from mixdaemon.train.encoder import load_trained_encoder
+from mixdaemon.train.loop import (
+    VALIDATION_STREAM,
+    LoopSettings,
+    Trainer,
+    autocast,
+    load_checkpoint,
+    read_log,
+    step_rng,
+)
 
 CLONER_PRESETS = {  # cond_dim always comes from the encoder
     "tiny": {"nblocks": 3, "channel_width": 4, "kernel_size": 3, "dilation_growth": 2},

@@ -23,13 +23,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..dsp import WORKING_RATE, db_to_amp
-from ..errors import ConfigError
-from ..fxmanipulator import MARGIN_SAMPLES, FXManipulator
-from ..fxnorm import normalize_stems
-from ..fxnorm_stats import FxStats
-from ..hashing import file_sha256
-from ..stems import load_song
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp
+from mixdaemon.audio.stems import load_song
+from mixdaemon.errors import ConfigError
+from mixdaemon.files import file_sha256
+from mixdaemon.fx.manipulator import MARGIN_SAMPLES, FXManipulator
+from mixdaemon.fx.normalization import normalize_stems
+from mixdaemon.fx.stats import FxStats
+from mixdaemon.progress import Progress, no_progress
 
 STEMS = ("drums", "bass", "other", "vocals")
 NORMALIZE_ORDER = "mst_training"
@@ -63,7 +64,7 @@ def song_folders(songs_dir: Path) -> list[Path]:
 
 
 def cached_songs(manifest: Path, key: dict, folders: list[Path], stats_path: Path,
-                 prepare: Callable[[Path, FxStats], Any], progress: Callable[[int, int], None] | None = None) -> dict:
+                 prepare: Callable[[Path, FxStats], Any], progress: Progress = no_progress) -> dict:
     """{song name: what prepare(folder, stats) returned} for every folder, from the cache
     manifest file when it was made with the same `key`; songs not in it yet are prepared (statistics
     loaded once, on the first need) and the manifest rewritten after each, so an interrupted run
@@ -77,8 +78,7 @@ def cached_songs(manifest: Path, key: dict, folders: list[Path], stats_path: Pat
             songs[folder.name] = prepare(folder, stats)
             manifest.parent.mkdir(parents=True, exist_ok=True)
             manifest.write_text(json.dumps({"key": key, "songs": songs}, indent=1))
-        if progress is not None:
-            progress(i + 1, len(folders))
+        progress("normalizing songs", (i + 1) / len(folders))
     return songs
 
 
@@ -86,7 +86,7 @@ class StemLibrary:
     """Normalized, trimmed stems of a folder of songs, with length-weighted segment draws."""
 
     def __init__(self, songs_dir: str | Path, stats_path: str | Path, cache_dir: str | Path | None = None,
-                 seed: int = 0, songs: list[str] | None = None, progress: Callable[[int, int], None] | None = None):
+                 seed: int = 0, songs: list[str] | None = None, progress: Progress = no_progress):
         """songs: names of the song folders to use (default: all)."""
         self.songs_dir = Path(songs_dir)
         self.stats_path = Path(stats_path)
@@ -240,11 +240,12 @@ HOLDOUT_EVERY = 8  # without a validation folder, every 8th song (sorted by name
 
 def libraries(songs_dir: str | Path, val_dir: str | Path | None, stats_path: str | Path,
               cache_dir: str | Path | None = None, seed: int = 0,
-              progress: Callable[[str, int, int], None] | None = None, library_class: type = StemLibrary):
+              progress: Progress = no_progress, library_class: type = StemLibrary):
     """(training library, validation library): val_dir's songs, or every HOLDOUT_EVERY-th song of
     songs_dir held out from training. library_class: StemLibrary, or another class with its
     constructor (train.automix.MultitrackLibrary)."""
-    report = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
+    def report(what: str) -> Progress:
+        return lambda stage, fraction: progress(what, fraction)
     if val_dir is not None:
         val_cache = Path(cache_dir) / "validation" if cache_dir else None
         return (library_class(songs_dir, stats_path, cache_dir, seed, progress=report("normalizing training songs")),

@@ -21,11 +21,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..fxmanipulator import FX_NAMES, FXManipulator, schedule_from_losses
-from ..models import EncoderConfig, FXencoder
-from .data import STEMS, EncoderBatch, StemLibrary, encoder_batch, manipulators
-from .loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, load_checkpoint, step_rng
+from mixdaemon.errors import ConfigError
+from mixdaemon.fx.manipulator import FX_NAMES, FXManipulator, schedule_from_losses
+from mixdaemon.nets.mst import EncoderConfig, FXencoder
+from mixdaemon.train.data import (
+    STEMS,
+    EncoderBatch,
+    StemLibrary,
+    encoder_batch,
+    manipulators,
+)
+from mixdaemon.train.loop import (
+    VALIDATION_STREAM,
+    LoopSettings,
+    Trainer,
+    autocast,
+    load_checkpoint,
+    step_rng,
+)
 
 ENCODER_PRESETS = {
     # tests: embedding 32, stride 512, ~20 k parameters

@@ -1,5 +1,5 @@
 """What the FXencoder and MixFXcloner trainings share: seeds and determinism, devices, the
-step-indexed batch stream, resumable checkpoints, the CSV log and the progress bar.
+step-indexed batch stream, resumable checkpoints, the CSV log and progress reports.
 
 Reproducibility rests on one rule: the batch of update k is a pure function of (run seed, k) and of
 the FX probabilities in force (which only change at validations and are checkpointed). Model,
@@ -10,6 +10,7 @@ the same loss curve (bit for bit on the same machine, thread count and device).
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import signal
@@ -22,7 +23,11 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..errors import ConfigError, MixdaemonError, ModelFileError
+from mixdaemon.errors import ConfigError, MixdaemonError, ModelFileError
+from mixdaemon.files import atomic_write
+from mixdaemon.progress import Progress, no_progress
+
+log = logging.getLogger("mixdaemon.train")
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.csv"
@@ -111,12 +116,8 @@ def batches(make: Callable[[np.random.Generator], Any], seed: int, first: int, l
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic torch.save: a crash mid-write leaves the previous checkpoint intact."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
@@ -182,7 +183,7 @@ class LoopSettings:
     workers: int = 1
     resume: bool = False
     stop_after: int | None = None  # end this process after that update (checkpointed), e.g. for time slices
-    progress: bool = True
+    progress: Progress = no_progress  # (stage, fraction of the run's updates done)
 
 
 class Trainer:
@@ -270,7 +271,6 @@ class Trainer:
 
     # the loop
     def run(self) -> None:
-        from tqdm import tqdm
         loop, steps, seed = self.loop, self.cfg.steps, self.cfg.seed
         if steps < 1:
             raise ConfigError(f"steps {steps}: must be positive")
@@ -280,10 +280,9 @@ class Trainer:
         elif self.checkpoint_path.exists():
             raise ConfigError(f"{self.checkpoint_path}: the run folder holds a run already; pass --resume to "
                               "continue it, or choose another --run-dir")
-        log = CsvLog(loop.run_dir / LOG, self.step if loop.resume else None)
+        csv_log = CsvLog(loop.run_dir / LOG, self.step if loop.resume else None)
         last = min(steps, loop.stop_after) if loop.stop_after is not None else steps
-        bar = tqdm(total=steps, initial=self.step, desc=f"training {self.kind}", unit="step",
-                   disable=not loop.progress, dynamic_ncols=True)
+        loop.progress(f"{self.kind} step {self.step}", self.step / steps)
         smoothed = None
         clock, base = time.perf_counter(), self.elapsed
 
@@ -301,10 +300,9 @@ class Trainer:
                         self.scheduler.step()
                     self.step, self.elapsed = k, now()
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
-                    log.write(k, "train", values, self.elapsed)
+                    csv_log.write(k, "train", values, self.elapsed)
                     smoothed = values["loss"] if smoothed is None else 0.9 * smoothed + 0.1 * values["loss"]
-                    bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
-                    bar.update(1)
+                    loop.progress(f"{self.kind} loss {smoothed:.4f}", k / steps)
                     if k % loop.checkpoint_every == 0 and k % loop.validate_every != 0:
                         self.save()
                 if self.step % loop.validate_every == 0 or self.step == steps:
@@ -312,12 +310,11 @@ class Trainer:
                     with torch.no_grad():
                         metrics = self.validate()
                     self.elapsed = now()
-                    log.write(self.step, "val", metrics, self.elapsed)
-                    bar.write(f"step {self.step}: " + ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
+                    csv_log.write(self.step, "val", metrics, self.elapsed)
+                    log.info("%s step %d: %s", self.kind, self.step,
+                             ", ".join(f"{m} {v:.4f}" for m, v in metrics.items()))
                 self.save()
         except KeyboardInterrupt:
-            bar.write(f"interrupted: the checkpoint of step {self._saved_step} is in {self.checkpoint_path} "
-                      "(continue with --resume)")
+            log.warning("interrupted: the checkpoint of step %d is in %s (continue with --resume)",
+                        self._saved_step, self.checkpoint_path)
             raise
-        finally:
-            bar.close()

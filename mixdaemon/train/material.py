@@ -32,14 +32,14 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..audio import read_audio, write_audio
-from ..dsp import WORKING_RATE
-from ..errors import ConfigError, MixdaemonError
-from ..examples import synth_song
+from mixdaemon.audio.dsp import WORKING_RATE
+from mixdaemon.audio.examples import synth_song
+from mixdaemon.audio.io import read_audio, write_audio
+from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.progress import Progress, no_progress
 
 STEMS = ("drums", "bass", "other", "vocals")
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/default-GM.sf2"))
@@ -356,7 +356,7 @@ def render_song(seed: tuple[int, int], seconds: float, renderer: str = "fluidsyn
 
 def make_material(out_dir: str | Path, songs: int, seconds: float = 30.0, seed: int = 0,
                   renderer: str = "auto", first: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+                  progress: Progress = no_progress) -> list[Path]:
     """Write songs first … first+songs−1 as out_dir/song_NNNN/{drums,bass,other,vocals}.wav (24-bit)
     and out_dir/material.json; songs already present are kept (so an interrupted run resumes).
     Returns the song folders."""
@@ -387,6 +387,5 @@ def make_material(out_dir: str | Path, songs: int, seconds: float = 30.0, seed: 
             manifest["songs"][folder.name] = {"seed": [seed, index]}
             manifest_path.write_text(json.dumps(manifest, indent=1))
         folders.append(folder)
-        if progress is not None:
-            progress(k + 1, songs)
+        progress("rendering songs", (k + 1) / songs)
     return folders

@@ -26,13 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import chain_features as cf
-from ..chain_estimation import PREDICTED_SLOTS, SLOT_INDEX, ParamPredictor, chain_to_unit
-from ..errors import ConfigError
-from ..fxchain import chain_from_draw
-from ..fxmanipulator import FX_NAMES, MARGIN_SAMPLES
-from .data import STEMS, StemLibrary, manipulators
-from .loop import LOG, TRAIN_STREAM, VALIDATION_STREAM, CsvLog, step_rng
+from mixdaemon.errors import ConfigError
+from mixdaemon.files import atomic_write
+from mixdaemon.fx import features as cf
+from mixdaemon.fx.chain import chain_from_draw
+from mixdaemon.fx.manipulator import FX_NAMES, MARGIN_SAMPLES
+from mixdaemon.mixing.param_estimation import (
+    PREDICTED_SLOTS,
+    SLOT_INDEX,
+    ParamPredictor,
+    chain_to_unit,
+)
+from mixdaemon.progress import Progress, no_progress
+from mixdaemon.train.data import STEMS, StemLibrary, manipulators
+from mixdaemon.train.loop import LOG, TRAIN_STREAM, VALIDATION_STREAM, CsvLog, step_rng
 
 EXAMPLES_FILE = "examples-{part}.npz"
 
@@ -94,7 +101,7 @@ def make_example(library: StemLibrary, fx: dict, rng: np.random.Generator, lengt
 
 
 def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, stream: int, path: Path,
-                  ir_folder=None, progress: bool = True) -> dict[str, np.ndarray]:
+                  ir_folder=None, progress: Progress = no_progress) -> dict[str, np.ndarray]:
     """`count` examples, made once and kept in `path` (reused when made with the same settings)."""
     key = json.dumps({"count": count, "segment_seconds": cfg.segment_seconds, "seed": cfg.seed, "stream": stream,
                       "songs": library.songs, "library": library.key, "ir_folder": str(ir_folder),
@@ -104,17 +111,17 @@ def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, s
         with np.load(path) as stored:
             if str(stored["key"]) == key:
                 return {k: stored[k] for k in ("features", "targets", "weights")}
-    from tqdm import tqdm
     probabilities = None if cfg.fx_probability is None else {name: cfg.fx_probability for name in FX_NAMES}
     fx = manipulators(probabilities, ir_folder=ir_folder)
     length = int(cfg.segment_seconds * cf.WORKING_RATE)
-    rows = [make_example(library, fx, step_rng(cfg.seed, stream, k), length, cfg.same_song_probability)
-            for k in tqdm(range(count), desc=f"making {path.stem}", unit="example", disable=not progress)]
+    rows = []
+    for k in range(count):
+        rows.append(make_example(library, fx, step_rng(cfg.seed, stream, k), length, cfg.same_song_probability))
+        progress(f"making {path.stem}", (k + 1) / count)
     data = {name: np.stack([row[i] for row in rows]).astype(np.float32)
             for i, name in enumerate(("features", "targets", "weights"))}
-    partial = path.with_name(f".{path.name}.part.npz")
-    np.savez(partial, key=np.array(key), **data)
-    partial.replace(path)
+    with atomic_write(path) as f:   # a file object: np.savez would append ".npz" to other names
+        np.savez(f, key=np.array(key), **data)
     return data
 
 
@@ -126,10 +133,9 @@ def eq_gain_error_db(predicted_unit: np.ndarray, target_unit: np.ndarray) -> flo
 
 
 def fit_predictor(train: dict[str, np.ndarray], validation: dict[str, np.ndarray], cfg: ParamsTrainingConfig,
-                  log: CsvLog, progress: bool = True) -> tuple[ParamPredictor, dict]:
+                  log: CsvLog, progress: Progress = no_progress) -> tuple[ParamPredictor, dict]:
     """Train the MLP; returns the predictor of the best validation epoch and its validation metrics."""
     import torch
-    from tqdm import tqdm
     torch.manual_seed(cfg.seed)
     mean = train["features"].mean(axis=0)
     std = train["features"].std(axis=0) + 1e-3
@@ -155,7 +161,7 @@ def fit_predictor(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
 
     best = (float("inf"), None, 0)
     started = time.perf_counter()
-    for epoch in tqdm(range(1, cfg.epochs + 1), desc="training predictor", unit="epoch", disable=not progress):
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         total = 0.0
         for batch in torch.randperm(len(x_train), generator=generator).split(cfg.batch_size):
@@ -172,6 +178,7 @@ def fit_predictor(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
         log.write(epoch, "val", {"loss": val_loss}, time.perf_counter() - started)
         if val_loss < best[0]:
             best = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}, epoch)
+        progress("training predictor", epoch / cfg.epochs)
     model.load_state_dict(best[1])
     linear = [m for m in model if isinstance(m, torch.nn.Linear)]
     arrays = {"feature_mean": mean.astype(np.float64), "feature_std": std.astype(np.float64)}
@@ -188,7 +195,7 @@ def fit_predictor(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
 
 
 def train_params(cfg: ParamsTrainingConfig, train_library: StemLibrary, validation_library: StemLibrary,
-                 run_dir: str | Path, out: str | Path, *, ir_folder=None, progress: bool = True,
+                 run_dir: str | Path, out: str | Path, *, ir_folder=None, progress: Progress = no_progress,
                  provenance: dict | None = None) -> tuple[Path, dict]:
     """Make (or reuse) the examples, train, and write the predictor to `out`; returns (path, metrics)."""
     if cfg.examples < 1 or cfg.validation_examples < 1 or cfg.epochs < 1:

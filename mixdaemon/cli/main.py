@@ -1,0 +1,62 @@
+"""The `mixdaemon` command line: the one place that parses arguments, prints and draws progress bars.
+
+Each command lives in its own module of this package (cli/<command>.py) with a `register(subparsers)`
+that adds its parser; the work is done by the job API (mixdaemon.mixing), the daemon, training and
+evaluation. Only the module of the command being run is imported, so `mixdaemon send` starts in a
+fraction of a second; `--help` (no command yet) imports them all to list them.
+
+Every user-facing failure is a MixdaemonError: it is printed as one line `mixdaemon: error: ...`
+and the exit status is 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from mixdaemon.errors import MixdaemonError
+
+# command name → module of this package that registers it
+COMMANDS = {
+    "transfer": "transfer", "demo": "transfer", "example": "transfer",
+    "fxnorm": "fxnorm",
+    "models": "models", "embed": "models",
+    "engines": "engines",
+    "serve": "serve",
+    "send": "send",
+    "automix": "automix",
+    "evaluate": "evaluate",
+    "train": "train",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixdaemon", description="Mixing style transfer and automatic mixing "
+                                     "for DAW users: convert stems to a reference song's mixing style.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    command = next((a for a in (argv or []) if not a.startswith("-")), None)
+    wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module in wanted:
+        importlib.import_module(f"{__package__}.{module}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MixdaemonError as exc:
+        print(f"mixdaemon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixdaemon: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`mixdaemon models import | list` (the model store) and `mixdaemon embed` (FXencoder embeddings)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_embed(args) -> int:
+    """The MST feature-extraction tool: one FXencoder embedding per file, stacked in one .npy."""
+    import numpy as np
+
+    from mixdaemon.audio.io import read_audio
+    from mixdaemon.mixing.neural import StyleEncoder
+    encoder = StyleEncoder(args.model)
+    embeddings = np.stack([encoder.embed(read_audio(f).samples, name=f) for f in args.files])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, embeddings)
+    print(f"{len(args.files)} embeddings of size {embeddings.shape[1]} (model {encoder.source['name']}) "
+          f"written to {out}")
+    return 0
+
+
+def cmd_models_import(args) -> int:
+    from mixdaemon.mixing.models import import_authors_checkpoints
+    paths = import_authors_checkpoints(args.encoder, args.cloner, store=args.store, name=args.name)
+    print(f"imported model pair '{args.name}':")
+    for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
+        print(f"  {p}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from mixdaemon.mixing.models import MODEL_KINDS, list_models, store_dir
+    models = list_models(args.store)
+    print(f"model store: {store_dir(args.store)}")
+    if not models:
+        print("no models in the model store")
+    for name, fmt, metadata in models:
+        print(f"  {name:<24} {MODEL_KINDS.get(fmt, fmt):<40} created {metadata.get('created', '?')}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embed", help="FXencoder embedding of each file (mean over its non-silent segments)")
+    p.add_argument("files", nargs="+", help="audio files (mixes or stems)")
+    p.add_argument("--out", required=True, help=".npy file: one row per input file, in order")
+    p.add_argument("--model", help="model pair name in the model store, or a model file (default: default)")
+    p.set_defaults(func=cmd_embed)
+
+    models = sub.add_parser("models", help="model files in the model store")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("import", help="import the authors' FXencoder_ps.pt and MixFXcloner_ps.pt")
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--cloner", required=True)
+    p.add_argument("--name", default="mst-official")
+    p.add_argument("--store", help="model store folder (default: engines/ or $MIXDAEMON_ENGINES)")
+    p.set_defaults(func=cmd_models_import)
+    p = msub.add_parser("list", help="list the models in the model store")
+    p.add_argument("--store")
+    p.set_defaults(func=cmd_models_list)

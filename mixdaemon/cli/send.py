@@ -1,0 +1,138 @@
+"""`mixdaemon send COMMAND ...`: a command-line OSC client for every daemon command
+(daemon.osc.OscClient), printing the replies."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mixdaemon import defaults
+from mixdaemon.daemon.osc import COMMANDS, PREFIX, OscClient
+from mixdaemon.errors import MixdaemonError
+
+
+def _request_for(args) -> tuple[str, list]:
+    cmd = args.send_command
+    if cmd == "ping":
+        return f"{PREFIX}/ping", []
+    if cmd == "submit":
+        files = [str(Path(p).absolute()) for p in args.stems]
+        reference = str(Path(args.reference).absolute()) if args.reference else ""
+        out = str(Path(args.out).absolute()) if args.out else ""
+        if len(files) == 1:
+            return f"{PREFIX}/submit", [files[0], reference, out]
+        return f"{PREFIX}/submit/files", [reference, out, *files]
+    if cmd == "automix":
+        out = str(Path(args.out).absolute()) if args.out else ""
+        return f"{PREFIX}/automix", [str(Path(args.stems).absolute()), out]
+    if cmd == "reference":
+        path = "" if args.clear else str(Path(args.path).absolute())
+        if args.folder:
+            return f"{PREFIX}/reference", [str(Path(args.folder).absolute()), path]
+        return f"{PREFIX}/reference", [path]
+    if cmd == "status":
+        return f"{PREFIX}/status", [] if args.job_id is None else [args.job_id]
+    if cmd == "cancel":
+        return f"{PREFIX}/cancel", [args.job_id]
+    if cmd == "preview":
+        return f"{PREFIX}/preview", [args.job_id, args.mode]
+    if cmd == "preview-stop":
+        return f"{PREFIX}/preview/stop", []
+    if cmd == "subscribe":
+        return f"{PREFIX}/subscribe", []
+    raise MixdaemonError(f"unknown send command {cmd}")
+
+
+def _print_message(address: str, params: list) -> None:
+    print(" ".join([address, *(str(p) for p in params)]), flush=True)
+
+
+def cmd_send(args) -> int:
+    """Send one request, print the reply; with --wait (submit), follow the job to done/error.
+    Exit status: 0 success, 1 an error reply, 3 no reply within --timeout."""
+    host, port = args.host, args.port
+    if args.config:
+        from mixdaemon.daemon.config import load_config
+        osc = load_config(args.config).osc
+        host = host or ("127.0.0.1" if osc.host in ("0.0.0.0", "") else osc.host)
+        port = port or osc.port
+    client = OscClient(host or "127.0.0.1", port or defaults.OSC_PORT)
+    address, params = _request_for(args)
+    command = COMMANDS[address]
+    job_id = None
+    follow = args.send_command in ("submit", "automix", "subscribe") and args.wait
+    listen = args.send_command == "subscribe" and args.wait  # until interrupted
+    try:
+        client.send(address, params)
+        while True:
+            message = client.receive(3600.0 if listen else args.timeout)
+            if message is None and listen:
+                continue
+            if message is None:
+                what = "end of the job" if job_id is not None else "reply"
+                print(f"mixdaemon: error: no {what} from {client.target[0]}:{client.target[1]} within "
+                      f"{args.timeout:g} s (is `mixdaemon serve` running with that OSC port?)", file=sys.stderr)
+                return 3
+            reply, values = message
+            _print_message(reply, values)
+            if reply == f"{PREFIX}/error" and (job_id is None or (values and values[0] == job_id)):
+                return 1
+            if not follow:
+                if reply in command.replies:
+                    return 0
+                continue  # a notification that arrived first; the reply follows
+            if reply == f"{PREFIX}/queued" and job_id is None and args.send_command in ("submit", "automix"):
+                job_id = values[0] if values else None
+            elif reply in (f"{PREFIX}/done", f"{PREFIX}/cancelled") and values and values[0] == job_id:
+                return 0 if reply.endswith("done") else 1
+    except KeyboardInterrupt:
+        return 0 if listen else 130
+    except OSError as exc:
+        print(f"mixdaemon: error: cannot send to {client.target[0]}:{client.target[1]}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 3
+    finally:
+        client.close()
+
+
+def register(subparsers) -> None:
+    """`mixdaemon send COMMAND ...`: an OSC client for every daemon command."""
+    p = subparsers.add_parser("send", help="send a command to a running daemon over OSC and print the reply",
+                              description="Send one OSC request to `mixdaemon serve` and print the reply. "
+                                          "Exit status: 0 ok, 1 error reply, 3 no reply in time.")
+    p.add_argument("--host", help="daemon address (default: from --config, else 127.0.0.1)")
+    p.add_argument("--port", type=int, help="daemon OSC port (default: from --config, else 7700)")
+    p.add_argument("--config", help="read the daemon's OSC host and port from this config.toml")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for a reply (with --wait: for each message)")
+    cmds = p.add_subparsers(dest="send_command", required=True)
+    cmds.add_parser("ping", help="check that the daemon answers")
+    s = cmds.add_parser("submit", help="convert a stems folder, a file, or several files")
+    s.add_argument("stems", nargs="+", help="a folder of stems, one file, or several stem files")
+    s.add_argument("--reference", help="reference file or folder (default: the daemon's default reference)")
+    s.add_argument("--out", help="output root (default: the daemon's output root)")
+    s.add_argument("--wait", action="store_true", help="print progress and wait until the job is done")
+    s = cmds.add_parser("automix", help="mix a stems folder with the automix model (no reference)")
+    s.add_argument("stems", help="a folder of stems (or one stem file)")
+    s.add_argument("--out", help="output root (default: the daemon's output root)")
+    s.add_argument("--wait", action="store_true", help="print progress and wait until the job is done")
+    r = cmds.add_parser("reference", help="set the default reference, or a watch folder's")
+    r.add_argument("path", nargs="?", help="reference file or folder of reference stems")
+    r.add_argument("--folder", help="set the reference of this watch folder only")
+    r.add_argument("--clear", action="store_true", help="remove the reference instead")
+    s = cmds.add_parser("status", help="a job's state, or counts of all jobs")
+    s.add_argument("job_id", type=int, nargs="?")
+    s = cmds.add_parser("cancel", help="cancel a queued or running job")
+    s.add_argument("job_id", type=int)
+    s = cmds.add_parser("preview", help="play a finished job's mix")
+    s.add_argument("job_id", type=int)
+    s.add_argument("--mode", default="converted", choices=["converted", "original", "ab"])
+    cmds.add_parser("preview-stop", help="stop playback")
+    s = cmds.add_parser("subscribe", help="receive every job notification (print them with --wait)")
+    s.add_argument("--wait", action="store_true", help="keep printing notifications until interrupted")
+    p.set_defaults(func=_checked_send)
+
+
+def _checked_send(args) -> int:
+    if args.send_command == "reference" and not args.clear and not args.path:
+        raise MixdaemonError("send reference: give a PATH, or --clear")
+    return cmd_send(args)

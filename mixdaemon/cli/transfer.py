@@ -1,0 +1,92 @@
+"""`mixdaemon transfer`, `mixdaemon demo`, `mixdaemon example`: one style-transfer job from the
+command line (mixing.transfer.transfer), and the offline example the README's main job runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixdaemon import defaults
+from mixdaemon.cli.progress import ProgressBar
+
+
+def add_transfer_options(p) -> None:
+    """The job settings (mixing.settings.TransferSettings) as options; shared with `demo`."""
+    p.add_argument("--engine", default=defaults.ENGINE, choices=defaults.ENGINES,
+                   help="match: measured-feature matching (fast, no model); neural: FXencoder + MixFXcloner; "
+                        "param: an interpretable FX chain per stem, its settings written to fx_params.json")
+    p.add_argument("--model", help="neural: model pair name in the model store, or a model file; "
+                                   f"param: parameter predictor (default: {defaults.DEFAULT_PREDICTOR})")
+    p.add_argument("--backend", default=defaults.BACKEND, choices=defaults.BACKENDS)
+    p.add_argument("--chunk-seconds", type=float, default=defaults.CHUNK_SECONDS,
+                   help="neural: audio per conversion chunk")
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="neural: chunks converted together")
+    p.add_argument("--stats", help="FX-normalization statistics file (default: the shipped statistics)")
+    p.add_argument("--separation-model", default=defaults.SEPARATION_MODEL, help="demucs model for mixtures")
+    p.add_argument("--separation-dir", help="local folder of demucs models (offline use)")
+    p.add_argument("--ceiling", type=float, default=defaults.CEILING_DBTP, help="true-peak ceiling of the outputs, dBTP")
+    p.add_argument("--seed", type=int, default=defaults.SEED)
+    p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args):
+    from mixdaemon.mixing.settings import TransferSettings
+    return TransferSettings(engine=args.engine, model=args.model, backend=args.backend,
+                            chunk_seconds=args.chunk_seconds, batch_size=args.batch_size, stats=args.stats,
+                            separation_model=args.separation_model, separation_dir=args.separation_dir,
+                            ceiling_dbtp=args.ceiling, seed=args.seed)
+
+
+def run_transfer(args, input_path, reference_path, out_dir) -> int:
+    from mixdaemon.mixing.transfer import transfer
+    with ProgressBar(enabled=not args.quiet) as bar:
+        result = transfer(input_path, reference_path, out_dir, settings_from_args(args), progress=bar,
+                          overwrite=args.overwrite, reference_b_path=getattr(args, "reference_b", None))
+    print(f"converted {result.seconds_audio:.1f} s of audio with the {result.engine} engine "
+          f"in {sum(result.timings.values()):.1f} s; mix true peak {result.true_peak_dbtp:.2f} dBTP")
+    for name, path in result.outputs.items():
+        print(f"  {name:<8} {result.loudness_before.get(name, float('nan')):7.1f} → "
+              f"{result.loudness_after[name]:7.1f} LUFS  {path}")
+    if result.fx_params:
+        print(f"  FX settings per stem: {result.fx_params}")
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    return run_transfer(args, args.input, args.reference, args.out)
+
+
+def cmd_demo(args) -> int:
+    from mixdaemon.audio.examples import make_example
+    out = Path(args.out)
+    input_dir, reference_dir = make_example(out / "example", seconds=args.seconds)
+    print(f"example stems written to {input_dir} and {reference_dir}")
+    return run_transfer(args, input_dir, reference_dir, out / "converted")
+
+
+def cmd_example(args) -> int:
+    from mixdaemon.audio.examples import make_example
+    input_dir, reference_dir = make_example(args.out, seconds=args.seconds)
+    print(f"input stems: {input_dir}\nreference stems: {reference_dir}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("transfer", help="convert stems (or a mix) to a reference's mixing style")
+    p.add_argument("input", help="folder of stems, or a mixture file")
+    p.add_argument("--reference", required=True, help="folder of reference stems, or a reference mixture")
+    p.add_argument("--reference-b", help="a second reference: the style fades from --reference to this one "
+                                         "over the song (neural engine)")
+    p.add_argument("--out", required=True, help="output folder (stems + mixture.wav)")
+    add_transfer_options(p)
+    p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("demo", help="make example audio with the project's own synthesis and convert it")
+    p.add_argument("--out", default="demo-output", help="folder for the example and the result")
+    p.add_argument("--seconds", type=float, default=20.0)
+    add_transfer_options(p)
+    p.set_defaults(func=cmd_demo, overwrite=True)
+
+    p = sub.add_parser("example", help="write example input and reference stems")
+    p.add_argument("--out", default="example")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.set_defaults(func=cmd_example)

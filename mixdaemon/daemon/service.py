@@ -1,0 +1,469 @@
+"""`mixdaemon serve`: the background daemon that wires the parts together.
+
+    watch folders (watcher.py) ─┐
+                                ├→ job store (jobs.py, SQLite) → worker (owns the engine) → results
+    OSC requests (osc.py) ──────┘                                  + manifest/report (report.py)
+    job events → OSC notifications + log;  OSC preview → sounddevice (preview.py)
+
+Jobs are style transfers toward a reference, or automix jobs (the stems mixed by the automix model,
+no reference): from watch folders configured with job_type = "automix", or /mixdaemon/automix.
+
+One daemon per state folder (a lock file enforces it). The state folder holds jobs.sqlite3, the log,
+and daemon.json (pid and the OSC address actually bound, so that tools can find a daemon started
+with port 0). SIGTERM and SIGINT stop it gracefully: no new jobs, the running job is interrupted at
+its next progress point and queued again for the next start.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from mixdaemon import __version__
+from mixdaemon.audio.io import is_audio_file
+from mixdaemon.audio.stems import STEM_NAMES, is_reference_name
+from mixdaemon.daemon.config import DaemonConfig
+from mixdaemon.daemon.jobstore import (
+    Job,
+    JobEvent,
+    JobStore,
+    hash_files,
+    input_files,
+    job_key,
+    reference_files,
+)
+from mixdaemon.daemon.osc import NO_JOB, PREFIX, OscRequestError, OscServer, Target
+from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_preview
+from mixdaemon.daemon.requestfiles import RequestFolder
+from mixdaemon.daemon.watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
+from mixdaemon.daemon.worker import LocalExecutor
+from mixdaemon.errors import ConfigError, MixdaemonError
+
+log = logging.getLogger("mixdaemon")
+
+_DEFAULT_REFERENCE = "reference"
+_FOLDER_REFERENCE = "reference:"  # + folder path: a folder's reference set over OSC
+_OUTPUT_ORDER = (*STEM_NAMES, "mixture")
+
+
+def setup_logging(config: DaemonConfig) -> None:
+    """The daemon logs to its log file and to stderr."""
+    logger = logging.getLogger("mixdaemon")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    try:
+        config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(config.log_path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"log_file: cannot write {config.log_path} ({exc.strerror or exc})") from None
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in (file_handler, logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(config.log_level)
+    logger.propagate = False
+    # python-osc logs every odd packet through the root logger ("Could not identify content type");
+    # the daemon answers those packets itself and logs them, rate-limited, above.
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def _target(text: str | None) -> Target | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+class Daemon:
+    """The running daemon's state; its cmd_* methods answer the OSC commands (osc.COMMANDS)."""
+
+    def __init__(self, config: DaemonConfig):
+        self.config = config
+        self.settings = config.transfer
+        self.automix_settings = config.automix
+        self.roots = config.roots()
+        self.output_root = config.output.root
+        self._check_paths()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._take_lock()
+        self.store = JobStore(config.database_path)
+        self.executor = LocalExecutor(self.store, config.output.pattern, self._on_job_event,
+                                      max_attempts=config.max_attempts)
+        reply = (config.osc.reply_host, config.osc.reply_port) if config.osc.reply_port else None
+        self.osc = OscServer(config.osc.host, config.osc.port, self, reply_target=reply)
+        self.watcher = BounceWatcher([w.path for w in config.watch], self._on_bounce,
+                                     settle_seconds=config.settle_seconds, stale_seconds=config.stale_seconds,
+                                     marker=config.marker, ignore=[self.output_root, config.state_dir],
+                                     scan_on_start=config.scan_on_start)
+        self.player = Player(config.playback.device)
+        # Request files: the OSC commands for clients that cannot send UDP (REAPER's Lua scripts).
+        self.requests = RequestFolder(config.state_dir / "requests")
+        self._cancel_requesters: dict[int, Target] = {}
+        self._awaiting_reference: set[Path] = set()
+        self._lock = threading.Lock()
+
+    # -- start and stop --
+
+    def _check_paths(self) -> None:
+        for i, w in enumerate(self.config.watch):
+            if not w.path.is_dir():
+                raise ConfigError(f"watch[{i}].path: {w.path} is not an existing folder")
+            if w.reference is not None and not w.reference.exists():
+                raise ConfigError(f"watch[{i}].reference: {w.reference} does not exist")
+        if self.config.reference is not None and not self.config.reference.exists():
+            raise ConfigError(f"reference: {self.config.reference} does not exist")
+        try:
+            self.output_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"output.root: cannot create {self.output_root} ({exc.strerror or exc})") from None
+
+    def _take_lock(self):
+        path = self.config.state_dir / "daemon.lock"
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise ConfigError(f"state_dir: another mixdaemon is already running with {self.config.state_dir}; "
+                              "stop it or give this one another state_dir") from None
+        return f
+
+    def start(self) -> None:
+        self.executor.recover(extra_roots=[self.output_root])
+        self.osc.start()
+        self.executor.start()
+        self.watcher.start()
+        self.requests.start(self.osc.address)
+        host, port = self.osc.address
+        info = {"pid": os.getpid(), "osc_host": host, "osc_port": port, "version": __version__}
+        tmp = self.config.state_dir / ".daemon.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.config.state_dir / "daemon.json")
+        log.info("mixdaemon %s serving: OSC on udp://%s:%d; watching %s; results in %s; engine %s", __version__,
+                 host, port, ", ".join(str(w.path) for w in self.config.watch) or "no folders", self.output_root,
+                 self.settings.engine)
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self.watcher.stop()
+        self.requests.stop()
+        self.osc.stop()
+        self.player.stop()
+        self.executor.stop(timeout=10.0)
+        (self.config.state_dir / "daemon.json").unlink(missing_ok=True)
+        self.store.close()
+        self._lock_file.close()
+        log.info("stopped")
+
+    # -- references --
+
+    def _folder_references(self) -> dict[Path, Path]:
+        refs = {Path(folder): Path(ref) for folder, ref in self.store.settings_with_prefix(_FOLDER_REFERENCE).items()}
+        for w in self.config.watch:
+            if w.reference is not None:
+                refs.setdefault(w.path, w.reference)
+        return refs
+
+    def reference_for(self, folder: Path, beside: Path | None = None) -> Path | None:
+        """The reference for stems in `folder`, most specific first: a reference.* file or reference/
+        folder beside the stems; a reference set over OSC for the folder or the nearest folder above
+        (over a watch folder's configured one); a reference.* file in the watch folder above; the
+        default set over OSC; the configured default."""
+        if beside is not None:
+            return beside
+        local = self._reference_in(folder)
+        if local is not None:
+            return local
+        refs = self._folder_references()
+        for candidate in (folder, *folder.parents):
+            if candidate in refs:
+                return refs[candidate]
+        for w in self.config.watch:
+            if folder == w.path or w.path in folder.parents:
+                root_ref = self._reference_in(w.path)
+                if root_ref is not None:
+                    return root_ref
+        default = self.store.get_setting(_DEFAULT_REFERENCE)
+        if default:
+            return Path(default)
+        return self.config.reference
+
+    @staticmethod
+    def _reference_in(folder: Path) -> Path | None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return None
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if p.is_file() and is_audio_file(p) and is_reference_name(p):
+                return p
+            if p.is_dir() and p.name.lower() == REFERENCE_FOLDER:
+                return p
+        return None
+
+    # -- submitting jobs --
+
+    def submit(self, files: list[Path], reference: Path | None, out_root: Path, *, source: str, folder_name: str,
+               reply_to: Target | None = None, retry_failed: bool = True,
+               job_type: str = "transfer") -> tuple[Job, bool]:
+        """Queue a job (or find the same work already queued, running or done): (job, created).
+        An automix job takes no reference (None). With retry_failed=False (watched bounces), work
+        that failed before is not queued again (the failed job is returned), nor is finished work
+        whose results were deleted since: a user who cleans up the output folder does not want every
+        old bounce converted again at the next start. An explicit request (OSC) redoes both."""
+        input_hashes = hash_files(files)
+        if job_type == "automix":
+            settings, reference_hashes = self.automix_settings, {}
+        else:
+            settings, reference_hashes = self.settings, hash_files(reference_files(reference))
+        key = job_key(input_hashes, reference_hashes, settings, job_type)
+        if not retry_failed:
+            failed = self.store.find_key(key, ("error",))
+            if failed is not None and self.store.find_key(key, ("queued", "running", "done")) is None:
+                return failed, False
+        job = Job(id=0, key=key, state="queued", inputs=[str(f) for f in files],
+                  reference=str(reference) if reference is not None else "", out_root=str(out_root),
+                  settings=asdict(settings), source=source,
+                  reply_to=f"{reply_to[0]}:{reply_to[1]}" if reply_to else None, folder_name=folder_name,
+                  input_hashes=input_hashes, reference_hashes=reference_hashes, job_type=job_type)
+        job, created = self.store.add(job, redo_if_results_gone=retry_failed)
+        if created:
+            log.info("job %d: queued from %s (%d file(s) in %s)%s", job.id, source, len(files), folder_name,
+                     ", to automix" if job_type == "automix" else "")
+            self.executor.wake()
+        return job, created
+
+    def _on_bounce(self, bounce: Bounce) -> None:
+        source = f"watch:{bounce.folder}"
+        job_type = self.config.job_type_for(bounce.watch_root)
+        try:
+            if job_type == "automix":
+                job, created = self.submit(list(bounce.files), None, self.output_root, source=source,
+                                           folder_name=bounce.folder.name, retry_failed=False, job_type=job_type)
+            else:
+                job, created = self._submit_bounce(bounce, source)
+        except MixdaemonError as exc:
+            log.error("%s", exc)
+            self.osc.notify(f"{PREFIX}/error", [NO_JOB, " ".join(str(exc).split())])
+            return
+        if created:
+            self.osc.notify(f"{PREFIX}/queued", [job.id, str(bounce.folder)])
+        else:
+            log.info("%s: same inputs, reference and settings as job %d (%s); not processed again",
+                     bounce.folder, job.id, job.state)
+
+    def _submit_bounce(self, bounce: Bounce, source: str) -> tuple[Job, bool]:
+        """A style-transfer job for a bounce, with the folder's reference."""
+        reference = self.reference_for(bounce.folder, bounce.reference)
+        if reference is None:
+            with self._lock:
+                self._awaiting_reference.add(bounce.folder)
+            raise MixdaemonError(f"{bounce.folder}: no reference for this bounce; drop a reference.wav beside "
+                                 "the stems, set reference in the config, or send /mixdaemon/reference")
+        return self.submit(list(bounce.files), reference, self.output_root, source=source,
+                           folder_name=bounce.folder.name, retry_failed=False)
+
+    # -- OSC commands --
+
+    def _allowed(self, text: str, what: str) -> Path:
+        if not text or not os.path.isabs(text) or "\x00" in text:
+            raise OscRequestError(f"{what} {text[:200]!r}: give an absolute path")
+        path = Path(text).resolve()
+        if not _under(path, self.roots):
+            raise OscRequestError(f"{what} {text[:200]}: refused, outside the allowed roots "
+                                  f"({', '.join(map(str, self.roots))}); add it to allowed_roots in the config")
+        return path
+
+    def cmd_ping(self, sender: Target):
+        return [(f"{PREFIX}/pong", [__version__])]
+
+    def _submit_request(self, sender: Target, files: list[Path], folder: Path, reference: str, out: str,
+                        job_type: str = "transfer"):
+        out_root = self._allowed(out, "output folder") if out else self.output_root
+        ref = None
+        if job_type == "transfer":
+            ref = self._allowed(reference, "reference") if reference else self.reference_for(folder)
+            if ref is None:
+                raise OscRequestError("no reference given and no default reference set; pass one, or send "
+                                      "/mixdaemon/reference PATH first")
+            if not ref.exists():
+                raise OscRequestError(f"reference {ref}: not found")
+        try:
+            out_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OscRequestError(f"output folder {out_root}: cannot create ({exc.strerror or exc})") from None
+        job, created = self.submit(files, ref, out_root, source=f"osc:{sender[0]}:{sender[1]}",
+                                   folder_name=folder.name, reply_to=sender, job_type=job_type)
+        replies = [(f"{PREFIX}/queued", [job.id, str(folder)])]
+        if created:
+            self.osc.notify(f"{PREFIX}/queued", [job.id, str(folder)], exclude=sender)
+        elif job.state == "done":
+            replies.append((f"{PREFIX}/done", self._done_args(job)))
+        return replies
+
+    def _stem_files(self, stems: str) -> tuple[list[Path], Path]:
+        """(the stem files of an allowed folder or file, the folder they are in)."""
+        path = self._allowed(stems, "stems")
+        files = input_files(path)
+        for f in files:  # a link inside an allowed folder must not lead out of it
+            self._allowed(str(f), "stem file")
+        return files, path if path.is_dir() else path.parent
+
+    def cmd_submit(self, sender: Target, stems: str, reference: str = "", out: str = ""):
+        files, folder = self._stem_files(stems)
+        return self._submit_request(sender, files, folder, reference, out)
+
+    def cmd_automix(self, sender: Target, stems: str, out: str = ""):
+        files, folder = self._stem_files(stems)
+        return self._submit_request(sender, files, folder, "", out, job_type="automix")
+
+    def cmd_submit_files(self, sender: Target, reference: str, out: str, *stems: str):
+        files = input_files([self._allowed(s, "stem file") for s in stems])
+        return self._submit_request(sender, files, files[0].parent, reference, out)
+
+    def cmd_reference(self, sender: Target, first: str, second: str | None = None):
+        folder, ref_text = (None, first) if second is None else (self._allowed(first, "folder"), second)
+        if ref_text:
+            ref = self._allowed(ref_text, "reference")
+            reference_files(ref)  # exists and holds audio, or a clear error now rather than per job
+        else:
+            ref = None
+        name = _DEFAULT_REFERENCE if folder is None else f"{_FOLDER_REFERENCE}{folder}"
+        self.store.set_setting(name, None if ref is None else str(ref))
+        log.info("reference for %s %s", "new bounces" if folder is None else folder,
+                 f"set to {ref}" if ref else "cleared")
+        with self._lock:
+            waiting = [f for f in self._awaiting_reference if folder is None or f == folder or folder in f.parents]
+            self._awaiting_reference.difference_update(waiting)
+        for f in waiting:
+            self.watcher.rescan(f)
+        return [(f"{PREFIX}/reference/ok", ["" if folder is None else str(folder), "" if ref is None else str(ref)])]
+
+    def _job(self, job_id: int) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise OscRequestError(f"job {job_id}: no such job")
+        return job
+
+    def cmd_status(self, sender: Target, job_id: int | None = None):
+        if job_id is None:
+            counts = self.store.counts()
+            running = self.store.list(("running",))
+            return [(f"{PREFIX}/status/summary", [counts["queued"], counts["running"], counts["done"], counts["error"],
+                                                  counts["cancelled"], running[0].id if running else -1])]
+        job = self._job(job_id)
+        percent, stage = {"done": (100.0, "done"), "queued": (0.0, "queued")}.get(job.state, (0.0, job.state))
+        if job.state == "running":
+            percent, stage = self.executor.progress_of(job.id) or (0.0, "starting")
+        info = job.out_dir if job.state == "done" else (job.error or "")
+        return [(f"{PREFIX}/status/reply", [job.id, job.state, float(percent), stage, info or ""])]
+
+    def cmd_cancel(self, sender: Target, job_id: int):
+        job = self._job(job_id)
+        if self.store.set_state(job.id, "cancelled", only_from=("queued",), error="cancelled by request"):
+            log.info("job %d: cancelled before it started", job.id)
+            self.osc.notify(f"{PREFIX}/cancelled", [job.id], requester=_target(job.reply_to), exclude=sender)
+            return [(f"{PREFIX}/cancelled", [job.id])]
+        if self.store.get(job.id).state == "running":
+            with self._lock:
+                self._cancel_requesters[job.id] = sender
+            if self.executor.cancel(job.id):
+                return []  # /cancelled follows when the worker reaches its next progress point
+        raise OscRequestError(f"job {job.id}: is {self.store.get(job.id).state}; only queued or running jobs can be cancelled")
+
+    def cmd_preview(self, sender: Target, job_id: int, mode: str = "converted"):
+        if mode not in MODES:
+            raise OscRequestError(f"{PREFIX}/preview: mode '{mode[:40]}': choose {', '.join(MODES)}")
+        job = self._job(job_id)
+        if job.state != "done":
+            raise OscRequestError(f"job {job.id}: is {job.state}; only finished jobs can be previewed")
+
+        def load_and_play():
+            try:
+                seconds = job_preview(self.player, job.outputs, job.inputs, mode, self.config.playback.ab_seconds)
+            except PlaybackUnavailable as exc:
+                log.warning("preview of job %d: %s", job.id, exc)
+                self.osc.send(sender, f"{PREFIX}/warning", [job.id, str(exc)])
+                return
+            except MixdaemonError as exc:
+                log.error("preview of job %d: %s", job.id, exc)
+                self.osc.error(sender, job.id, f"preview: {exc}")
+                return
+            except Exception as exc:
+                log.exception("preview of job %d failed", job.id)
+                self.osc.error(sender, job.id, f"preview: internal error: {type(exc).__name__}: {exc}")
+                return
+            log.info("preview of job %d (%s, %.1f s) started", job.id, mode, seconds)
+            self.osc.send(sender, f"{PREFIX}/preview/playing", [job.id, mode, round(seconds, 3)])
+
+        threading.Thread(target=load_and_play, name="mixdaemon-preview", daemon=True).start()
+        return []
+
+    def cmd_preview_stop(self, sender: Target):
+        was_playing = self.player.stop()
+        return [(f"{PREFIX}/preview/stopped", [1 if was_playing else 0])]
+
+    def cmd_subscribe(self, sender: Target):
+        self.osc.subscribe(sender, True)
+        return [(f"{PREFIX}/subscribed", [])]
+
+    def cmd_unsubscribe(self, sender: Target):
+        self.osc.subscribe(sender, False)
+        return [(f"{PREFIX}/unsubscribed", [])]
+
+    # -- job events → OSC --
+
+    @staticmethod
+    def _done_args(job: Job) -> list:
+        return [job.id, job.manifest or "", *(job.outputs[n] for n in _OUTPUT_ORDER if n in job.outputs)]
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        job = event.job
+        requester = _target(job.reply_to)
+        if event.kind == "progress":
+            self.osc.notify(f"{PREFIX}/progress", [job.id, float(event.percent), event.stage], requester)
+        elif event.kind == "done":
+            self.osc.notify(f"{PREFIX}/done", self._done_args(job), requester)
+        elif event.kind == "error":
+            self.osc.notify(f"{PREFIX}/error", [job.id, job.error or "failed"], requester)
+        elif event.kind == "cancelled":
+            with self._lock:
+                canceller = self._cancel_requesters.pop(job.id, None)
+            if canceller is not None:
+                self.osc.send(canceller, f"{PREFIX}/cancelled", [job.id])
+            self.osc.notify(f"{PREFIX}/cancelled", [job.id], requester, exclude=canceller)
+
+
+def serve(config: DaemonConfig) -> int:
+    """Run the daemon until SIGTERM or SIGINT; returns the exit status."""
+    setup_logging(config)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    daemon = Daemon(config)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.start()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        daemon.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

@@ -1,0 +1,28 @@
+"""The one source of the package's user-facing defaults (as in Matchering's defaults.py).
+
+The job settings (mixing/settings.py), the daemon's configuration model (daemon/config.py, derived
+from those settings), the command line and the model store all take their defaults from here, so a
+default is changed in one place.
+"""
+
+ENGINE = "match"                        # the --engine used when none is chosen
+ENGINES = ("match", "neural", "param")  # what --engine accepts
+BACKEND = "auto"
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+# Shipped models, by name in the model store (engines/MODEL_CARD.md).
+DEFAULT_MODEL = "default"               # the MST pair of the neural engine
+DEFAULT_PREDICTOR = "params-default"    # the param engine's predictor
+DEFAULT_AUTOMIX_MODEL = "automix-default"
+
+CHUNK_SECONDS = 12.0          # neural: output audio per MixFXcloner call
+AUTOMIX_CHUNK_SECONDS = 10.0  # automix: output audio per network call
+BATCH_SIZE = 1
+SEPARATION_MODEL = "htdemucs"  # demucs model for mixtures
+CEILING_DBTP = -1.0           # true-peak ceiling of every written stem and mix
+OUTPUT_SUBTYPE = "PCM_24"
+OUTPUT_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
+SEED = 0
+
+OSC_HOST = "127.0.0.1"
+OSC_PORT = 7700

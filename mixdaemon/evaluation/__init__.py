@@ -1,0 +1,2 @@
+"""Evaluation protocols: every engine, and the anchors (identity, Matchering), on the same material
+through the job API."""

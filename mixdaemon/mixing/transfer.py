@@ -1,0 +1,147 @@
+"""One style-transfer job, top to bottom: the API that the CLI and the daemon both call.
+
+    load input and reference (stems.py) → separate mixtures into stems (separation.py)
+    → the engine converts each input stem toward the reference's mixing style (matching.py / neural.py /
+      param_engine.py) → linked true-peak limiting and remix (mastering.py) → atomic writes (audio.py)
+    → the param engine's FX settings as fx_params.json (fxchain.py)
+
+`transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixdaemon.audio.dsp import integrated_loudness
+from mixdaemon.audio.io import write_audio
+from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
+from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
+from mixdaemon.errors import MixdaemonError
+from mixdaemon.fx.chain import FX_PARAMS_NAME, write_fx_params
+from mixdaemon.mixing.engine import REFERENCE_B
+from mixdaemon.mixing.factory import make_engine
+from mixdaemon.mixing.settings import TransferSettings
+from mixdaemon.progress import Progress, no_progress, span
+
+
+@dataclass
+class TransferResult:
+    outputs: dict[str, str]
+    engine: str
+    model: dict = field(default_factory=dict)
+    loudness_before: dict[str, float] = field(default_factory=dict)
+    loudness_after: dict[str, float] = field(default_factory=dict)
+    reference_loudness: dict[str, float] = field(default_factory=dict)
+    true_peak_dbtp: float = float("-inf")
+    seconds_audio: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    fx_params: str | None = None  # the param engine's fx_params.json (settings per stem, user units)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _loudness_table(stems: dict[str, np.ndarray]) -> dict[str, float]:
+    """Integrated loudness per stem, None-free: silence reads as -70 LUFS (the absolute gate)."""
+    out = {}
+    for name, x in stems.items():
+        value = integrated_loudness(x)
+        out[name] = round(value, 2) if np.isfinite(value) else -70.0
+    return out
+
+
+def _as_stems(song: Song, what: str, settings: TransferSettings, progress: Progress) -> dict[str, np.ndarray]:
+    if song.mixture is None:
+        return song.stems
+    from mixdaemon.mixing.separation import (
+        Separator,  # demucs and its model load only when a mixture needs it
+    )
+
+    separator = Separator(settings.separation_model, model_dir=settings.separation_dir)
+    return separator.separate(song.mixture, progress=span(progress, 0.0, 1.0, f"separating {what}"))
+
+
+def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool,
+                        fx_params: bool = False) -> list[Path]:
+    """The files this job will write (with fx_params: also fx_params.json); refuse to replace an
+    input, or existing outputs unless told."""
+    targets = [out_dir / f"{name}.wav" for name in (*STEM_NAMES, "mixture")]
+    if fx_params:
+        targets.append(out_dir / FX_PARAMS_NAME)
+    inputs = {Path(p).resolve() for p in input_files}
+    for t in targets:
+        if t.resolve() in inputs:
+            raise MixdaemonError(f"{t}: is one of the input files; choose another output folder")
+        if t.exists() and not overwrite:
+            raise MixdaemonError(f"{t}: already exists; choose another output folder or pass --overwrite")
+    return targets
+
+
+def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, out_dir: str | os.PathLike,
+             settings: TransferSettings | None = None, progress: Progress = no_progress,
+             overwrite: bool = False, engine=None,
+             reference_b_path: str | os.PathLike | None = None) -> TransferResult:
+    """Convert the input song's stems to the reference's mixing style and write them to out_dir.
+
+    With `reference_b_path`, the style fades from the reference at the start of the song to
+    reference B at its end (engines that support it: neural).
+
+    `engine` lets a long-lived caller (the daemon) pass an engine it already built, so models load
+    once; otherwise one is made from settings.
+    """
+    settings = settings or TransferSettings()
+    timings: dict[str, float] = {}
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    song = load_song(input_path)
+    reference = load_song(reference_path)
+    reference_b = load_song(reference_b_path) if reference_b_path is not None else None
+    protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
+    check_output_folder(out_dir, protected, overwrite, fx_params=settings.engine == "param")
+    for what, path, loaded in (("input", input_path, song), ("reference", reference_path, reference)):
+        if loaded.is_silent:
+            raise MixdaemonError(f"{path}: the {what} is silent (every sample below {SILENCE_DBFS:g} dBFS); "
+                                 "nothing to convert")
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    input_stems = _as_stems(song, "input", settings, progress)
+    reference_stems = _as_stems(reference, "reference", settings, progress)
+    reference_b_stems = _as_stems(reference_b, "reference B", settings, progress) if reference_b else None
+    timings["separate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    engine = engine or make_engine(settings)
+    if reference_b_stems is not None and REFERENCE_B not in engine.capabilities:
+        raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
+    conversion = engine.convert(input_stems, reference_stems, progress=progress, reference_b_stems=reference_b_stems)
+    converted = conversion.stems
+    timings["convert"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("limiting", 0.97)
+    limited, mixture = limit_linked(converted, settings.ceiling_dbtp)
+    outputs = {}
+    for name, samples in (*limited.items(), ("mixture", mixture)):
+        path = write_audio(out_dir / f"{name}.wav", samples, out_rate=song.output_rate,
+                           subtype=settings.subtype, protected=protected)
+        outputs[name] = str(path)
+    fx_params = None
+    if conversion.chains is not None:
+        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, conversion.chains, engine.info))
+    timings["write"] = time.perf_counter() - t0
+    progress("done", 1.0)
+
+    before = _loudness_table(input_stems)
+    before["mixture"] = _loudness_table({"m": np.sum(list(input_stems.values()), axis=0)})["m"]
+    after = _loudness_table(limited)
+    after["mixture"] = _loudness_table({"m": mixture})["m"]
+    return TransferResult(
+        outputs=outputs, engine=settings.engine, model=engine.info,
+        loudness_before=before, loudness_after=after, reference_loudness=_loudness_table(reference_stems),
+        true_peak_dbtp=round(true_peak_dbtp(mixture), 2), seconds_audio=round(song.n_samples / 44100, 3),
+        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params)

@@ -1,0 +1,82 @@
+"""The daemon's configuration: the example config.toml, errors that name the key, environment and
+command-line overrides."""
+import argparse
+
+import pytest
+
+from mixdaemon.cli.serve import config_from_args
+from mixdaemon.cli.serve import register as add_serve_parser
+from mixdaemon.daemon.config import load_config
+from mixdaemon.errors import ConfigError
+from tests.support.daemon import REPO, write_toml
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    config = load_config(REPO / "config.toml", environ={})
+    assert config.osc.host == "127.0.0.1" and config.osc.port == 7700
+    assert config.transfer.engine == "match"
+    assert config.watch and config.watch[0].path.is_absolute()
+    text = (REPO / "config.toml").read_text()
+    for key in ("settle_seconds", "stale_seconds", "marker", "scan_on_start", "state_dir", "log_file", "max_attempts",
+                "allowed_roots", "pattern", "reply_host", "reply_port", "device", "ab_seconds", "ceiling_dbtp"):
+        assert key in text, key
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"osc": {"port": 70000}}, "osc.port: Input should be less than or equal to 65535 (got 70000)"),
+    ({"watch": [{"path": "/tmp", "refrence": "x.wav"}]}, "watch[0].refrence: unknown key"),
+    ({"output": {"pattern": "{song}-{job_id}"}}, "output.pattern: unknown field {song}"),
+    ({"output": {"pattern": "a/{job_id}"}}, "output.pattern: must be a single visible folder name"),
+    ({"settle_seconds": "soon"}, "settle_seconds: Input should be a valid number"),
+    ({"transfer": {"engine": "magic"}}, "transfer.engine: Input should be 'match', 'neural' or 'param'"),
+    ({"osc": {"reply_host": "127.0.0.1"}}, "reply_host is set but reply_port is not"),
+    ({"output": {"root": "/tmp/mdtest"}, "watch": [{"path": "/tmp/mdtest/bounces"}]},
+     "output.root (/tmp/mdtest) is, or contains, watch[0].path"),
+])
+def test_bad_config_is_an_error_that_names_the_key(tmp_path, data, message):
+    path = write_toml(tmp_path / "config.toml", data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value).startswith(str(path))
+    assert message in str(err.value)
+
+
+def test_unreadable_toml_names_the_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[osc\nport = 1\n")
+    with pytest.raises(ConfigError, match="config.toml: not valid TOML"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_environment_overrides_file_and_flags_override_both(tmp_path, monkeypatch):
+    path = write_toml(tmp_path / "config.toml", {"settle_seconds": 5.0, "osc": {"port": 9000},
+                                                 "watch": [{"path": "bounces"}]})
+    env = {"MIXDAEMON__OSC__PORT": "9001", "MIXDAEMON__TRANSFER__ENGINE": "neural",
+           "MIXDAEMON_ENGINES": "/somewhere"}  # the model store variable is not a config key
+    config = load_config(path, environ=env)
+    assert config.osc.port == 9001 and config.transfer.engine == "neural" and config.settle_seconds == 5.0
+    assert config.watch[0].path == tmp_path / "bounces"  # relative to the config file's folder
+
+    with pytest.raises(ConfigError, match="osc.prt: unknown key"):
+        load_config(path, environ={"MIXDAEMON__OSC__PRT": "1"})
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--config", str(path), "--watch", str(tmp_path / "w"), "--osc-port", "0",
+                              "--engine", "match", "--out", str(tmp_path / "results"), "--settle", "0.5"])
+    monkeypatch.setenv("MIXDAEMON__OSC__PORT", "9001")
+    config = config_from_args(args)
+    assert config.osc.port == 0 and config.transfer.engine == "match" and config.settle_seconds == 0.5
+    assert [w.path for w in config.watch] == [tmp_path / "w"] and config.output.root == tmp_path / "results"
+
+
+def test_quick_start_needs_no_config_file(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--watch", str(tmp_path), "--reference", str(tmp_path / "ref.wav"),
+                              "--out", str(tmp_path / "out")])
+    config = config_from_args(args)
+    assert config.reference == tmp_path / "ref.wav" and config.osc.port == 7700
+    assert tmp_path in config.roots() and tmp_path / "out" in config.roots()

@@ -1,0 +1,143 @@
+"""`mixdaemon transfer` and `mixdaemon demo` as a user runs them: real files in, real files out."""
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mixdaemon.audio.dsp import integrated_loudness
+from mixdaemon.audio.io import read_audio
+from mixdaemon.audio.mastering import true_peak_dbtp
+from mixdaemon.cli.main import main
+
+STEMS = ("drums", "bass", "other", "vocals")
+
+
+@pytest.fixture(scope="module")
+def short_songs(tmp_path_factory, real_stems):
+    """8-s excerpts of two real songs as stem folders (song_b's stems at their own rate)."""
+    root = tmp_path_factory.mktemp("songs")
+    for song, start in (("song_a", 2.0), ("song_b", 4.0)):
+        (root / song).mkdir()
+        for stem in STEMS:
+            data, rate = sf.read(real_stems / song / f"{stem}.wav", dtype="float32")
+            a = int(start * rate)
+            sf.write(root / song / f"{stem}.wav", data[a:a + 8 * rate], rate, subtype="PCM_24")
+    return root
+
+
+def test_match_engine_moves_stems_toward_reference_and_never_clips(short_songs, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["transfer", str(short_songs / "song_a"), "--reference", str(short_songs / "song_b"),
+                 "--out", str(out), "--engine", "match", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["bass.wav", "drums.wav", "mixture.wav", "other.wav", "vocals.wav"]
+    mix = read_audio(out / "mixture.wav").samples
+    assert np.sqrt(np.mean(mix ** 2)) > 1e-3
+    assert true_peak_dbtp(mix) <= -1.0
+    closer = 0
+    for stem in STEMS:
+        x = read_audio(short_songs / "song_a" / f"{stem}.wav").samples
+        y = read_audio(out / f"{stem}.wav").samples
+        ref = read_audio(short_songs / "song_b" / f"{stem}.wav").samples
+        assert y.shape == x.shape and true_peak_dbtp(y) <= -1.0
+        # the balance between stems follows the reference: compare loudness relative to the mix
+        rel = lambda s, m: integrated_loudness(s) - integrated_loudness(m)  # noqa: E731
+        ref_mix = sum(read_audio(short_songs / "song_b" / f"{s}.wav").samples for s in STEMS)
+        x_mix = sum(read_audio(short_songs / "song_a" / f"{s}.wav").samples for s in STEMS)
+        closer += abs(rel(y, mix) - rel(ref, ref_mix)) < abs(rel(x, x_mix) - rel(ref, ref_mix))
+    assert closer >= 3
+
+
+def test_existing_outputs_are_not_replaced_without_overwrite(short_songs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "drums.wav").write_bytes(b"my precious take")
+    code = main(["transfer", str(short_songs / "song_a"), "--reference", str(short_songs / "song_b"),
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "already exists" in err and "--overwrite" in err
+    assert (out / "drums.wav").read_bytes() == b"my precious take"
+
+
+def test_output_folder_equal_to_input_folder_is_refused(short_songs, tmp_path, capsys):
+    song = tmp_path / "song"
+    shutil.copytree(short_songs / "song_a", song)
+    before = {p.name: p.read_bytes() for p in song.iterdir()}
+    code = main(["transfer", str(song), "--reference", str(short_songs / "song_b"), "--out", str(song),
+                 "--overwrite", "--quiet"])
+    assert code != 0 and "input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in song.iterdir()} == before
+
+
+def _corrupt(p):
+    p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
+
+
+def _truncated(p):
+    sf.write(p, np.full((44100, 2), 0.1, dtype=np.float32), 44100)
+    p.write_bytes(p.read_bytes()[:20000])
+
+
+def _zero_length(p):
+    sf.write(p, np.zeros((0, 2), dtype=np.float32), 44100)
+
+
+def _nan(p):
+    x = np.full((44100, 2), 0.1, dtype=np.float32)
+    x[5] = np.nan
+    sf.write(p, x, 44100, subtype="FLOAT")
+
+
+def _six_channels(p):
+    sf.write(p, np.zeros((44100, 6), dtype=np.float32), 44100)
+
+
+def _text(p):
+    p.write_text("not audio at all")
+
+
+@pytest.mark.parametrize("spoil", [_corrupt, _truncated, _zero_length, _nan, _six_channels, _text])
+def test_bad_input_file_one_line_error_nothing_written(short_songs, tmp_path, capsys, spoil):
+    song = tmp_path / "song"
+    shutil.copytree(short_songs / "song_a", song)
+    spoil(song / "vocals.wav")
+    out = tmp_path / "out"
+    code = main(["transfer", str(song), "--reference", str(short_songs / "song_b"), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "vocals.wav" in err and err.startswith("mixdaemon: error:")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_demo_main_job_writes_non_silent_outputs(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path), "--seconds", "6", "--engine", "match", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    for name in (*STEMS, "mixture"):
+        x = read_audio(tmp_path / "converted" / f"{name}.wav").samples
+        assert x.shape[0] == 6 * 44100 and np.sqrt(np.mean(x ** 2)) > 1e-3, name
+
+
+def test_mixture_input_is_separated_and_flows_through(real_stems, short_songs, tmp_path, capsys):
+    from tests.support.tiny_demucs import build_tiny_demucs_repo
+
+    repo = build_tiny_demucs_repo(tmp_path / "models")
+    data, rate = sf.read(real_stems / "song_b" / "mixture.wav", dtype="float32")  # 48 kHz
+    sf.write(tmp_path / "My Song.wav", data[:5 * rate], rate, subtype="PCM_16")
+    out = tmp_path / "out"
+    code = main(["transfer", str(tmp_path / "My Song.wav"), "--reference", str(short_songs / "song_a"),
+                 "--out", str(out), "--separation-model", "tiny", "--separation-dir", str(repo), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    for name in (*STEMS, "mixture"):
+        info = sf.info(out / f"{name}.wav")
+        assert info.samplerate == 48000 and info.frames == 5 * 48000, name  # back at the input's rate
+
+
+def test_missing_separation_model_says_to_give_stems(real_stems, short_songs, tmp_path, capsys):
+    data, rate = sf.read(real_stems / "song_a" / "mixture.wav", dtype="float32")
+    sf.write(tmp_path / "mix.wav", data[: 3 * rate], rate)
+    code = main(["transfer", str(tmp_path / "mix.wav"), "--reference", str(short_songs / "song_a"),
+                 "--out", str(tmp_path / "out"), "--separation-dir", str(tmp_path / "nothing-here"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "stems" in err and len(err.strip().splitlines()) == 1
