@@ -3,15 +3,14 @@
 Reading accepts whatever a DAW bounces (WAV, FLAC, AIFF; any sample rate, any bit depth, mono or
 stereo) and hands the pipeline float32 stereo at the 44.1 kHz working rate; anything unusable
 (unreadable, truncated, empty, NaN/Inf, more than two channels) raises AudioFileError with a one-line
-reason. Writing goes to a hidden temporary file in the destination folder and is renamed into place,
-so a DAW or a watcher never sees a half-written file, and it refuses to replace any file the caller
-marked as an input.
+reason. Writing goes through files.atomic_write (a hidden partial file renamed into place), so a DAW
+or a watcher never sees a half-written file, and it refuses to replace any file the caller marked
+as an input.
 """
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,6 +21,7 @@ import soxr
 
 from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.errors import AudioFileError
+from mixdaemon.files import atomic_write
 
 AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc")
 DEFAULT_SUBTYPE = "PCM_24"
@@ -156,17 +156,7 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, *, out_rate: int =
     if not np.isfinite(samples).all():
         raise AudioFileError(path, "refusing to write NaN or infinite samples (internal error)")
     data = resample(samples, WORKING_RATE, out_rate)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fmt = "FLAC" if path.suffix.lower() == ".flac" else ("AIFF" if path.suffix.lower() in (".aif", ".aiff") else "WAV")
-            sf.write(f, data, out_rate, subtype=output_subtype(path, subtype), format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    fmt = "FLAC" if path.suffix.lower() == ".flac" else ("AIFF" if path.suffix.lower() in (".aif", ".aiff") else "WAV")
+    with atomic_write(path) as f:
+        sf.write(f, data, out_rate, subtype=output_subtype(path, subtype), format=fmt)
     return path
