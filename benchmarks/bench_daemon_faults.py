@@ -18,44 +18,139 @@ Parts:
          argument types and counts, odd bundles, huge strings, paths outside the allowed roots);
          the daemon must answer, log no internal error, stay up, and convert a bounce afterwards.
 
-The daemon runs as a real subprocess with the "match" engine; the harness (daemon process, OSC
-listener, output monitor) is the daemon tests' (tests/test_daemon_support.py).
+The daemon runs as a real subprocess (`python -m mixdaemon serve --config ...`, as a user starts
+it) with the "match" engine; OSC goes through the package's client (daemon/osc.py).
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import random
 import sqlite3
 import struct
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from mixdaemon.audio.examples import make_example, synth_song
+from mixdaemon.audio.io import resample
+from mixdaemon.daemon.osc import COMMANDS, PREFIX, OscClient
+from mixdaemon.daemon.watcher import wav_header_is_final
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.support.daemon import (  # noqa: E402
-    DaemonProcess,
-    OscListener,
-    OutputMonitor,
-    daemon_config,
-    make_reference,
-    osc_packet,
-    wav_bytes,
-    write_toml,
-)
-
-from mixdaemon.audio.examples import synth_song  # noqa: E402
-from mixdaemon.audio.io import resample  # noqa: E402
-
 STEMS = ("drums", "bass", "other", "vocals")
 RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
+
+
+# --- the daemon, its output folder ---------------------------------------------------------------
+
+def write_config(work: Path, reply_port: int, reference: Path, **extra) -> Path:
+    """work/config.toml: watch work/watch, results in work/out, state in work/state (a config's
+    paths are relative to its folder), an OS-chosen OSC port, notifications to reply_port."""
+    (work / "watch").mkdir(parents=True, exist_ok=True)
+    top = {"settle_seconds": 0.3, "stale_seconds": 2.0, "reference": str(reference), "state_dir": "state", **extra}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in top.items()]
+    lines += ['[[watch]]', 'path = "watch"', "[output]", 'root = "out"',
+              "[osc]", 'host = "127.0.0.1"', "port = 0", f"reply_port = {reply_port}"]
+    (work / "config.toml").write_text("\n".join(lines) + "\n")
+    return work / "config.toml"
+
+
+class Daemon:
+    """`python -m mixdaemon serve --config CONFIG` as a subprocess; its log in CONFIG's folder."""
+
+    def __init__(self, config: Path):
+        self.state = config.parent / "state"
+        with open(config.parent / "daemon.stderr", "ab") as err:
+            self.process = subprocess.Popen([sys.executable, "-m", "mixdaemon", "serve", "--config", str(config)],
+                                            cwd=REPO, stdout=err, stderr=err)
+        self.address: tuple[str, int] | None = None
+
+    def serving(self) -> bool:
+        """Whether it serves: its daemon.json (written once OSC is bound) names its pid."""
+        try:
+            info = json.loads((self.state / "daemon.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if info.get("pid") != self.process.pid:
+            return False
+        self.address = (info["osc_host"], info["osc_port"])
+        return True
+
+    def wait_serving(self, timeout: float = 120.0) -> "Daemon":
+        deadline = time.monotonic() + timeout
+        while not self.serving():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not start (exit status {self.process.poll()}); "
+                                   f"see {self.state.parent / 'daemon.stderr'}")
+            time.sleep(0.05)
+        return self
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        self.process.terminate()
+        return self.process.wait(20)
+
+
+class PartialOutputWatch:
+    """Looks at the output root every 2 ms from a thread and records every visible entry that is
+    not a whole result: a folder whose manifest.json names outputs that are all there, with final
+    WAV headers, and its report."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.violations: list[str] = []
+        self._whole: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _judge(self, folder: Path) -> str | None:
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return "no readable manifest.json"
+        files = [Path(p).name for p in manifest["outputs"].values()] + ["report.png"]
+        missing = [n for n in files if not (folder / n).is_file()]
+        unfinished = [n for n in files if n.endswith(".wav") and n not in missing and not wav_header_is_final(folder / n)]
+        return f"missing {missing}, unfinished {unfinished}" if missing or unfinished else None
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                names = [n for n in os.listdir(self.root) if not n.startswith(".") and n not in self._whole]
+            except OSError:
+                names = []
+            for name in names:
+                problem = self._judge(self.root / name)
+                if problem is None:
+                    self._whole.add(name)
+                else:
+                    self.violations.append(f"{name}: {problem}")
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _wav(x: np.ndarray, subtype: str = "PCM_24") -> bytes:
+    return _encode(x, 44100, "WAV", subtype)
 
 
 # --- part 1: files -------------------------------------------------------------------------------
@@ -100,44 +195,44 @@ def file_cases(seconds: float, rng: np.random.Generator) -> list[dict]:
     for subtype in ("ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"):
         bounce(f"wav_{subtype.lower()}", {f"{s}.wav": _encode(x, 44100, "WAV", subtype) for s, x in stems().items()}, "done")
     for channels in range(3, 9):
-        files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
+        files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
         x = stems()["other"]
-        files["other.wav"] = wav_bytes(np.tile(x[:, :1], (1, channels)))
+        files["other.wav"] = _wav(np.tile(x[:, :1], (1, channels)))
         bounce(f"channels_{channels}", files, f"{channels} channels")
     for value, label in ((np.nan, "nan"), (np.inf, "inf"), (-np.inf, "neg_inf")):
         for subtype in ("FLOAT", "DOUBLE"):
-            files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
+            files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
             x = stems()["vocals"].copy()
             x[rng.integers(0, len(x), 7)] = value
-            files["vocals.wav"] = wav_bytes(x, subtype=subtype)
+            files["vocals.wav"] = _wav(x, subtype=subtype)
             bounce(f"{label}_{subtype.lower()}", files, "NaN or infinite")
     n = int(44100 * seconds)
-    bounce("all_silent", {f"{s}.wav": wav_bytes(np.zeros((n + k, 2), np.float32)) for k, s in enumerate(STEMS)}, "error")
-    files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
-    files["vocals.wav"] = wav_bytes(np.zeros((n, 2), np.float32))
+    bounce("all_silent", {f"{s}.wav": _wav(np.zeros((n + k, 2), np.float32)) for k, s in enumerate(STEMS)}, "error")
+    files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
+    files["vocals.wav"] = _wav(np.zeros((n, 2), np.float32))
     bounce("one_silent_stem", files, "done")
     for k, lengths in enumerate(((1.0, 0.5, 0.25, 1.2), (0.05, 1.0, 1.0, 1.0), (1.0, 0.001, 1.0, 0.3))):
-        files = {f"{s}.wav": wav_bytes(x) for s, x in zip(STEMS, (stems(L * seconds)["drums"] for L in lengths))}
+        files = {f"{s}.wav": _wav(x) for s, x in zip(STEMS, (stems(L * seconds)["drums"] for L in lengths))}
         bounce(f"mismatched_lengths_{k}", files, "done")
-    bounce("very_short", {f"{s}.wav": wav_bytes(x[:64]) for s, x in stems().items()}, "done")
-    full = wav_bytes(stems()["vocals"])
+    bounce("very_short", {f"{s}.wav": _wav(x[:64]) for s, x in stems().items()}, "done")
+    full = _wav(stems()["vocals"])
     for cut in (4, 11, 12, 20, 30, 36, 40, 43, 44):
-        files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
+        files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
         files["vocals.wav"] = full[:cut]
         bounce(f"truncated_header_{cut}", files, "error")
     for fraction in (0.1, 0.5, 0.99):
-        files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
+        files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
         files["vocals.wav"] = full[: 44 + int((len(full) - 44) * fraction)]
         bounce(f"truncated_data_{fraction}", files, "truncated")
     flac = _encode(stems()["bass"], 44100, "FLAC", "PCM_16")
-    files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items() if s != "bass"}
+    files = {f"{s}.wav": _wav(x) for s, x in stems().items() if s != "bass"}
     files["bass.flac"] = flac[: len(flac) // 2]
     bounce("truncated_flac", files, "error")
     for label, data, words in (("text", b"just some text, not audio\n" * 50, "not a readable"),
                                ("random_bytes", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "not a readable"),
                                ("riff_garbage", b"RIFF" + struct.pack("<I", 4996) + b"WAVE" + rng.integers(0, 256, 4988, dtype=np.uint8).tobytes(), "error"),
                                ("empty", b"", "empty file")):
-        files = {f"{s}.wav": wav_bytes(x) for s, x in stems().items()}
+        files = {f"{s}.wav": _wav(x) for s, x in stems().items()}
         files["vocals.wav"] = data
         bounce(f"bad_{label}", files, words)
     return cases
@@ -152,15 +247,14 @@ def _jobs(state_dir: Path) -> list[dict]:
         db.close()
 
 
-def _start(work: Path, listener: OscListener, reference: Path, **extra) -> DaemonProcess:
-    config = write_toml(work / "config.toml", daemon_config(work, listener.port, reference=str(reference), **extra))
-    return DaemonProcess(config, work / "state").start(timeout=120)
+def _start(work: Path, listener: OscClient, reference: Path, **extra) -> Daemon:
+    return Daemon(write_config(work, listener.port, reference, **extra)).wait_serving()
 
 
 def run_files(work: Path, reference: Path, seconds: float, rng, timeout: float) -> dict:
     cases = file_cases(seconds, rng)
-    listener = OscListener()
-    monitor = OutputMonitor(work / "out")
+    listener = OscClient()  # the daemon's reply target: it sends, nobody reads
+    monitor = PartialOutputWatch(work / "out")
     proc = _start(work, listener, reference, stale_seconds=1.0)
     t0 = time.monotonic()
     for case in cases:
@@ -210,8 +304,8 @@ def run_files(work: Path, reference: Path, seconds: float, rng, timeout: float) 
 # --- part 2: kills -------------------------------------------------------------------------------
 
 def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: random.Random, timeout: float) -> dict:
-    listener = OscListener()
-    monitor = OutputMonitor(work / "out")
+    listener = OscClient()  # the daemon's reply target: it sends, nobody reads
+    monitor = PartialOutputWatch(work / "out")
     bounces = []
 
     def add_bounce():
@@ -219,7 +313,7 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
         folder = work / "watch" / f"song{k:02d}"
         folder.mkdir(parents=True)
         for stem, x in synth_song(seconds, seed=1000 + k).items():
-            (folder / f"{stem}.wav").write_bytes(wav_bytes(x))
+            (folder / f"{stem}.wav").write_bytes(_wav(x))
         bounces.append(folder)
 
     for _ in range(12):
@@ -231,27 +325,23 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
     for cycle in range(kills):
         add_bounce()  # bounces keep arriving: kills also land while one is settling
         during_start = cycle % 10 == 9
-        config = write_toml(work / "config.toml", daemon_config(work, listener.port, reference=str(reference), **extra))
-        proc = DaemonProcess(config, work / "state")
+        config = write_config(work, listener.port, reference, **extra)
         if during_start:  # within the time the last start took to serve: imports, recovery, binding
-            proc.spawn()
+            proc = Daemon(config)
             delay = rng.uniform(0.05, 0.95) * startup_seconds
             time.sleep(delay)
             moment = f"{delay:.2f} s after spawn"
         else:
             spawned = time.monotonic()
-            proc.start(timeout=120)
+            proc = Daemon(config).wait_serving()
             startup_seconds = time.monotonic() - spawned
             delay = rng.uniform(0.0, 8.0)  # a job takes 2–4 s here: some cycles finish jobs, some do not
             time.sleep(delay)
             moment = f"{delay:.2f} s after serving"
         if not proc.alive():
-            kill_log.append({"cycle": cycle, "moment": moment, "crash": proc.proc.returncode})
+            kill_log.append({"cycle": cycle, "moment": moment, "crash": proc.process.returncode})
             continue
-        try:
-            serving = json.loads((work / "state" / "daemon.json").read_text())["pid"] == proc.proc.pid
-        except (OSError, ValueError, KeyError):
-            serving = False
+        serving = proc.serving()
         proc.kill()
         # Recovery runs before the daemon serves, so a "running" job seen while serving is this
         # instance's: the kill landed mid-job.
@@ -345,6 +435,15 @@ def _bundle(elements: list[bytes], rng: random.Random) -> bytes:
     return out
 
 
+def osc_packet(address: str, *args) -> bytes:
+    """A message exactly as python-osc builds it: unlike the daemon's osc.encode, which cleans
+    what the daemon sends, it carries NaN and whatever else a careless sender might send."""
+    builder = OscMessageBuilder(address=address)
+    for a in args:
+        builder.add_arg(a)
+    return builder.build().dgram
+
+
 def osc_packets(n: int, rng: random.Random, addresses: list[str]) -> list[tuple[str, bytes]]:
     packets = []
     for _ in range(n):
@@ -383,45 +482,50 @@ def _osc_string(s: str) -> bytes:
 
 
 def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: float) -> dict:
-    from mixdaemon.daemon.osc import COMMANDS
-    listener = OscListener()
-    proc = _start(work, listener, reference)
+    client = OscClient()  # sends the packets, and is the daemon's reply target
+    proc = _start(work, client, reference)
+    client.target = proc.address
     packets = osc_packets(n, rng, list(COMMANDS))
     kinds: dict[str, int] = {}
     unanswered: dict[str, int] = {}
+    replies: list[tuple[str, list]] = []
     t0 = time.monotonic()
-    start = len(listener.messages)
     for i, (kind, data) in enumerate(packets):
         kinds[kind] = kinds.get(kind, 0) + 1
-        mark = len(listener.messages)
-        listener.send_raw(proc.address, data[:65507])
+        client.send_packet(data[:65507])
         # One at a time: every packet must be answered, and no socket buffer may overflow.
-        if listener.wait_for(lambda a, _: True, 1.0, mark) is None:
+        first = client.receive(1.0)
+        if first is None:
             unanswered[kind] = unanswered.get(kind, 0) + 1
             if not proc.alive():
                 break
+            continue
+        replies.append(first)
+        while (more := client.receive(0.0)) is not None:  # the rest of a bundle's replies
+            replies.append(more)
     time.sleep(1.0)
+    while (late := client.receive(0.0)) is not None:
+        replies.append(late)
     elapsed = time.monotonic() - t0
-    replies = listener.messages[start:]
     alive = proc.alive()
     answered_ping = False
     converted_after = False
     if alive:
-        mark = len(listener.messages)
-        listener.send(proc.address, "/mixdaemon/ping")
-        answered_ping = listener.wait_for(lambda a, _: a == "/mixdaemon/pong", 10, mark) is not None
+        pong = client.request(f"{PREFIX}/ping", timeout=10)
+        answered_ping = pong is not None and pong[0] == f"{PREFIX}/pong"
         folder = work / "watch" / "after-fuzz"
         folder.mkdir(parents=True)
         for stem, x in synth_song(seconds, seed=77).items():
-            (folder / f"{stem}.wav").write_bytes(wav_bytes(x))
-        done = listener.wait_for(lambda a, args: a == "/mixdaemon/done" and "after-fuzz" in str(args[1]), 120, mark)
+            (folder / f"{stem}.wav").write_bytes(_wav(x))
+        done = client.wait_for(lambda a, args: a == f"{PREFIX}/done" and "after-fuzz" in str(args[1]), 120)
         converted_after = done is not None
         proc.terminate()
+    client.close()
     log = (work / "state" / "mixdaemon.log").read_text()
     return {"packets": len(packets), "by_kind": kinds, "replies": len(replies),
             "unanswered_packets": sum(unanswered.values()), "unanswered_by_kind": unanswered,
-            "error_replies": sum(1 for _, a, _ in replies if a == "/mixdaemon/error"),
-            "other_replies": sorted({a for _, a, _ in replies if a != "/mixdaemon/error"}),
+            "error_replies": sum(1 for a, _ in replies if a == f"{PREFIX}/error"),
+            "other_replies": sorted({a for a, _ in replies if a != f"{PREFIX}/error"}),
             "daemon_crashes": int(not alive), "answered_ping_after": answered_ping,
             "converted_a_bounce_after": converted_after,
             "internal_errors_logged": log.count("Traceback"),  # any unexpected exception is logged with one
@@ -439,7 +543,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="mixdaemon-faults-"))
-    reference = make_reference(work / "reference", seconds=3.0)
+    _, reference = make_example(work / "reference", seconds=3.0)  # its reference is in a distinct style
     results = {}
     parts = args.parts.split(",")
     if "files" in parts:

@@ -1,4 +1,4 @@
-"""Benchmark FX normalization (mixdaemon.fxnorm) and compare the fast compression search with
+"""Benchmark FX normalization (fx/normalization.py) and compare the fast compression search with
 an original-style brute force.
 
     python benchmarks/bench_fxnorm.py                   # all parts, MST statistics of the paper

@@ -12,7 +12,7 @@ ceiling   what limits EQ recovery, on the same material: (1) what moves a stem's
           other music adds to the EQ's change), and a compressor or a reverb alone (single-FX draws
           on the same content); (2) modelling: EQ recovery of full-chain draws on the
           same content when the chain's compressor, reverb, width and pan are the draw's own settings
-          (only the EQ estimated, through chain_estimation.fit_eq_with_coloration), and when the
+          (only the EQ estimated, through param_estimation.fit_eq_with_coloration), and when the
           coloration subtracted is the FXmanipulator's own (its draw with the EQ switched off).
 
     .venv/bin/python benchmarks/bench_param_engine.py --json /tmp/param_bench.json
@@ -33,7 +33,7 @@ from mixdaemon.audio.stems import STEM_NAMES, load_song
 from mixdaemon.defaults import DEFAULT_PREDICTOR
 from mixdaemon.evaluation.recovery import parameter_recovery, recovery_errors
 from mixdaemon.evaluation.table2 import build_songs
-from mixdaemon.fx import features as cf
+from mixdaemon.fx import features as fxfeatures
 from mixdaemon.fx.chain import chain_from_draw
 from mixdaemon.fx.manipulator import FXManipulator
 from mixdaemon.fx.stats import FxStats, default_stats_path
@@ -85,7 +85,8 @@ def ceiling(predictor: ParamPredictor, seeds: int) -> dict:
             for song in build_songs(REAL_STEMS, stats, seed, single_fx=single_fx):
                 for name in STEM_NAMES:
                     moves.setdefault(name, []).append(_offset_free_rms(
-                        cf.measure(getattr(song, against)[name]).shape_db - cf.measure(song.x[name]).shape_db))
+                        fxfeatures.measure(getattr(song, against)[name]).shape_db
+                        - fxfeatures.measure(song.x[name]).shape_db))
     errors = {"true_settings_our_chain": [], "fxmanipulator_coloration": []}
     for seed in range(seeds):
         for song in build_songs(REAL_STEMS, stats, seed):
@@ -94,16 +95,16 @@ def ceiling(predictor: ParamPredictor, seeds: int) -> dict:
                 if not drawn["fired"].get("eq"):
                     continue
                 true = chain_from_draw(drawn, x)
-                fx, fr = cf.measure(x), cf.measure(song.gt[name])
-                unit = predictor.predict(cf.pair_vector(fx, fr))[0]
-                part = np.asarray(cf.excerpt(x), dtype=np.float64)
+                fx, fr = fxfeatures.measure(x), fxfeatures.measure(song.gt[name])
+                unit = predictor.predict(fxfeatures.pair_vector(fx, fr))[0]
+                part = np.asarray(fxfeatures.excerpt(x), dtype=np.float64)
                 # as the engine does: the refit starts from the plain fit, the rest of the chain is the draw's
                 start = replace(true, eq=fit_eq(unit, fr.shape_db - fx.shape_db))
-                eq = fit_eq_with_coloration(unit, start, fr.shape_db - fx.shape_db, part, cf.measure(part))
+                eq = fit_eq_with_coloration(unit, start, fr.shape_db - fx.shape_db, part, fxfeatures.measure(part))
                 errors["true_settings_our_chain"].append(recovery_errors(replace(true, eq=eq), true))
                 without_eq = {**drawn, "fired": {**drawn["fired"], "eq": False}}
                 colored = FXManipulator(name).apply_params([x], without_eq)[0]
-                eq = fit_eq(unit, fr.shape_db - cf.measure(colored).shape_db)
+                eq = fit_eq(unit, fr.shape_db - fxfeatures.measure(colored).shape_db)
                 errors["fxmanipulator_coloration"].append(recovery_errors(replace(true, eq=eq), true))
     keys = ("eq_gain_offset_free_abs_db", "eq_curve_rms_db")
     return {"shape_move_rms_db": {source: {name: round(float(np.mean(v)), 2) for name, v in moves.items()}

@@ -1,12 +1,12 @@
 """Regenerate the shipped default FX-normalization statistics and compare them with MUSDB18's.
 
-    python benchmarks/fit_default_stats.py                 # writes both flavours into mixdaemon/data/
+    python benchmarks/fit_default_stats.py                 # writes both flavours into mixdaemon/fx/data/
     python benchmarks/fit_default_stats.py --flavour mst --songs DIR --out-dir DIR
 
-Fits `mixdaemon.fxnorm_stats.fit` on ../shared/data/real_stems (song_a/b/c: SONG/{drums,bass,other,
-vocals}.wav, read in place, never copied), saves mixdaemon/data/fxnorm_default_{mst,fxnorm}.npz
+Fits fx/fit.py's `fit` on ../shared/data/real_stems (song_a/b/c: SONG/{drums,bass,other,
+vocals}.wav, read in place, never copied), saves mixdaemon/fx/data/fxnorm_default_{mst,fxnorm}.npz
 (the derived statistics only) and prints the comparison with the papers' MUSDB18 statistics
-(../shared/data/musdb18_fx_stats) that the fxnorm module docstring quotes.
+(../shared/data/musdb18_fx_stats) that fx/normalization.py's module docstring quotes.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixdaemon.fx import normalization as fxnorm  # noqa: E402
-from mixdaemon.fx.fit import fit
-from mixdaemon.fx.stats import FxStats  # noqa: E402
+from mixdaemon.fx.fit import fit  # noqa: E402
+from mixdaemon.fx.stats import DATA_DIR, FxStats  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 MUSDB18 = {
@@ -56,11 +56,11 @@ def compare(ours: FxStats, reference: FxStats) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", default=str(SHARED / "data" / "real_stems"))
-    parser.add_argument("--out-dir", default=str(fxnorm.DATA_DIR))
+    parser.add_argument("--out-dir", default=str(DATA_DIR))
     parser.add_argument("--flavour", choices=("mst", "fxnorm", "both"), default="both")
     args = parser.parse_args()
     for flavour in (("mst", "fxnorm") if args.flavour == "both" else (args.flavour,)):
-        stats = fit(args.songs, flavour=flavour, progress=lambda message: print("  " + message))
+        stats = fit(args.songs, flavour=flavour, progress=lambda stage, fraction: print("  " + stage))
         stats.metadata["source"] = (f"mixdaemon fxnorm fit of ../shared/data/real_stems "
                                     f"({len(stats.metadata['songs'])} Demucs-separated songs: "
                                     f"{', '.join(stats.metadata['songs'])}) by benchmarks/fit_default_stats.py")

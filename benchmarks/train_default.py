@@ -38,10 +38,8 @@ SPEED_SECONDS = 180.0
 
 
 def _train(argv: list[str]) -> None:
-    from mixdaemon.cli.train import register as add_train_parser
-    parser = argparse.ArgumentParser(prog="mixdaemon")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *argv])
+    from mixdaemon.cli.main import build_parser
+    args = build_parser(["train", *argv]).parse_args(["train", *argv])
     args.func(args)
 
 

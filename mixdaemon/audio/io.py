@@ -66,26 +66,52 @@ def resample(x: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.asarray(y, dtype=np.float32).reshape((-1,) + x.shape[1:])
 
 
-def _check_wav_not_truncated(path: Path) -> None:
-    """libsndfile silently reads a WAV whose data chunk is cut short; users must hear about it.
-    Walk the RIFF chunks and compare the data chunk's declared size with the bytes present."""
-    size = path.stat().st_size
+@dataclass(frozen=True)
+class WavLayout:
+    """What a RIFF/WAVE file's headers declare, beside how long the file is. None fields: that
+    header is not in the file (yet)."""
+
+    file_size: int
+    riff_size: int | None    # the RIFF chunk's declared size (the file's length minus 8, when final)
+    data_offset: int | None  # where the first data chunk's samples start
+    data_size: int | None    # the size that data chunk declares
+
+
+def wav_layout(path: str | os.PathLike) -> WavLayout | None:
+    """Walk a RIFF/WAVE file's chunk headers (RIFX too) up to its first data chunk, reading nothing
+    else; None for a file that is not RIFF/WAVE and cannot become one (RF64, W64, FLAC, text...).
+    A file shorter than the 12-byte RIFF header whose bytes begin one is a WAV being written:
+    a layout with nothing declared."""
+    size = os.stat(path).st_size
     with open(path, "rb") as f:
-        header = f.read(12)
-        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
-            return  # not plain RIFF/WAVE (RF64, W64...): leave it to libsndfile
-        endian = "<" if header[:4] == b"RIFF" else ">"
+        head = f.read(12)
+        if len(head) < 12:
+            starts_riff = b"RIFF".startswith(head[:4]) or b"RIFX".startswith(head[:4])
+            return WavLayout(size, None, None, None) if starts_riff else None
+        if head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        riff_size = struct.unpack(endian + "I", head[4:8])[0]
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             chunk_id, chunk_size = struct.unpack(endian + "4sI", f.read(8))
             if chunk_id == b"data":
-                present = size - pos - 8
-                if chunk_size > present and chunk_size != 0xFFFFFFFF:
-                    raise AudioFileError(path, f"truncated file: the header declares {chunk_size} bytes "
-                                               f"of audio but only {present} are present")
-                return
+                return WavLayout(size, riff_size, pos + 8, chunk_size)
             pos += 8 + chunk_size + (chunk_size & 1)
+        return WavLayout(size, riff_size, None, None)
+
+
+def _check_wav_not_truncated(path: Path) -> None:
+    """libsndfile silently reads a WAV whose data chunk is cut short; users must hear about it.
+    A data size of 0xFFFFFFFF is a streaming writer's "unknown", not a claim."""
+    layout = wav_layout(path)
+    if layout is None or layout.data_size is None:
+        return  # not plain RIFF/WAVE (RF64, W64...), or no data chunk: libsndfile judges it
+    present = layout.file_size - layout.data_offset
+    if layout.data_size > present and layout.data_size != 0xFFFFFFFF:
+        raise AudioFileError(path, f"truncated file: the header declares {layout.data_size} bytes "
+                                   f"of audio but only {present} are present")
 
 
 def read_audio(path: str | os.PathLike) -> LoadedAudio:

@@ -1,12 +1,15 @@
-"""Objective metrics: how close a mix is to a target or a reference.
+"""Objective metrics: how close a mix is to a target or a reference, and what a job's report shows.
 
 - L_MSS, the MST multi-scale spectral loss on L/R and on mid/side (ALGORITHMS.md §4.3). It is also the
   MixFXcloner training loss, so it is written in torch, batched over [B, 2, T] and differentiable.
-- Loudness and peak meters: BS.1770 integrated loudness (from mixdaemon.dsp), 4x-oversampled true
-  peak, sample peak.
 - The FxNorm-automix feature distances (§6.5): loudness, spectral, panning and dynamic groups,
   following FxNorm's evaluate.py (not the MST repo's copy, which differs).
 - The embedding distance of Table 2 (§7): cosine distance between FXencoder embeddings, λ = 1.
+- The long-term average spectrum in log-spaced bands that a daemon job's report.png draws for each
+  track before and after and for the reference.
+
+The loudness and true-peak meters are audio.dsp.integrated_loudness (which the loudness distance
+here uses) and audio.mastering.true_peak_dbtp (the limiter's own).
 
 Numpy functions take (n_samples, 2) audio at 44.1 kHz (ALGORITHMS.md conventions) and compute in
 float64.
@@ -28,20 +31,7 @@ from mixdaemon.audio.dsp import (
     stft_np,
     to_mid_side,
 )
-from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.errors import MixdaemonError
-
-__all__ = [
-    "MSS_FFT_SIZES",
-    "mss_loss_lr",
-    "mss_loss_ms",
-    "mss_distance",
-    "integrated_loudness",
-    "true_peak_dbtp",
-    "sample_peak_db",
-    "fxnorm_feature_distances",
-    "embedding_distance",
-]
 
 # --- L_MSS (§4.3) -----------------------------------------------------------------------------------
 
@@ -114,18 +104,6 @@ def mss_distance(y: np.ndarray, gt: np.ndarray, mode: str = "lr") -> float:
     gt_t = torch.from_numpy(np.ascontiguousarray(np.asarray(gt, dtype=np.float32).T))[None]
     with torch.no_grad():
         return float(losses[mode](y_t, gt_t))
-
-
-# --- loudness and peak ------------------------------------------------------------------------------
-# integrated_loudness (BS.1770-4, stereo: channel powers summed) lives in mixdaemon.dsp, where FX
-# normalization uses it, and is re-exported here. It returns -inf for silence and for input shorter
-# than one 400 ms gating block. true_peak_dbtp (BS.1770-4, 4x oversampled) is the limiter's own
-# measurement in mixdaemon.mastering, re-exported so that metrics and limiting never disagree.
-
-
-def sample_peak_db(x: np.ndarray) -> float:
-    """Largest |sample| over all channels in dBFS (-600 for silence)."""
-    return float(db(peak(np.asarray(x))))
 
 
 # --- FxNorm-automix feature distances (§6.5) --------------------------------------------------------
@@ -370,3 +348,25 @@ def embedding_distance(a, b, scale: float = 1.0) -> float:
         raise ValueError(f"embedding_distance: embeddings of {a64.size} and {b64.size} values")
     cosine = a64 @ b64 / (max(np.linalg.norm(a64), 1e-8) * max(np.linalg.norm(b64), 1e-8))
     return float(scale * (1.0 - cosine))
+
+
+# --- the report's spectra -----------------------------------------------------------------------------
+
+SPECTRUM_BAND_EDGES_HZ = np.geomspace(20.0, 20000.0, 97)  # 96 bands, 1/8-octave-ish, over the audible range
+SPECTRUM_BAND_CENTRES_HZ = np.sqrt(SPECTRUM_BAND_EDGES_HZ[:-1] * SPECTRUM_BAND_EDGES_HZ[1:])
+SPECTRUM_FFT = 4096
+
+
+def average_spectrum_db(x: np.ndarray, sr: int = WORKING_RATE) -> np.ndarray:
+    """Long-term average power spectrum of the mid channel (Welch, 4096-point Hann), averaged into
+    the SPECTRUM_BAND_EDGES_HZ bands so that curves of different material are readable side by
+    side; dB, one value per band (a band holding no FFT bin takes the spectrum at its centre)."""
+    mid = np.asarray(x, dtype=np.float64).mean(axis=1) if x.ndim == 2 else np.asarray(x, dtype=np.float64)
+    if mid.shape[0] < SPECTRUM_FFT:
+        mid = np.pad(mid, (0, SPECTRUM_FFT - mid.shape[0]))
+    freqs, power = signal.welch(mid, fs=sr, nperseg=SPECTRUM_FFT)
+    bands = np.empty(len(SPECTRUM_BAND_CENTRES_HZ))
+    for i, (lo, hi) in enumerate(zip(SPECTRUM_BAND_EDGES_HZ[:-1], SPECTRUM_BAND_EDGES_HZ[1:])):
+        sel = (freqs >= lo) & (freqs < hi)
+        bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
+    return 10.0 * np.log10(bands + 1e-20)

@@ -22,7 +22,7 @@ COMMANDS = {
     "transfer": "transfer", "demo": "transfer", "example": "transfer",
     "fxnorm": "fxnorm",
     "models": "models", "embed": "models",
-    "engines": "engines",
+    "backends": "backends",
     "serve": "serve",
     "send": "send",
     "automix": "automix",

@@ -100,7 +100,7 @@ def register(subparsers) -> None:
                               description="Send one OSC request to `mixdaemon serve` and print the reply. "
                                           "Exit status: 0 ok, 1 error reply, 3 no reply in time.")
     p.add_argument("--host", help="daemon address (default: from --config, else 127.0.0.1)")
-    p.add_argument("--port", type=int, help="daemon OSC port (default: from --config, else 7700)")
+    p.add_argument("--port", type=int, help=f"daemon OSC port (default: from --config, else {defaults.OSC_PORT})")
     p.add_argument("--config", help="read the daemon's OSC host and port from this config.toml")
     p.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for a reply (with --wait: for each message)")

@@ -23,6 +23,7 @@ from mixdaemon.cli.progress import ProgressBar
 RENDERERS = ("auto", "fluidsynth", "numpy")  # mixdaemon.train.material.RENDERERS
 SIZES = ("tiny", "small", "full")            # the presets of train.encoder, train.cloner and nets.automix
 AUTOMIX_ARCHITECTURES = ("automix", "wave-u-net")  # mixdaemon.nets.automix.ARCHITECTURES
+MANIPULATOR_IR_FOLDER_HELP = "impulse responses for the FXmanipulator's reverb (default: algorithmic)"
 
 
 def _model_config(preset: str, presets: dict, override: str | None) -> dict:
@@ -152,12 +153,26 @@ def cmd_params(args) -> int:
     return 0
 
 
-def _add_run_options(p) -> None:
+def _training_parser(sub, name: str, help: str, config: str, *, description: str = "",
+                     ir_folder_help: str = MANIPULATOR_IR_FOLDER_HELP, resumable: bool = True,
+                     run_dir_holds: str = "checkpoint.pt and log.csv"):
+    """The parser of `train NAME` with what every training shares: the songs, the run folder and
+    impulse responses, plus the options of a resumable run. Its description ends by saying that
+    unset options keep the defaults of `config` (the training config class)."""
+    p = sub.add_parser(name, help=help, description=f"{description}Unset options keep the defaults of {config}.")
     p.add_argument("songs_dir", help="training songs: SONGS_DIR/<song>/{drums,bass,other,vocals}.wav")
-    p.add_argument("--run-dir", required=True, help="folder for checkpoint.pt and log.csv")
+    p.add_argument("--run-dir", required=True, help=f"folder for {run_dir_holds}")
     p.add_argument("--val-dir", help="validation songs (default: every 8th training song is held out)")
     p.add_argument("--cache-dir", help="FX-normalized stems cache (default: SONGS_DIR/.mixdaemon-normalized)")
     p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
+    if resumable:
+        _add_run_options(p)
+    p.add_argument("--ir-folder", help=ir_folder_help)
+    return p
+
+
+def _add_run_options(p) -> None:
+    """The options of a resumable run (encoder, cloner, automix)."""
     p.add_argument("--size", default="small", choices=SIZES, help="model size preset (default: small)")
     p.add_argument("--model-config", help="JSON object (or file) of model config keys overriding the preset")
     p.add_argument("--steps", type=int, help="total updates of the run")
@@ -177,18 +192,14 @@ def _add_run_options(p) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def _add_ir_folder(p) -> None:
-    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
-
-
-def _add_pair_destination(p) -> None:
-    p.add_argument("--name", help="write the model into the model store under this name (e.g. default)")
+def _add_destination(p, what: str = "model", example: str = "default", file: str = "model.safetensors") -> None:
+    p.add_argument("--name", help=f"write the {what} into the model store under this name (e.g. {example})")
     p.add_argument("--store", help="model store folder (default: engines/ or $MIXDAEMON_ENGINES)")
-    p.add_argument("--out", help="model file to write (default: RUN_DIR/model.safetensors)")
+    p.add_argument("--out", help=f"{what} file to write (default: RUN_DIR/{file})")
 
 
 def register(subparsers) -> None:
-    """`mixdaemon train material|encoder|cloner|export` (see the module docstring)."""
+    """`mixdaemon train material|encoder|cloner|automix|params|export` (see the module docstring)."""
     train = subparsers.add_parser("train", help="train the MST and automix networks on the project's own material")
     sub = train.add_subparsers(dest="train_command", required=True)
 
@@ -203,10 +214,8 @@ def register(subparsers) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_material)
 
-    p = sub.add_parser("encoder", help="contrastive FXencoder training (§3.3) with probability scheduling (§2.4)",
-                       description="Unset options keep the defaults of train.encoder.EncoderTrainingConfig.")
-    _add_run_options(p)
-    _add_ir_folder(p)
+    p = _training_parser(sub, "encoder", "contrastive FXencoder training (§3.3) with probability scheduling (§2.4)",
+                         "train.encoder.EncoderTrainingConfig")
     p.add_argument("--items", type=int, help="contents per batch")
     p.add_argument("--negatives", type=int, help="strong negatives K per content")
     p.add_argument("--temperature", type=float)
@@ -215,41 +224,33 @@ def register(subparsers) -> None:
     p.add_argument("--no-schedule", action="store_true", help="keep the default FX probabilities")
     p.set_defaults(func=cmd_encoder)
 
-    p = sub.add_parser("cloner", help="MixFXcloner training with a frozen encoder (§4.3)",
-                       description="Unset options keep the defaults of train.cloner.ClonerTrainingConfig.")
-    _add_run_options(p)
-    _add_ir_folder(p)
+    p = _training_parser(sub, "cloner", "MixFXcloner training with a frozen encoder (§4.3)",
+                         "train.cloner.ClonerTrainingConfig")
     p.add_argument("--encoder", required=True, help="the encoder run (folder or checkpoint.pt)")
     p.add_argument("--items", type=int, help="triplets per stem per batch")
     p.add_argument("--validation-items", type=int, help="per stem")
     p.add_argument("--no-identity-init", action="store_true", help="start from random weights instead of y = x")
-    _add_pair_destination(p)
+    _add_destination(p)
     p.set_defaults(func=cmd_cloner)
 
-    p = sub.add_parser("automix", help="FxNorm-automix training (§6.4): normalized stems in, the original mix out",
-                       description="Inputs: the stems FX-normalized with the FxNorm statistics (cached); target: "
-                                   "SONG/mixture.wav, or the sum of the stems. With --ir-folder, vocals and other "
-                                   "get reverb normalization first (§1.7). Unset options keep the defaults of "
-                                   "train.automix.AutomixTrainingConfig.")
-    _add_run_options(p)
-    p.add_argument("--ir-folder", help="impulse responses (RT60 2–4 s) for the reverb normalization of vocals "
-                                       "and other (§1.7); pass the same folder to `mixdaemon automix`")
+    p = _training_parser(sub, "automix", "FxNorm-automix training (§6.4): normalized stems in, the original mix out",
+                         "train.automix.AutomixTrainingConfig",
+                         description="Inputs: the stems FX-normalized with the FxNorm statistics (cached); target: "
+                                     "SONG/mixture.wav, or the sum of the stems. With --ir-folder, vocals and other "
+                                     "get reverb normalization first (§1.7). ",
+                         ir_folder_help="impulse responses (RT60 2–4 s) for the reverb normalization of vocals "
+                                        "and other (§1.7); pass the same folder to `mixdaemon automix`")
     p.add_argument("--architecture", default="automix", choices=AUTOMIX_ARCHITECTURES,
                    help="automix: the paper's network; wave-u-net: the baseline (default: automix)")
     p.add_argument("--loss", choices=["La", "Lb"], help="§6.3 loss (default: Lb)")
     p.add_argument("--batch", type=int, help="excerpts per update")
     p.add_argument("--validation-items", type=int, help="validation excerpts (one per held-out song in turn)")
-    _add_pair_destination(p)
+    _add_destination(p)
     p.set_defaults(func=cmd_automix)
 
-    p = sub.add_parser("params", help="the param engine's predictor, on FXmanipulator draws with known parameters",
-                       description="Unset options keep the defaults of train.params.ParamsTrainingConfig.")
-    p.add_argument("songs_dir", help="training songs: SONGS_DIR/<song>/{drums,bass,other,vocals}.wav")
-    p.add_argument("--run-dir", required=True, help="folder for the examples, log.csv and metrics.json")
-    p.add_argument("--val-dir", help="validation songs (default: every 8th training song is held out)")
-    p.add_argument("--cache-dir", help="FX-normalized stems cache (default: SONGS_DIR/.mixdaemon-normalized)")
-    p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
-    p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb (default: algorithmic)")
+    p = _training_parser(sub, "params", "the param engine's predictor, on FXmanipulator draws with known parameters",
+                         "train.params.ParamsTrainingConfig", resumable=False,
+                         run_dir_holds="the examples, log.csv and metrics.json")
     p.add_argument("--examples", type=int, help="training examples (one stem each)")
     p.add_argument("--validation-examples", type=int)
     p.add_argument("--segment-seconds", type=float, help="length of x and of the reference per example")
@@ -263,14 +264,12 @@ def register(subparsers) -> None:
                         "always another song)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--name", help="write the predictor into the model store under this name (e.g. params-default)")
-    p.add_argument("--store", help="model store folder (default: engines/ or $MIXDAEMON_ENGINES)")
-    p.add_argument("--out", help="predictor file to write (default: RUN_DIR/predictor.safetensors)")
+    _add_destination(p, "predictor", "params-default", "predictor.safetensors")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("export", help="write a cloner run's current checkpoint and its encoder as a model pair")
     p.add_argument("run_dir", help="the cloner run")
-    _add_pair_destination(p)
+    _add_destination(p)
     p.set_defaults(func=cmd_export)
 

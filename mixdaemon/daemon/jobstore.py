@@ -31,10 +31,9 @@ from mixdaemon.audio.stems import list_audio_files
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.files import file_sha256
 
-log = logging.getLogger("mixdaemon.jobs")
+log = logging.getLogger("mixdaemon.jobstore")
 
 STATES = ("queued", "running", "done", "error", "cancelled")
-ACTIVE_STATES = ("queued", "running")
 STAGING_PREFIX = ".mixdaemon-staging-"
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.png"
@@ -50,8 +49,8 @@ class Job:
     reference: str            # "" for automix jobs
     out_root: str
     settings: dict            # TransferSettings or AutomixSettings, by job_type
-    source: str = ""          # "watch:<folder>" or "osc:<host>:<port>"
-    reply_to: str | None = None  # "host:port" of the OSC client that submitted it
+    source: str = ""          # "watch:<folder>", "osc:<host>:<port>" or "request:<request file name>"
+    reply_to: str | None = None  # "host:port" of the UDP client that submitted it
     folder_name: str = ""     # the bounce's name, for the output pattern
     input_hashes: dict = field(default_factory=dict)
     reference_hashes: dict = field(default_factory=dict)

@@ -1,13 +1,17 @@
-"""The daemon's OSC interface: address space, UDP server, replies and notifications, and the client
-that `mixdaemon send` (cli/send.py) uses.
+"""The daemon's OSC interface: address space, request dispatch, UDP server, replies and
+notifications, and a client for programs (`mixdaemon send`, cli/send.py, is one).
 
 The address space is documented in integrations/osc/ADDRESS_SPACE.md; COMMANDS below is its
-machine-readable form (the server checks every request against it). In short: requests go to
+machine-readable form (`dispatch` checks every request against it). In short: requests go to
 /mixdaemon/<command>; the reply goes back to the sender's address and port; job notifications
 (/mixdaemon/queued, /progress, /done, /error, /cancelled) go to the client that submitted the job,
 to the configured reply target and to subscribers. Anything wrong with a request (unparseable
 packet, unknown address, wrong argument types, a path outside the allowed roots) is answered with
 /mixdaemon/error "-" <reason>; the server itself never stops on a bad packet.
+
+Requests also come from inside the daemon's process: the request-file bridge
+(daemon/requestfiles.py) serves each request file through the same `dispatch` as a UDP request,
+as a LocalClient whose messages are handed over in-process rather than sent.
 
 Bundles are accepted and their messages handled in order; their time tags are ignored (a request
 runs when it arrives).
@@ -19,14 +23,16 @@ import socket
 import socketserver
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
+from mixdaemon import defaults
 from mixdaemon.errors import MixdaemonError
 
 log = logging.getLogger("mixdaemon.osc")
@@ -35,11 +41,33 @@ PREFIX = "/mixdaemon"
 NO_JOB = "-"  # the job-id argument of an error that belongs to no job
 MAX_JOB_ID = 2**31 - 1  # an OSC int32; larger numbers (int64, floats, digit strings) are no job
 MAX_REASON_CHARS = 1500  # keeps every reply well inside one UDP datagram
-Target = tuple[str, int]
+Target = tuple[str, int]  # a UDP client: (host, port)
+Message = tuple[str, list]  # (address, arguments)
 
 
 class OscRequestError(MixdaemonError):
     """A request that cannot be served as sent (wrong arguments, unknown address)."""
+
+
+class LocalClient:
+    """A client inside the daemon's process (a request file's request): what the daemon sends it,
+    its later replies too, is handed to `deliver(address, args)` rather than sent over UDP.
+    Compared by identity: two requests of the same name are two clients."""
+
+    def __init__(self, name: str, deliver: Callable[[str, list], None]):
+        self.name = name
+        self.deliver = deliver
+
+    def __repr__(self) -> str:
+        return f"request file {self.name}"
+
+
+Sender = Target | LocalClient
+
+
+def describe(sender: Sender) -> str:
+    """The sender for a log line: host:port, or the request file."""
+    return repr(sender) if isinstance(sender, LocalClient) else f"{sender[0]}:{sender[1]}"
 
 
 # --- the address space -------------------------------------------------------------------------
@@ -155,23 +183,57 @@ def decode(data: bytes) -> list[OscMessage]:
     return messages
 
 
-# --- the server ----------------------------------------------------------------------------------
+def error_reply(job_id: int | str, reason: str) -> Message:
+    """/mixdaemon/error job_id reason, the reason on one line and short enough for one datagram."""
+    return f"{PREFIX}/error", [job_id, " ".join(str(reason).split())[:MAX_REASON_CHARS]]
+
+
+# --- serving a request ---------------------------------------------------------------------------
 
 class _RateLimitedLog:
     """Logs a repeated warning at most once per `interval` seconds, with a count of the skipped ones."""
 
     def __init__(self, interval: float = 5.0):
         self.interval, self.last, self.skipped = interval, 0.0, 0
+        self._lock = threading.Lock()
 
     def warning(self, msg: str, *args) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval:
+        with self._lock:
+            now = time.monotonic()
+            if now - self.last < self.interval:
+                self.skipped += 1
+                return
             more = f" ({self.skipped} similar since the last message)" if self.skipped else ""
-            log.warning(msg + more, *args)
             self.last, self.skipped = now, 0
-        else:
-            self.skipped += 1
+        log.warning(msg + more, *args)
 
+
+# Refused requests and malformed packets, from every sender: a flood of them must not flood the log.
+_refusals = _RateLimitedLog()
+
+
+def dispatch(handler: Any, address: str, params: list, sender: Sender) -> list[Message]:
+    """Serve one request: check it against COMMANDS and call the handler's method for it
+    (method(sender, *args) → the replies). Returns the replies for the sender, or one
+    /mixdaemon/error "-" naming what was wrong. The UDP server and the request-file bridge both
+    serve requests through here, so a request is checked, refused and answered alike however it
+    came."""
+    command = COMMANDS.get(address)
+    try:
+        if command is None:
+            raise OscRequestError(f"{str(address)[:200]}: unknown address; the daemon answers "
+                                  f"{', '.join(sorted(COMMANDS))}")
+        args = check_arguments(command, params)
+        return list(getattr(handler, command.method)(sender, *args))
+    except MixdaemonError as exc:
+        _refusals.warning("request %s from %s refused: %s", str(address)[:200], describe(sender), exc)
+        return [error_reply(NO_JOB, str(exc))]
+    except Exception as exc:
+        log.exception("request %s from %s failed", address, describe(sender))
+        return [error_reply(NO_JOB, f"internal error: {type(exc).__name__}: {exc}")]
+
+
+# --- the server ----------------------------------------------------------------------------------
 
 class _UdpServer(socketserver.UDPServer):
     allow_reuse_address = False
@@ -193,10 +255,12 @@ class _RequestHandler(socketserver.BaseRequestHandler):
 
 
 class OscServer:
-    """UDP OSC server. `handler` implements the COMMANDS' methods; each returns the replies for the
-    sender as a list of (address, args)."""
+    """UDP OSC server. `handler` implements the COMMANDS' methods (see `dispatch`). `listeners` are
+    in-process sinks, listener(address, args), that hear every job notification (the request-file
+    bridge follows its jobs so)."""
 
-    def __init__(self, host: str, port: int, handler: Any, reply_target: Target | None = None):
+    def __init__(self, host: str, port: int, handler: Any, reply_target: Target | None = None,
+                 listeners: Iterable[Callable[[str, list], None]] = ()):
         try:
             self._server = _UdpServer((host, port), self)
         except OSError as exc:
@@ -204,9 +268,9 @@ class OscServer:
                                  "another daemon or program uses it, or the address is not this machine's") from None
         self.handler = handler
         self.reply_target = reply_target
-        self._subscribers: dict[Target, None] = {}
+        self.listeners = list(listeners)
+        self._subscribers: dict[Sender, None] = {}
         self._lock = threading.Lock()
-        self._bad_packets = _RateLimitedLog()
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="mixdaemon-osc", daemon=True)
 
@@ -222,13 +286,16 @@ class OscServer:
             self._server.shutdown()
         self._server.server_close()
 
-    def send(self, target: Target, address: str, args: list | tuple = ()) -> None:
+    def send(self, target: Sender, address: str, args: list | tuple = ()) -> None:
+        if isinstance(target, LocalClient):
+            target.deliver(address, list(args))
+            return
         try:
             self._server.socket.sendto(encode(address, args), target)
         except Exception as exc:  # unreachable or odd target: notifications are best effort
             log.debug("could not send %s to %s: %s", address, target, exc)
 
-    def subscribe(self, target: Target, on: bool = True) -> None:
+    def subscribe(self, target: Sender, on: bool = True) -> None:
         with self._lock:
             if on:
                 self._subscribers[target] = None
@@ -238,60 +305,64 @@ class OscServer:
                 self._subscribers.pop(target, None)
 
     def notify(self, address: str, args: list | tuple, requester: Target | None = None,
-               exclude: Target | None = None) -> None:
+               exclude: Sender | None = None) -> None:
         """A job notification: to the job's requester, the configured target and the subscribers,
-        each once (and not to `exclude`, which already has it as a reply)."""
+        each once (and not to `exclude`, which already has it as a reply); and to the listeners."""
         with self._lock:
             targets = dict.fromkeys([t for t in (requester, self.reply_target) if t] + list(self._subscribers))
         for target in targets:
             if target != exclude:
                 self.send(target, address, args)
+        for listener in self.listeners:
+            listener(address, list(args))
 
-    def error(self, target: Target, job_id: int | str, reason: str) -> None:
-        self.send(target, f"{PREFIX}/error", [job_id, " ".join(str(reason).split())[:MAX_REASON_CHARS]])
+    def error(self, target: Sender, job_id: int | str, reason: str) -> None:
+        self.send(target, *error_reply(job_id, reason))
 
     def handle_packet(self, data: bytes, sender: Target) -> None:
         try:
             messages = decode(data)
         except Exception as exc:  # python-osc raises ParseError, but also IndexError, ValueError... on junk
-            self._bad_packets.warning("malformed OSC packet from %s:%s (%d bytes): %s", sender[0], sender[1],
-                                      len(data), exc)
+            _refusals.warning("malformed OSC packet from %s (%d bytes): %s", describe(sender), len(data), exc)
             self.error(sender, NO_JOB, f"malformed OSC packet ({len(data)} bytes): {str(exc)[:200]}")
             return
         for message in messages:
-            self.handle_message(message.address, list(message.params), sender)
-
-    def handle_message(self, address: str, params: list, sender: Target) -> None:
-        command = COMMANDS.get(address)
-        try:
-            if command is None:
-                raise OscRequestError(f"{str(address)[:200]}: unknown address; the daemon answers "
-                                      f"{', '.join(sorted(COMMANDS))}")
-            args = check_arguments(command, params)
-            replies = getattr(self.handler, command.method)(sender, *args)
-        except MixdaemonError as exc:
-            self._bad_packets.warning("request %s from %s:%s refused: %s", str(address)[:200], sender[0], sender[1], exc)
-            self.error(sender, NO_JOB, str(exc))
-            return
-        except Exception as exc:
-            log.exception("request %s from %s:%s failed", address, sender[0], sender[1])
-            self.error(sender, NO_JOB, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        for reply_address, reply_args in replies:
-            self.send(sender, reply_address, reply_args)
+            for reply_address, reply_args in dispatch(self.handler, message.address, list(message.params), sender):
+                self.send(sender, reply_address, reply_args)
 
 
-# --- the client ----------------------------------------------------------------
+# --- the client ----------------------------------------------------------------------------------
 
 class OscClient:
-    """Sends requests from its own UDP port and reads what comes back to it."""
+    """A UDP client of the daemon, for programs and scripts: it sends requests from a port of its
+    own and reads what comes back to that port — the replies, and the notifications of the jobs it
+    submitted (of every job once it subscribed, or when the daemon's `[osc] reply_port` is its
+    `port`).
 
-    def __init__(self, host: str, port: int):
+        client = OscClient("127.0.0.1", 7700)
+        reply, (job_id, folder) = client.request("/mixdaemon/submit", ["/music/Song", "/music/ref.wav"])
+        end = client.wait_for(lambda address, args: address in ("/mixdaemon/done", "/mixdaemon/error")
+                              and args[0] == job_id, timeout=600)
+
+    Messages are read in the order they came. `receive` takes the next one; `wait_for` and
+    `request` take the first that they wait for and leave the ones before it unread, for later
+    reads (at most `keep`: beyond that the oldest unread are dropped), so a notification that
+    arrives while waiting for a reply is not lost. `target` (the daemon) may be changed, e.g. for a
+    daemon restarted on another port."""
+
+    def __init__(self, host: str = defaults.OSC_HOST, port: int = defaults.OSC_PORT, keep: int = 10000):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.target = (host, port)
+        self.target: Target = (host, port)
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)  # room for bursts of notifications
         self.sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0) if host in ("127.0.0.1", "::1", "localhost")
                        else ("", 0))
+        self._unread: deque[Message] = deque(maxlen=keep)
+
+    @property
+    def port(self) -> int:
+        """The client's own UDP port, where replies and notifications arrive."""
+        return self.sock.getsockname()[1]
 
     def close(self) -> None:
         self.sock.close()
@@ -299,18 +370,49 @@ class OscClient:
     def send(self, address: str, args: list | tuple = ()) -> None:
         self.sock.sendto(encode(address, args), self.target)
 
-    def receive(self, timeout: float) -> tuple[str, list] | None:
-        """The next message, or None after `timeout` seconds."""
+    def send_packet(self, data: bytes) -> None:
+        """Send bytes as they are (a bundle built elsewhere, or a test of the daemon's parser)."""
+        self.sock.sendto(data, self.target)
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next message, or None if none came within `timeout` seconds (0: only one already here)."""
+        return self.wait_for(lambda address, args: True, timeout)
+
+    def wait_for(self, predicate: Callable[[str, list], bool], timeout: float) -> Message | None:
+        """The first message, unread or arriving within `timeout` seconds, for which
+        predicate(address, args) is true; None if none did. The others stay unread."""
+        for i, (address, args) in enumerate(self._unread):
+            if predicate(address, args):
+                del self._unread[i]
+                return address, args
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
+        while True:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.0))
             try:
-                data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
+                data = self.sock.recv(65535)
+            except (socket.timeout, BlockingIOError):
                 return None
             try:
-                for message in decode(data):
-                    return message.address, list(message.params)
+                messages = [(m.address, list(m.params)) for m in decode(data)]
             except Exception:
-                continue  # not ours to judge; keep waiting
-        return None
+                continue  # not an OSC packet: not ours to judge
+            for k, (address, args) in enumerate(messages):
+                if predicate(address, args):
+                    self._unread.extend(messages[k + 1:])
+                    return address, args
+                self._unread.append((address, args))
+
+    def request(self, address: str, args: list | tuple = (), timeout: float = 5.0) -> Message | None:
+        """Send a request and wait for its reply: the first message that is one of the command's
+        replies (COMMANDS), or an error that belongs to no job or to the job the request names.
+        None if none came within `timeout` seconds."""
+        command = COMMANDS.get(address)
+        replies = command.replies if command is not None else ()
+        names_job = command is not None and command.args and command.args[0].kind == "job" and args
+        errors_for = (NO_JOB, args[0]) if names_job else (NO_JOB,)
+
+        def is_reply(reply: str, values: list) -> bool:
+            return reply in replies or (reply == f"{PREFIX}/error" and bool(values) and values[0] in errors_for)
+
+        self.send(address, args)
+        return self.wait_for(is_reply, timeout)

@@ -4,23 +4,25 @@ The manifest lists the job type, the inputs (with content hashes and stem roles)
 the engine, the model, the settings, timings, loudness before/after/reference and the output paths.
 The report image shows, per stem and for the mix, the long-term average spectrum of the input, the
 converted output and the reference, and a loudness chart. Automix jobs have no reference (null in
-the manifest, no curve or bar in the report) and one output, the mix. It is drawn with matplotlib's Agg canvas directly
-(no pyplot state), so it is safe in the daemon's worker thread and needs no display.
+the manifest, no curve or bar in the report) and one output, the mix.
+
+Both are drawn from the job's result alone: the job measured the spectra on the audio it held
+(transfer or automix with spectra=True), so nothing is read back from disk here, and the spectra
+stay out of the manifest. The image is drawn with matplotlib's Agg canvas directly (no pyplot
+state), so it is safe in the daemon's worker thread and needs no display.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
-from mixdaemon.audio.dsp import WORKING_RATE
-from mixdaemon.audio.io import read_audio
-from mixdaemon.audio.stems import STEM_NAMES, load_song, role_for_name
+from mixdaemon.audio.metrics import SPECTRUM_BAND_CENTRES_HZ
+from mixdaemon.audio.stems import STEM_NAMES, role_for_name
+from mixdaemon.files import atomic_write
 
 MANIFEST_VERSION = 1
 _PANELS = (*STEM_NAMES, "mixture")
@@ -31,7 +33,7 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
-def manifest_dict(job, result, outputs: dict[str, str], report_path: str | None, timings: dict) -> dict:
+def manifest_dict(job, result, outputs: dict[str, str], report_path: str, timings: dict) -> dict:
     from mixdaemon import __version__ as version
 
     loudness = {"before": result.loudness_before, "after": result.loudness_after}
@@ -64,64 +66,32 @@ def manifest_dict(job, result, outputs: dict[str, str], report_path: str | None,
     }
 
 
-def write_manifest(path: Path, job, result, outputs: dict[str, str], report_path: str | None, timings: dict) -> Path:
+def write_manifest(path: Path, job, result, outputs: dict[str, str], report_path: str, timings: dict) -> Path:
     data = manifest_dict(job, result, outputs, report_path, timings)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, allow_nan=False, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
     return path
 
 
 # --- the report image ----------------------------------------------------------------------------
 
-_BAND_EDGES = np.geomspace(20.0, 20000.0, 97)  # 1/8-octave-ish bands over the audible range
-
-
-def average_spectrum_db(x: np.ndarray, sr: int = WORKING_RATE) -> np.ndarray:
-    """Long-term average power spectrum of the mid channel (Welch, 4096-point Hann), averaged into
-    log-spaced bands so that curves of different material are readable side by side; dB."""
-    mid = np.asarray(x, dtype=np.float64).mean(axis=1) if x.ndim == 2 else np.asarray(x, dtype=np.float64)
-    if mid.shape[0] < 4096:
-        mid = np.pad(mid, (0, 4096 - mid.shape[0]))
-    freqs, power = signal.welch(mid, fs=sr, nperseg=4096)
-    bands = np.empty(len(_BAND_EDGES) - 1)
-    for i, (lo, hi) in enumerate(zip(_BAND_EDGES[:-1], _BAND_EDGES[1:])):
-        sel = (freqs >= lo) & (freqs < hi)
-        bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
-    return 10.0 * np.log10(bands + 1e-20)
-
-
-def _song_tracks(song) -> dict[str, np.ndarray]:
-    tracks = dict(song.stems)
-    if song.mixture is not None:
-        tracks["mixture"] = song.mixture
-    elif tracks:
-        tracks["mixture"] = np.sum(list(tracks.values()), axis=0)
-    return tracks
-
-
-def write_report(path: Path, job, result, output_dir: Path) -> Path:
-    """Draw report.png for a finished job whose outputs lie in output_dir."""
+def write_report(path: Path, job, result) -> Path:
+    """Draw report.png for a finished job from its result (measured with spectra=True)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    before = _song_tracks(load_song(job.inputs if len(job.inputs) > 1 else job.inputs[0]))
-    reference = _song_tracks(load_song(job.reference)) if job.reference else {}
-    after = {name: read_audio(output_dir / Path(p).name).samples for name, p in result.outputs.items()}
-    centres = np.sqrt(_BAND_EDGES[:-1] * _BAND_EDGES[1:])
 
     fig = Figure(figsize=(13, 7.5), dpi=80)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3)
     for ax, name in zip(axes.flat, _PANELS):
         top = -np.inf
-        for label, tracks in (("before", before), ("after", after), ("reference", reference)):
-            if name in tracks:
-                curve = average_spectrum_db(tracks[name])
+        for label in ("before", "after", "reference"):
+            curve = result.spectra.get(label, {}).get(name)
+            if curve is not None:
                 top = max(top, float(curve.max()))
-                ax.semilogx(centres, curve, color=_COLORS[label], label=label, linewidth=1.6 if label == "after" else 1.1)
+                ax.semilogx(SPECTRUM_BAND_CENTRES_HZ, curve, color=_COLORS[label], label=label,
+                            linewidth=1.6 if label == "after" else 1.1)
         if np.isfinite(top):
             ax.set_ylim(top - 90.0, top + 5.0)  # 90 dB of range: deep stop bands would flatten the rest
         ax.set_title(name)

@@ -15,9 +15,10 @@ argument, in order, as a string (job ids too: the daemon reads "12" as job 12). 
 backslash, newline, carriage return and tab are written as two characters each: `\\\\`, `\\n`,
 `\\r`, `\\t`.
 
-The bridge sends each request to the daemon's own OSC port, from a UDP socket of its own for that
-request, so a request file is served exactly like an OSC request (the same checks, errors and
-replies), and keeps `<name>.reply` beside it up to date, rewritten atomically at every change:
+The bridge, inside the daemon, hands each request to the daemon's command handler through the same
+dispatch as a UDP request (daemon/osc.py), so a request file is served exactly like an OSC request
+(the same checks, errors and replies), and keeps `<name>.reply` beside it up to date, rewritten
+atomically (files.atomic_write) at every change:
 
     mixdaemon-reply 1
     state=running
@@ -36,27 +37,30 @@ replies), and keeps `<name>.reply` beside it up to date, rewritten atomically at
 sent and is never sent again. The client deletes both files when it is done with them; finished
 pairs older than a week are removed when the bridge starts.
 
-A submitted job is followed through its notifications (the request's socket is the job's
-requester) and, when nothing came for a while (a job someone else submitted first, a daemon
-restart), by asking /mixdaemon/status. The REAPER scripts' OSC client
-(integrations/reaper/mixdaemon_common.lua) follows a request the same way.
+A submitted job is followed through its notifications: the bridge hears every job notification in
+the daemon's process, so it follows a job that someone else submitted first as well. After a
+restart, an unfinished submission's job is asked for with /mixdaemon/status once and followed from
+there. Every message reaches a reply file as a UDP client would receive it (encoded and decoded:
+float32 numbers, U+FFFD for names that are not UTF-8). The REAPER scripts' OSC client
+(integrations/reaper/mixdaemon_common.lua) turns the same messages into the same states.
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
-import select
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mixdaemon.daemon.jobstore import MANIFEST_NAME
-from mixdaemon.daemon.osc import PREFIX, Target, decode, encode
+from mixdaemon.daemon.osc import PREFIX, LocalClient, decode, dispatch, encode
+from mixdaemon.files import atomic_write
 
-log = logging.getLogger("mixdaemon.requests")
+log = logging.getLogger("mixdaemon.requestfiles")
 
 REQUEST_SUFFIX = ".request"
 REPLY_SUFFIX = ".reply"
@@ -66,6 +70,7 @@ FINAL_STATES = ("done", "error", "cancelled", "ok", "warning")
 
 _SUBMITS = (f"{PREFIX}/submit", f"{PREFIX}/submit/files", f"{PREFIX}/automix")
 _STATUS, _PREVIEW, _CANCEL = f"{PREFIX}/status", f"{PREFIX}/preview", f"{PREFIX}/cancel"
+_QUEUED = f"{PREFIX}/queued"
 _FOLLOWS_JOB = (*_SUBMITS, _CANCEL)  # requests whose final answer may come long after
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -123,26 +128,20 @@ def parse_reply(text: str) -> dict:
     return status
 
 
-@dataclass
+@dataclass(eq=False)  # each request is itself: two alike requests are two
 class _Pending:
-    """A request being served: its socket, and what its reply file says."""
+    """A request being served: who it is to the daemon, and what its reply file says."""
 
     name: str
     address: str
-    args: list[str]
-    sock: socket.socket
     sent: float
+    client: LocalClient | None = None
     status: dict = field(default_factory=lambda: {"state": "sent"})
-    heard: float = 0.0
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def apply_message(status: dict, request: str, address: str, params: list) -> dict:
-    """The request's new status after a message from the daemon. Everything that reaches a
-    request's socket is about that request (its reply, its job's notifications, the answers to
-    the status questions asked for it)."""
+    """The request's new status after a message from the daemon: a reply to it, a notification
+    about its job, or the answer to the status question asked for it."""
     out = {**status, "reply": address, "reply_args": list(params)}
     submit = request in _SUBMITS
     if address == f"{PREFIX}/error":
@@ -150,6 +149,8 @@ def apply_message(status: dict, request: str, address: str, params: list) -> dic
     elif address == f"{PREFIX}/queued":
         out.update(state="queued", job_id=params[0])
     elif address == f"{PREFIX}/progress":
+        if not submit:
+            return status  # a cancellation waits for the job's end, not its progress
         out.update(state="running", percent=params[1], stage=params[2])
     elif address == f"{PREFIX}/done":
         if submit:
@@ -178,27 +179,26 @@ def apply_message(status: dict, request: str, address: str, params: list) -> dic
 
 
 class RequestFolder:
-    """Serves the request files in `folder` by sending them to the daemon's OSC port."""
+    """Serves the request files in `folder` through `handler`, the daemon's command handler (see
+    osc.dispatch). The daemon gives `notify` every job notification."""
 
-    def __init__(self, folder: str | os.PathLike, *, scan_seconds: float = 0.2, status_seconds: float = 2.0,
+    def __init__(self, folder: str | os.PathLike, handler: Any, *, scan_seconds: float = 0.2,
                  answer_seconds: float = 10.0, keep_seconds: float = 7 * 86400.0):
         self.folder = Path(folder)
+        self.handler = handler
         self.scan_seconds = scan_seconds
-        self.status_seconds = status_seconds  # ask /status when a followed job was quiet this long
         self.answer_seconds = answer_seconds  # a request with no answer in this time fails
         self.keep_seconds = keep_seconds
         self._pending: list[_Pending] = []
-        self._daemon: Target | None = None
+        # What the daemon sends, from any of its threads, for the bridge's thread to apply in order:
+        # (the request it is for, or None for a job notification; address; args).
+        self._inbox: queue.SimpleQueue[tuple[_Pending | None, str, list]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mixdaemon-requests", daemon=True)
 
     # -- lifecycle --
 
-    def start(self, daemon: Target) -> None:
-        """Start serving; `daemon` is the address the daemon's OSC server is bound to."""
-        host, port = daemon[:2]
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-        self._daemon = (host, port)
+    def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._resume()
         self._thread.start()
@@ -208,18 +208,20 @@ class RequestFolder:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        for pending in self._pending:
-            pending.close()
         self._pending.clear()
+
+    def notify(self, address: str, args: list) -> None:
+        """A job notification (any job's: the bridge picks those of its requests' jobs)."""
+        self._inbox.put((None, address, args))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._receive(self.scan_seconds)
                 for name in self._new_requests():
-                    self._send_request(name)
-                self._check_quiet()
-            except Exception:  # one odd file or packet must not stop the bridge
+                    self._serve(name)
+                self._check_unanswered()
+            except Exception:  # one odd file or message must not stop the bridge
                 log.exception("request files: unexpected error; continuing")
                 self._stop.wait(self.scan_seconds)
 
@@ -232,9 +234,8 @@ class RequestFolder:
         return self.folder / f"{name}{REPLY_SUFFIX}"
 
     def _write(self, name: str, status: dict) -> None:
-        tmp = self.folder / f".{name}{REPLY_SUFFIX}.tmp"
-        tmp.write_text(format_reply(status), encoding="utf-8")
-        os.replace(tmp, self._reply_path(name))
+        with atomic_write(self._reply_path(name), "w", encoding="utf-8") as f:
+            f.write(format_reply(status))
 
     def _new_requests(self) -> list[str]:
         try:
@@ -261,92 +262,81 @@ class RequestFolder:
                     self._request_path(name).unlink(missing_ok=True)
             elif address in _FOLLOWS_JOB and status.get("job_id", "").isdigit():
                 status["job_id"] = int(status["job_id"])
-                pending = _Pending(name, address, args, self._socket(), time.monotonic(), status)
-                self._pending.append(pending)
-                pending.sock.sendto(encode(_STATUS, [status["job_id"]]), self._daemon)
+                pending = self._follow(_Pending(name, address, time.monotonic(), status=status))
+                self._dispatch(pending, _STATUS, [status["job_id"]])
             else:
                 status.update(state="error", message="the daemon stopped before answering; send the request again")
                 self._write(name, status)
 
-    # -- talking to the daemon --
+    # -- serving --
 
-    def _socket(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._daemon[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-        sock.setblocking(False)
-        return sock
+    def _follow(self, pending: _Pending) -> _Pending:
+        """Make the request a client of the daemon, whose later replies come to the inbox."""
+        pending.client = LocalClient(pending.name, lambda address, args: self._inbox.put((pending, address, args)))
+        self._pending.append(pending)
+        return pending
 
-    def _send_request(self, name: str) -> None:
+    def _serve(self, name: str) -> None:
         path = self._request_path(name)
         try:
             address, args = parse_request(path.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             self._write(name, {"state": "error", "message": f"{path}: not a request file this daemon reads ({exc})"})
             return
-        pending = _Pending(name, address, args, self._socket(), time.monotonic())
+        pending = self._follow(_Pending(name, address, time.monotonic()))
         if address == _CANCEL and args and args[0].strip().isdigit():
             pending.status["job_id"] = int(args[0])  # a running job's cancellation is confirmed later
         self._write(name, pending.status)  # from now on it counts as sent, even after a restart
         log.info("request %s: %s %s", name, address, " ".join(args))
-        self._pending.append(pending)
-        try:
-            pending.sock.sendto(encode(address, args), self._daemon)
-        except Exception as exc:  # an address python-osc cannot encode, an unreachable daemon
-            self._update(pending, {**pending.status, "state": "error", "message": f"cannot send {address}: {exc}"})
+        self._dispatch(pending, address, args)
+
+    def _dispatch(self, pending: _Pending, address: str, args: list) -> None:
+        status = pending.status
+        for reply_address, reply_args in dispatch(self.handler, address, args, pending.client):
+            status = self._applied(pending, status, reply_address, reply_args)
+        self._update(pending, status)
+
+    def _applied(self, pending: _Pending, status: dict, address: str, args: list) -> dict:
+        """`status` after one message, taken as a UDP client would receive it."""
+        for message in decode(encode(address, args)):
+            status = apply_message(status, pending.address, message.address, list(message.params))
+        return status
 
     def _receive(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for messages and apply them to their requests."""
-        if not self._pending:
-            self._stop.wait(timeout)
+        """Wait up to `timeout` seconds for what the daemon sends and apply it to the requests."""
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
             return
-        readable, _, _ = select.select([p.sock for p in self._pending], [], [], timeout)
-        for pending in [p for p in self._pending if p.sock in readable]:
-            status = pending.status
-            while True:
-                try:
-                    data = pending.sock.recv(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # e.g. an ICMP "port unreachable" reported on some systems
-                    continue
-                try:
-                    messages = decode(data)
-                except Exception:
-                    log.warning("request %s: could not decode a %d-byte reply; ignored", pending.name, len(data))
-                    continue
-                for message in messages:
-                    status = apply_message(status, pending.address, message.address, list(message.params))
-                pending.heard = time.monotonic()
-            self._update(pending, status)
+        while True:
+            target, address, args = item
+            if target is not None:
+                if target in self._pending:
+                    self._update(target, self._applied(target, target.status, address, args))
+            elif args and address != _QUEUED:  # a submission has its /queued as its reply, first
+                for pending in [p for p in self._pending if p.status.get("job_id") == args[0]]:
+                    self._update(pending, self._applied(pending, pending.status, address, args))
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
     def _update(self, pending: _Pending, status: dict) -> None:
         if status == pending.status:
             return
         pending.status = status
         if not self._request_path(pending.name).exists():  # the client gave up and removed it
-            self._finish(pending)
+            self._pending.remove(pending)
             return
         self._write(pending.name, status)
         if status["state"] in FINAL_STATES:
-            self._finish(pending)
+            self._pending.remove(pending)
 
-    def _finish(self, pending: _Pending) -> None:
-        pending.close()
-        self._pending.remove(pending)
-
-    def _check_quiet(self) -> None:
+    def _check_unanswered(self) -> None:
         now = time.monotonic()
         for pending in list(self._pending):
-            job_id = pending.status.get("job_id")
-            if pending.address in _FOLLOWS_JOB and job_id is not None:
-                if now - max(pending.heard, pending.sent) > self.status_seconds:
-                    pending.heard = now
-                    try:
-                        pending.sock.sendto(encode(_STATUS, [job_id]), self._daemon)
-                    except OSError as exc:  # asked again at the next round
-                        log.debug("request %s: could not ask for job %s: %s", pending.name, job_id, exc)
-                continue
+            if pending.address in _FOLLOWS_JOB and pending.status.get("job_id") is not None:
+                continue  # a job's end may be hours away
             # A preview answers when playback has started, after loading the audio: longer.
             patience = self.answer_seconds * (3 if pending.address == _PREVIEW else 1)
             if now - pending.sent > patience:

@@ -1,17 +1,18 @@
 """`mixdaemon serve`: the background daemon that wires the parts together.
 
-    watch folders (watcher.py) ─┐
-                                ├→ job store (jobs.py, SQLite) → worker (owns the engine) → results
-    OSC requests (osc.py) ──────┘                                  + manifest/report (report.py)
-    job events → OSC notifications + log;  OSC preview → sounddevice (preview.py)
+    watch folders (daemon/watcher.py) ──────┐
+    OSC requests (daemon/osc.py) ───────────┼→ job store (daemon/jobstore.py, SQLite)
+    request files (daemon/requestfiles.py) ─┘    → worker (daemon/worker.py, owns the engine) → results
+                                                   + manifest/report (daemon/report.py)
+    job events → OSC notifications + log;  OSC preview → sounddevice (daemon/preview.py)
 
 Jobs are style transfers toward a reference, or automix jobs (the stems mixed by the automix model,
 no reference): from watch folders configured with job_type = "automix", or /mixdaemon/automix.
 
 One daemon per state folder (a lock file enforces it). The state folder holds jobs.sqlite3, the log,
-and daemon.json (pid and the OSC address actually bound, so that tools can find a daemon started
-with port 0). SIGTERM and SIGINT stop it gracefully: no new jobs, the running job is interrupted at
-its next progress point and queued again for the next start.
+requests/ (the request files) and daemon.json (pid and the OSC address actually bound, so that
+tools can find a daemon started with port 0). SIGTERM and SIGINT stop it gracefully: no new jobs,
+the running job is interrupted at its next progress point and queued again for the next start.
 """
 from __future__ import annotations
 
@@ -38,12 +39,21 @@ from mixdaemon.daemon.jobstore import (
     job_key,
     reference_files,
 )
-from mixdaemon.daemon.osc import NO_JOB, PREFIX, OscRequestError, OscServer, Target
+from mixdaemon.daemon.osc import (
+    NO_JOB,
+    PREFIX,
+    LocalClient,
+    OscRequestError,
+    OscServer,
+    Sender,
+    Target,
+)
 from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_preview
 from mixdaemon.daemon.requestfiles import RequestFolder
 from mixdaemon.daemon.watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
 from mixdaemon.daemon.worker import LocalExecutor
 from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.files import atomic_write
 
 log = logging.getLogger("mixdaemon")
 
@@ -86,7 +96,8 @@ def _under(path: Path, roots: list[Path]) -> bool:
 
 
 class Daemon:
-    """The running daemon's state; its cmd_* methods answer the OSC commands (osc.COMMANDS)."""
+    """The running daemon's state; its cmd_* methods answer the OSC commands (osc.COMMANDS), each
+    called with the request's sender (a UDP address, or a request file's LocalClient)."""
 
     def __init__(self, config: DaemonConfig):
         self.config = config
@@ -100,16 +111,18 @@ class Daemon:
         self.store = JobStore(config.database_path)
         self.executor = LocalExecutor(self.store, config.output.pattern, self._on_job_event,
                                       max_attempts=config.max_attempts)
+        # Request files: the OSC commands for clients that cannot send UDP (REAPER's Lua scripts),
+        # served in this process; the bridge follows their jobs by hearing every notification.
+        self.requests = RequestFolder(config.state_dir / "requests", self)
         reply = (config.osc.reply_host, config.osc.reply_port) if config.osc.reply_port else None
-        self.osc = OscServer(config.osc.host, config.osc.port, self, reply_target=reply)
+        self.osc = OscServer(config.osc.host, config.osc.port, self, reply_target=reply,
+                             listeners=[self.requests.notify])
         self.watcher = BounceWatcher([w.path for w in config.watch], self._on_bounce,
                                      settle_seconds=config.settle_seconds, stale_seconds=config.stale_seconds,
                                      marker=config.marker, ignore=[self.output_root, config.state_dir],
                                      scan_on_start=config.scan_on_start)
         self.player = Player(config.playback.device)
-        # Request files: the OSC commands for clients that cannot send UDP (REAPER's Lua scripts).
-        self.requests = RequestFolder(config.state_dir / "requests")
-        self._cancel_requesters: dict[int, Target] = {}
+        self._cancel_requesters: dict[int, Sender] = {}
         self._awaiting_reference: set[Path] = set()
         self._lock = threading.Lock()
 
@@ -144,12 +157,10 @@ class Daemon:
         self.osc.start()
         self.executor.start()
         self.watcher.start()
-        self.requests.start(self.osc.address)
+        self.requests.start()
         host, port = self.osc.address
-        info = {"pid": os.getpid(), "osc_host": host, "osc_port": port, "version": __version__}
-        tmp = self.config.state_dir / ".daemon.json.tmp"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.config.state_dir / "daemon.json")
+        with atomic_write(self.config.state_dir / "daemon.json", "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "osc_host": host, "osc_port": port, "version": __version__}, f)
         log.info("mixdaemon %s serving: OSC on udp://%s:%d; watching %s; results in %s; engine %s", __version__,
                  host, port, ", ".join(str(w.path) for w in self.config.watch) or "no folders", self.output_root,
                  self.settings.engine)
@@ -287,10 +298,10 @@ class Daemon:
                                   f"({', '.join(map(str, self.roots))}); add it to allowed_roots in the config")
         return path
 
-    def cmd_ping(self, sender: Target):
+    def cmd_ping(self, sender: Sender):
         return [(f"{PREFIX}/pong", [__version__])]
 
-    def _submit_request(self, sender: Target, files: list[Path], folder: Path, reference: str, out: str,
+    def _submit_request(self, sender: Sender, files: list[Path], folder: Path, reference: str, out: str,
                         job_type: str = "transfer"):
         out_root = self._allowed(out, "output folder") if out else self.output_root
         ref = None
@@ -305,8 +316,12 @@ class Daemon:
             out_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OscRequestError(f"output folder {out_root}: cannot create ({exc.strerror or exc})") from None
-        job, created = self.submit(files, ref, out_root, source=f"osc:{sender[0]}:{sender[1]}",
-                                   folder_name=folder.name, reply_to=sender, job_type=job_type)
+        if isinstance(sender, LocalClient):  # its bridge hears every job's notifications anyway
+            source, reply_to = f"request:{sender.name}", None
+        else:
+            source, reply_to = f"osc:{sender[0]}:{sender[1]}", sender
+        job, created = self.submit(files, ref, out_root, source=source, folder_name=folder.name, reply_to=reply_to,
+                                   job_type=job_type)
         replies = [(f"{PREFIX}/queued", [job.id, str(folder)])]
         if created:
             self.osc.notify(f"{PREFIX}/queued", [job.id, str(folder)], exclude=sender)
@@ -322,19 +337,19 @@ class Daemon:
             self._allowed(str(f), "stem file")
         return files, path if path.is_dir() else path.parent
 
-    def cmd_submit(self, sender: Target, stems: str, reference: str = "", out: str = ""):
+    def cmd_submit(self, sender: Sender, stems: str, reference: str = "", out: str = ""):
         files, folder = self._stem_files(stems)
         return self._submit_request(sender, files, folder, reference, out)
 
-    def cmd_automix(self, sender: Target, stems: str, out: str = ""):
+    def cmd_automix(self, sender: Sender, stems: str, out: str = ""):
         files, folder = self._stem_files(stems)
         return self._submit_request(sender, files, folder, "", out, job_type="automix")
 
-    def cmd_submit_files(self, sender: Target, reference: str, out: str, *stems: str):
+    def cmd_submit_files(self, sender: Sender, reference: str, out: str, *stems: str):
         files = input_files([self._allowed(s, "stem file") for s in stems])
         return self._submit_request(sender, files, files[0].parent, reference, out)
 
-    def cmd_reference(self, sender: Target, first: str, second: str | None = None):
+    def cmd_reference(self, sender: Sender, first: str, second: str | None = None):
         folder, ref_text = (None, first) if second is None else (self._allowed(first, "folder"), second)
         if ref_text:
             ref = self._allowed(ref_text, "reference")
@@ -358,7 +373,7 @@ class Daemon:
             raise OscRequestError(f"job {job_id}: no such job")
         return job
 
-    def cmd_status(self, sender: Target, job_id: int | None = None):
+    def cmd_status(self, sender: Sender, job_id: int | None = None):
         if job_id is None:
             counts = self.store.counts()
             running = self.store.list(("running",))
@@ -371,7 +386,7 @@ class Daemon:
         info = job.out_dir if job.state == "done" else (job.error or "")
         return [(f"{PREFIX}/status/reply", [job.id, job.state, float(percent), stage, info or ""])]
 
-    def cmd_cancel(self, sender: Target, job_id: int):
+    def cmd_cancel(self, sender: Sender, job_id: int):
         job = self._job(job_id)
         if self.store.set_state(job.id, "cancelled", only_from=("queued",), error="cancelled by request"):
             log.info("job %d: cancelled before it started", job.id)
@@ -384,7 +399,7 @@ class Daemon:
                 return []  # /cancelled follows when the worker reaches its next progress point
         raise OscRequestError(f"job {job.id}: is {self.store.get(job.id).state}; only queued or running jobs can be cancelled")
 
-    def cmd_preview(self, sender: Target, job_id: int, mode: str = "converted"):
+    def cmd_preview(self, sender: Sender, job_id: int, mode: str = "converted"):
         if mode not in MODES:
             raise OscRequestError(f"{PREFIX}/preview: mode '{mode[:40]}': choose {', '.join(MODES)}")
         job = self._job(job_id)
@@ -412,15 +427,15 @@ class Daemon:
         threading.Thread(target=load_and_play, name="mixdaemon-preview", daemon=True).start()
         return []
 
-    def cmd_preview_stop(self, sender: Target):
+    def cmd_preview_stop(self, sender: Sender):
         was_playing = self.player.stop()
         return [(f"{PREFIX}/preview/stopped", [1 if was_playing else 0])]
 
-    def cmd_subscribe(self, sender: Target):
+    def cmd_subscribe(self, sender: Sender):
         self.osc.subscribe(sender, True)
         return [(f"{PREFIX}/subscribed", [])]
 
-    def cmd_unsubscribe(self, sender: Target):
+    def cmd_unsubscribe(self, sender: Sender):
         self.osc.subscribe(sender, False)
         return [(f"{PREFIX}/unsubscribed", [])]
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Callable, Iterable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from mixdaemon.audio.io import is_audio_file
+from mixdaemon.audio.io import is_audio_file, wav_layout
 from mixdaemon.audio.stems import is_reference_name
 from mixdaemon.daemon.jobstore import MANIFEST_NAME
 
@@ -55,31 +54,20 @@ def wav_header_is_final(path: Path) -> bool:
     """False while a RIFF/WAVE file's declared sizes do not match its length (being written, or
     truncated). Other formats (and non-RIFF files named .wav) are not judged here: True.
 
-    audio.read_audio checks only that the data chunk is not shorter than declared; a writer that
+    audio.io.read_audio checks only that the data chunk is not shorter than declared; a writer that
     puts zero placeholders in the header and patches them on close passes that check mid-write, so
     this checks for exact agreement instead."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12:  # empty or just created: being written, unless it cannot become a WAV
-                return not (b"RIFF".startswith(head[:4]) or b"RIFX".startswith(head[:4]))
-            if head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return True
-            endian = "<" if head[:4] == b"RIFF" else ">"
-            riff_size = struct.unpack(endian + "I", head[4:8])[0]
-            if riff_size + 8 != size and riff_size + 8 != size - 1:  # an odd pad byte may follow
-                return False
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk_id, chunk_size = struct.unpack(endian + "4sI", f.read(8))
-                if chunk_id == b"data":
-                    return chunk_size > 0 and pos + 8 + chunk_size <= size
-                pos += 8 + chunk_size + (chunk_size & 1)
-            return False  # no data chunk yet
+        layout = wav_layout(path)
     except OSError:
         return False
+    if layout is None:
+        return True
+    if layout.riff_size is None or layout.data_size is None:
+        return False  # the RIFF header or the data chunk's is not written yet
+    if layout.riff_size + 8 not in (layout.file_size, layout.file_size - 1):  # an odd pad byte may follow
+        return False
+    return layout.data_size > 0 and layout.data_offset + layout.data_size <= layout.file_size
 
 
 def _snapshot(folder: Path, marker: str | None) -> dict[str, tuple[int, int]]:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Iterable, Protocol
 
 from mixdaemon.daemon.jobstore import (
     AUTOMIX_MIX_NAME,
@@ -35,6 +35,7 @@ from mixdaemon.daemon.jobstore import (
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.files import fsync_dir
 from mixdaemon.mixing.settings import TransferSettings
+from mixdaemon.progress import Progress
 
 log = logging.getLogger("mixdaemon.worker")
 
@@ -82,13 +83,11 @@ class LocalExecutor:
     """One worker thread that owns the engine (built once, on the first job) and runs jobs one at a
     time, in submission order."""
 
-    def __init__(self, store: JobStore, pattern: str, on_event: EventSink, max_attempts: int = 3,
-                 write_report: bool = True):
+    def __init__(self, store: JobStore, pattern: str, on_event: EventSink, max_attempts: int = 3):
         self.store = store
         self.pattern = pattern
         self.on_event = on_event
         self.max_attempts = max_attempts
-        self.write_report = write_report
         self._engine = None
         self._engine_settings: dict | None = None
         self._automixer = None
@@ -192,8 +191,9 @@ class LocalExecutor:
             self._automixer_settings = asdict(settings)
         return self._automixer
 
-    def _execute(self, job: Job, staging: Path, progress: Callable[[str, float], None]):
-        """Run the job's work into the staging folder; its TransferResult or AutomixResult."""
+    def _execute(self, job: Job, staging: Path, progress: Progress):
+        """Run the job's work into the staging folder; its TransferResult or AutomixResult, with the
+        spectra the report draws."""
         inputs = job.inputs if len(job.inputs) > 1 else job.inputs[0]
         progress("loading engine", 0.0)
         if job.job_type == "automix":
@@ -201,11 +201,11 @@ class LocalExecutor:
             from mixdaemon.mixing.settings import AutomixSettings
             settings = AutomixSettings(**job.settings)
             return automix(inputs, staging / AUTOMIX_MIX_NAME, settings, progress=progress, overwrite=True,
-                           mixer=self._automixer_for(settings))
+                           mixer=self._automixer_for(settings), spectra=True)
         from mixdaemon.mixing.transfer import transfer
         settings = TransferSettings(**job.settings)
         return transfer(inputs, job.reference, staging, settings, progress=progress, overwrite=True,
-                        engine=self._engine_for(settings))
+                        engine=self._engine_for(settings), spectra=True)
 
     def _final_dir(self, job: Job) -> Path:
         root = Path(job.out_root)
@@ -253,16 +253,13 @@ class LocalExecutor:
             result = self._execute(job, staging, lambda stage, f: progress(stage, 0.9 * f))
             progress("writing report", 0.92)
             outputs = {name: str(final / Path(p).name) for name, p in result.outputs.items()}
-            report_path = None
             timings = dict(result.timings)
-            if self.write_report:
-                t0 = time.perf_counter()
-                write_report(staging / REPORT_NAME, job, result, staging)
-                report_path = str(final / REPORT_NAME)
-                timings["report"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            write_report(staging / REPORT_NAME, job, result)
+            timings["report"] = round(time.perf_counter() - t0, 3)
             timings["queued"] = round((job.started or time.time()) - job.created, 3)
             timings["total"] = round(time.perf_counter() - t_start, 3)
-            write_manifest(staging / MANIFEST_NAME, job, result, outputs, report_path, timings)
+            write_manifest(staging / MANIFEST_NAME, job, result, outputs, str(final / REPORT_NAME), timings)
             if self._stopping.is_set():
                 raise JobInterrupted("daemon stopping")
             fsync_dir(staging)

@@ -34,7 +34,7 @@ class IdentityEngine:
 class MatcheringEngine:
     """Matchering 2 (sergree/matchering), the tool users reach for today, run stem by stem: the input
     stem is Matchering's target, the reference stem its reference. Stems it refuses (silent, too
-    short...) are kept unconverted and listed in `failures`."""
+    short...) are kept unconverted and listed in info["refused"]."""
 
     name = "matchering"
     capabilities: frozenset[str] = frozenset()
@@ -47,8 +47,7 @@ class MatcheringEngine:
                               "(pip install matchering)") from None
         self._matchering = matchering
         version = getattr(matchering, "__version__", "unknown")
-        self.info = {"name": "matchering", "kind": f"Matchering {version}, stem by stem"}
-        self.failures: list[str] = []
+        self.info = {"name": "matchering", "kind": f"Matchering {version}, stem by stem", "refused": []}
 
     def convert(self, input_stems, reference_stems, progress: Progress = no_progress, reference_b_stems=None):
         out = {}
@@ -65,7 +64,7 @@ class MatcheringEngine:
                     out[name] = y[:len(x)] if len(y) >= len(x) else np.pad(y, ((0, len(x) - len(y)), (0, 0)))
                 except Exception as exc:  # Matchering signals refusals with bare exceptions
                     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    self.failures.append(f"{name}: {message}")
+                    self.info["refused"].append(f"{name}: {message}")
                     out[name] = x
         return Conversion(out)
 

@@ -35,10 +35,10 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from mixdaemon import defaults
 from mixdaemon.audio.stems import STEM_NAMES, load_song
 from mixdaemon.errors import ConfigError, MixdaemonError
 from mixdaemon.progress import Progress, no_progress
@@ -154,7 +154,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def score_engine(engine, songs: list[EvaluationSong], embedder: Embedder,
-                 progress: Callable[[str, float], None] = lambda song, fraction: None) -> dict[str, dict]:
+                 progress: Progress = no_progress) -> dict[str, dict]:
     """{song: {stem or "multitrack": {lr, ms, y_ref, y_gt}}} of one engine's conversions."""
     per_song = {}
     for i, song in enumerate(songs):
@@ -183,7 +183,7 @@ def summarize(per_song: dict[str, dict[str, dict]], baseline: dict[str, dict[str
 
 
 def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_path: str | Path | None = None,
-             embedding_model: str | None = "default", ir_folder=None, backend: str = "torch",
+             embedding_model: str | None = defaults.DEFAULT_MODEL, ir_folder=None, backend: str = "torch",
              progress: Progress = no_progress) -> dict:
     """Run the protocol of the module docstring; returns the report (JSON-serialisable)."""
     from threadpoolctl import threadpool_limits
@@ -215,8 +215,8 @@ def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, 
             f"{spec}: {name}", 0.2 + 0.8 * (e + f) / len(engines)))
         report["engines"][spec] = {"info": dict(engine.info),
                                    "seconds": round(time.perf_counter() - started, 2), "songs": per_engine[spec]}
-        if getattr(engine, "failures", None):
-            report["engines"][spec]["failures"] = list(engine.failures)
+        if engine.info.get("refused"):
+            report["engines"][spec]["failures"] = list(engine.info["refused"])
     for spec in engines:
         report["engines"][spec]["summary"] = summarize(per_engine[spec], per_engine["identity"])
     progress("done", 1.0)

@@ -14,7 +14,7 @@ from −1 (left) to +1 (right), width as the side-signal gain (0 mono, 1 unchang
 reverb send in dB of the fully wet reverb relative to the dry track (null: no send).
 
 Implementation choices (deviations from "pedalboard everywhere", on purpose):
-- The EQ runs the RBJ biquads of mixdaemon.dsp (scipy), the same filters as the FXmanipulator: the
+- The EQ runs the RBJ biquads of audio/dsp.py (scipy), the same filters as the FXmanipulator: the
   estimator fits EQ settings through their exact analytic response (`eq_response_db`), and scipy's
   cascade is faster than five pedalboard filters.
 - The compressor is the project's one compressor, dsp.compress (§1.3: peak detector, smoothed gain
@@ -33,7 +33,6 @@ Implementation choices (deviations from "pedalboard everywhere", on purpose):
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,8 @@ import numpy as np
 import pedalboard
 
 from mixdaemon.audio import dsp
-from mixdaemon.errors import ConfigError
+from mixdaemon.files import atomic_write
+from mixdaemon.fx.manipulator import Imager, Panner
 
 FX_PARAMS_FORMAT = "mixdaemon-fx-params"
 FX_PARAMS_VERSION = 1
@@ -54,22 +54,9 @@ SHELF_Q = 0.707
 REVERB_DAMPING = 0.5
 DEFAULT_ROOM_SIZE = 0.6  # what an impulse-response reverb of the FXmanipulator maps to [U→R]
 
-# Accepted ranges when reading settings (wider than what the estimator produces: users edit files).
-LIMITS = {"freq_hz": (10.0, 22000.0), "gain_db": (-48.0, 48.0), "q": (0.05, 20.0),
-          "threshold_db": (-100.0, 0.0), "ratio": (1.0, 100.0), "attack_ms": (0.01, 1000.0),
-          "release_ms": (1.0, 10000.0), "width": (0.0, 8.0), "pan": (-1.0, 1.0),
-          "send_db": (-100.0, 24.0), "room_size": (0.0, 1.0), "output_gain_db": (-96.0, 48.0)}
-
-
-def _checked(value, key: str, where: str) -> float:
-    low, high = LIMITS[key]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} {value!r} is not a number") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ConfigError(f"{where}: {key} {number:g} is outside [{low:g}, {high:g}]")
-    return number
+# A draw's side/mid ratio is unbounded when it moves (nearly) all energy to the side; 8 is 18 dB
+# more side than mid, beyond any width the param engine estimates (mixing/param_estimation.py).
+MAX_WIDTH = 8.0
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -157,29 +144,6 @@ class StemChain:
                 "width": r(self.width, 3), "pan": r(self.pan, 3),
                 "reverb": {"send_db": None if self.reverb.send_db is None else r(self.reverb.send_db),
                            "room_size": r(self.reverb.room_size, 3)}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, where: str = "chain") -> "StemChain":
-        """Read to_dict's layout, refusing missing keys and values outside LIMITS."""
-        try:
-            bands = data["eq"]
-            if not isinstance(bands, list) or [b.get("type") for b in bands] != list(BAND_KINDS):
-                raise ConfigError(f"{where}.eq: expected five bands of types {', '.join(BAND_KINDS)}")
-            eq = [EqBand(b["type"], _checked(b["freq_hz"], "freq_hz", f"{where}.eq[{i}]"),
-                         _checked(b["gain_db"], "gain_db", f"{where}.eq[{i}]"), _checked(b["q"], "q", f"{where}.eq[{i}]"))
-                  for i, b in enumerate(bands)]
-            comp = data["compressor"]
-            compressor = CompressorSettings(*(_checked(comp[k], k, f"{where}.compressor")
-                                              for k in ("threshold_db", "ratio", "attack_ms", "release_ms")))
-            send = data["reverb"]["send_db"]
-            reverb = ReverbSend(None if send is None else _checked(send, "send_db", f"{where}.reverb"),
-                                _checked(data["reverb"]["room_size"], "room_size", f"{where}.reverb"))
-            return cls(eq, compressor, _checked(data["width"], "width", where), _checked(data["pan"], "pan", where),
-                       reverb, _checked(data["gain_db"], "output_gain_db", where))
-        except KeyError as exc:
-            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
-        except (TypeError, AttributeError):
-            raise ConfigError(f"{where}: not a chain object (see mixdaemon/fxchain.py)") from None
 
 
 # --- stages -----------------------------------------------------------------------------------------
@@ -282,16 +246,17 @@ def _reverb_send_db(dry_weight: float, wet_share: float, room_size: float, signa
 
 
 def chain_from_draw(drawn: Mapping, signal: np.ndarray, sr: int = dsp.WORKING_RATE) -> StemChain:
-    """The chain whose settings correspond to an FXmanipulator draw (fxmanipulator.FXManipulator.draw)
-    applied to `signal` ((n, 2), the stem the draw is applied to).
+    """The chain whose settings correspond to an FXmanipulator draw (FXManipulator.draw,
+    fx/manipulator.py) applied to `signal` ((n, 2), the stem the draw is applied to).
 
     EQ and compressor settings are copied; the imager's width becomes the side/mid gain ratio it
-    applies to this signal; the pan law becomes the balance with the same left/right ratio; a
-    reverb becomes the send giving the same wet/dry ratio (for drums, the high-band stage's 0.4
-    branch); an impulse-response reverb maps to room size DEFAULT_ROOM_SIZE. gain_db stays 0: the
-    FXmanipulator RMS-matches after every stage, so the equivalent output gain depends on the whole
-    output (callers measure it by comparing levels). Approximations: the chain's order is fixed while
-    a draw shuffles EQ/compressor and pan/imager, and drums' fixed re-filtering shelves are not mapped.
+    applies to this signal (Imager.gains, at most MAX_WIDTH); the pan law becomes the balance with
+    the same left/right ratio; a reverb becomes the send giving the same wet/dry ratio (for drums,
+    the high-band stage's 0.4 branch); an impulse-response reverb maps to room size
+    DEFAULT_ROOM_SIZE. gain_db stays 0: the FXmanipulator RMS-matches after every stage, so the
+    equivalent output gain depends on the whole output (callers measure it by comparing levels).
+    Approximations: the chain's order is fixed while a draw shuffles EQ/compressor and pan/imager,
+    and drums' fixed re-filtering shelves are not mapped.
     """
     x = np.asarray(signal, dtype=np.float64)
     params, fired = drawn["params"], drawn["fired"]
@@ -305,14 +270,9 @@ def chain_from_draw(drawn: Mapping, signal: np.ndarray, sr: int = dsp.WORKING_RA
         c = params["comp"]
         chain.compressor = CompressorSettings(c["threshold_db"], c["ratio"], c["attack_ms"], c["release_ms"])
     if fired.get("imager"):
-        width = params["imager"]["width"]
-        mid, side = dsp.to_mid_side(x)
-        e_mid, e_side = float(np.dot(mid, mid)), float(np.dot(side, side))
-        side_gain = width if width <= 1.0 else np.sqrt((e_mid + e_side) / (e_side + 1e-3)) * (width - 1.0)
-        mid_gain = np.sqrt(max(0.0, e_mid + e_side - side_gain ** 2 * e_side) / (e_mid + 1e-3))
-        chain.width = float(np.clip(side_gain / max(mid_gain, 1e-3), *LIMITS["width"]))
+        mid_gain, side_gain = Imager.gains(*dsp.to_mid_side(x), params["imager"]["width"])
+        chain.width = float(np.clip(side_gain / max(mid_gain, 1e-3), 0.0, MAX_WIDTH))
     if fired.get("pan"):
-        from mixdaemon.fx.manipulator import Panner
         left, right = Panner.gains(params["pan"]["position"], params["pan"]["law"])
         chain.pan = float(1.0 - left / right) if right >= left else float(right / max(left, 1e-9) - 1.0)
     if fired.get("reverb"):
@@ -340,28 +300,10 @@ def fx_params_document(chains: Mapping[str, StemChain], engine_info: Mapping | N
 
 
 def write_fx_params(path: str | os.PathLike, chains: Mapping[str, StemChain], engine_info: Mapping | None = None) -> Path:
-    """Write fx_params.json atomically (a hidden partial file renamed into place)."""
+    """Write fx_params.json (atomically, files.atomic_write)."""
     path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(partial, "w", encoding="utf-8") as f:
-            json.dump(fx_params_document(chains, engine_info), f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(fx_params_document(chains, engine_info), f, indent=1, allow_nan=False)
+        f.write("\n")
     return path
 
-
-def read_fx_params(path: str | os.PathLike) -> dict[str, StemChain]:
-    """The chains of an fx_params.json, by stem name."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable fx_params file ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FX_PARAMS_FORMAT:
-        raise ConfigError(f"{path}: not a {FX_PARAMS_FORMAT} file")
-    return {name: StemChain.from_dict(chain, f"{path}: stems.{name}") for name, chain in data["stems"].items()}

@@ -1,5 +1,5 @@
 """What the param engine measures on a stem: the audio features from which its FX-chain settings are
-predicted and against which they are refined (chain_estimation.py), and which the predictor is
+predicted and against which they are refined (mixing/param_estimation.py), and which the predictor is
 trained on (train/params.py).
 
 Per stem, all level-independent except `level_db`:
@@ -25,7 +25,6 @@ from mixdaemon.audio.dsp import WORKING_RATE, frame_signal
 N_FFT = 4096
 SPECTRUM_BANDS = 32
 BAND_EDGES_HZ = np.geomspace(40.0, 16000.0, SPECTRUM_BANDS + 1)
-BAND_CENTRES_HZ = np.sqrt(BAND_EDGES_HZ[:-1] * BAND_EDGES_HZ[1:])
 STEREO_SPLITS_HZ = (300.0, 3000.0)
 BLOCK = 2205                 # 50 ms
 SILENCE_DBFS = -70.0         # blocks quieter than this are not part of the stem's sound

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from mixdaemon.audio.io import is_audio_file, read_audio
 from mixdaemon.errors import ConfigError, StemLayoutError
 from mixdaemon.fx import normalization as fxnorm
 from mixdaemon.fx.stats import FxStats, StemFxStats, smooth_curve
+from mixdaemon.progress import Progress, no_progress
 
 FIT_MIN_DB = -50.0   # §1.8: stems whose padded peak is at or below this are skipped when fitting
 FIT_ORDERS = {
@@ -71,8 +71,7 @@ def _song_folders(songs_dir: Path) -> dict[str, dict[str, Path]]:
     return songs
 
 
-def fit(songs_dir: str | Path, flavour: str = "mst", seed: int = 0,
-        progress: Callable[[str], None] | None = None) -> FxStats:
+def fit(songs_dir: str | Path, flavour: str = "mst", seed: int = 0, progress: Progress = no_progress) -> FxStats:
     """Compute statistics from songs_dir/SONG/{drums,bass,other,vocals}.wav (any readable format,
     resampled to 44.1 kHz) with this project's code, sequentially (§1.8). Stems that are all zeros or
     peak at or below −50 dBFS, and songs without onsets for the compression feature, are left out of
@@ -89,7 +88,7 @@ UNCONSTRAINED_COMPRESSION = (0.0, 200.0)
 
 
 def fit_songs(songs: dict[str, dict[str, np.ndarray]], flavour: str = "mst", seed: int = 0,
-              progress: Callable[[str], None] | None = None, source: str = "songs in memory",
+              progress: Progress = no_progress, source: str = "songs in memory",
               require_all: bool = True) -> FxStats:
     """`fit` on audio already in memory: songs[name][stem] = (n, 2) float at 44.1 kHz.
 
@@ -109,7 +108,7 @@ def fit_songs(songs: dict[str, dict[str, np.ndarray]], flavour: str = "mst", see
                     if require_all or any(k[1] == stem for k in usable)]
     for position, name in enumerate(order):
         values[name], used[name] = {}, {}
-        for stem in fitted_stems:
+        for done, stem in enumerate(fitted_stems, start=position * len(fitted_stems) + 1):
             keys = [k for k in sorted(usable) if k[1] == stem]
             features = [f for f in (_feature(name, stem, np.pad(audio[k], ((pad, pad), (0, 0)))) for k in keys)
                         if f is not None]
@@ -121,8 +120,7 @@ def fit_songs(songs: dict[str, dict[str, np.ndarray]], flavour: str = "mst", see
             mean = np.mean(np.asarray(features, dtype=np.float64), axis=0)
             values[name][stem] = smooth_curve(name, stem, mean) if name in ("eq", "panning") else mean
             used[name][stem] = len(features)
-            if progress is not None:
-                progress(f"{name} {stem}: {len(features)} songs")
+            progress(f"{name} {stem}: {len(features)} songs", done / (len(order) * len(fitted_stems)))
             if position == len(order) - 1:
                 continue
             for key in keys:   # normalize with this feature before measuring the next one

@@ -7,7 +7,8 @@ draw to every signal passed together (A and B, or more). Every processor except 
 an RMS match to its own input; afterwards the 2048-sample margins are cropped (when the caller
 passed padded signals) and the result is clamped to ±1.
 
-The draw is plain data (JSON-serialisable) so a later engine can learn to predict it:
+The draw is plain data (JSON-serialisable), so it can be stored and applied again (apply_params)
+and the param engine's predictor can learn from it (fx/chain.py's chain_from_draw):
 
     drawn = {
         "stem": "vocals",
@@ -28,22 +29,6 @@ Parameter dicts (units in the key names; dimensionless values have none):
     gain:   gain_db, polarity (+1 | −1)
 For drums, fired["reverb"] says the block ran (by default always, for its shelves); whether a
 reverb was drawn in it is low_band / high_band being non-None.
-
-params_to_vector / vector_to_params encode a draw as VECTOR_SIZE = 44 float64 slots, the same
-layout for every stem (VECTOR_FIELDS gives each slot's name, neutral value and range):
-    0–1    order.eq_before_comp, order.pan_before_imager (1/0)
-    2–15   eq.fired, then the 13 EQ parameters in the order listed above
-    16–20  comp.fired, threshold_db, ratio, attack_ms, release_ms
-    21–25  pan.fired, position, one-hot law (linear, constant_power, minus_4_5_db)
-    26–27  imager.fired, width
-    28–33  reverb.fired, dry_weight, ir_index (−1: none/algorithmic), room_size, damping, width
-           (drums: the high-band stage)
-    34–39  reverb_low.* likewise (drums' low-band stage; neutral for other stems)
-    40     reverb.drums_refilter (1/0; 0 for other stems)
-    41–43  gain.fired, gain_db, polarity
-An FX that did not fire holds neutral values: the identity setting where one exists (0 dB gains,
-ratio 1 at 0 dB threshold, centre pan, width 1, dry_weight 1, polarity +1), else the centre of
-the drawn range. ir_index is an identifier into the IR folder, not a quantity to regress.
 
 Deviations from the released code (each on purpose):
 - Reverb probabilities are p × instrument weight, applied once (the shared-dict bug of §2.3 is
@@ -74,7 +59,6 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pedalboard
@@ -202,16 +186,23 @@ class Imager:
     def draw(self, rng: np.random.Generator) -> dict:
         return {"width": round(_uniform(rng, 0.0, 2.0), 3)}
 
-    def apply(self, x: np.ndarray, params: Mapping) -> np.ndarray:
-        width = params["width"]
-        mid, side = dsp.to_mid_side(x)
+    @staticmethod
+    def gains(mid: np.ndarray, side: np.ndarray, width: float) -> tuple[float, float]:
+        """(mid gain, side gain) of width b for a signal's mid and side (dsp.to_mid_side, float64),
+        §2.2: g_S = b for b ≤ 1, else sqrt(E_tot / (E_S + 1e-3))·(b − 1);
+        g_M = sqrt((E_tot − g_S²·E_S) / (E_M + 1e-3))."""
         # einsum rather than np.dot: np.dot runs on multithreaded OpenBLAS, whose spinning threads
         # slowed the whole chain about 2.5× on a busy 2-core machine.
         e_mid, e_side = float(np.einsum("i,i->", mid, mid)), float(np.einsum("i,i->", side, side))
         e_total = e_mid + e_side
-        side_gain = width if width <= 1.0 else np.sqrt(e_total / (e_side + 1e-3)) * (width - 1.0)
+        side_gain = width if width <= 1.0 else float(np.sqrt(e_total / (e_side + 1e-3)) * (width - 1.0))
         # max(0, ·) only guards against rounding when nearly all energy moves to the side.
-        mid_gain = np.sqrt(max(0.0, e_total - side_gain ** 2 * e_side) / (e_mid + 1e-3))
+        mid_gain = float(np.sqrt(max(0.0, e_total - side_gain ** 2 * e_side) / (e_mid + 1e-3)))
+        return mid_gain, side_gain
+
+    def apply(self, x: np.ndarray, params: Mapping) -> np.ndarray:
+        mid, side = dsp.to_mid_side(x)
+        mid_gain, side_gain = self.gains(mid, side, params["width"])
         return dsp.from_mid_side(mid_gain * mid, side_gain * side)
 
 
@@ -482,12 +473,6 @@ class FXManipulator:
         if isinstance(self.effects["reverb"], DrumsReverbBlock):
             self.effects["reverb"].probability = effective["reverb"]
 
-    @property
-    def probabilities(self) -> dict[str, float]:
-        """The firing probability of each FX per call, stem weight included (drums: of the
-        high-band reverb stage; its low-band stage fires with 0.01 times this)."""
-        return dict(self._probabilities)
-
     # drawing and applying
 
     def draw(self, rng: np.random.Generator) -> dict:
@@ -518,7 +503,7 @@ class FXManipulator:
 
     def apply_params(self, signals: Sequence[np.ndarray], drawn_params: Mapping, *,
                      padded: bool = False) -> list[np.ndarray]:
-        """Apply a given draw (from draw, manipulate, vector_to_params or JSON) deterministically."""
+        """Apply a given draw (from draw, manipulate or JSON) deterministically."""
         if drawn_params.get("stem") != self.stem:
             raise ConfigError(f"drawn_params['stem'] = {drawn_params.get('stem')!r}: "
                               f"this FXManipulator is for {self.stem!r}")
@@ -547,162 +532,4 @@ class FXManipulator:
             y = y[margin:y.shape[0] - margin]
             outputs.append(np.clip(y, -1.0, 1.0).astype(np.float32))
         return outputs
-
-
-# --- fixed-length vector encoding -------------------------------------------------------------------
-
-class VectorField(NamedTuple):
-    """One slot of the draw vector: its name, the value an unfired FX takes (the identity setting
-    where one exists, else the centre of the drawn range), and the range of values it can hold."""
-    name: str
-    neutral: float
-    low: float
-    high: float
-
-
-def _reverb_fields(prefix: str) -> list[VectorField]:
-    room = [VectorField(f"{prefix}.{key}", (lo + hi) / 2.0, lo, hi)
-            for key, (lo, hi) in ALGORITHMIC_REVERB_RANGES.items()]
-    # ir_index is an identifier (−1 = algorithmic or unfired), not a quantity to regress.
-    return [VectorField(f"{prefix}.fired", 0.0, 0.0, 1.0), VectorField(f"{prefix}.dry_weight", 1.0, 0.0, 1.0),
-            VectorField(f"{prefix}.ir_index", -1.0, -1.0, float("inf"))] + room
-
-
-def _eq_fields() -> list[VectorField]:
-    eq = ParametricEQ
-    fields = [VectorField("eq.fired", 0.0, 0.0, 1.0),
-              VectorField("eq.low_shelf_gain_db", 0.0, *eq.GAIN_RANGE_DB),
-              VectorField("eq.low_shelf_freq_hz", sum(eq.LOW_SHELF_HZ) / 2.0, *eq.LOW_SHELF_HZ)]
-    for i, band_hz in enumerate(eq.PEAK_HZ, start=1):
-        fields += [VectorField(f"eq.peak{i}_gain_db", 0.0, *eq.GAIN_RANGE_DB),
-                   VectorField(f"eq.peak{i}_freq_hz", sum(band_hz) / 2.0, *band_hz),
-                   VectorField(f"eq.peak{i}_q", sum(eq.Q_RANGE) / 2.0, *eq.Q_RANGE)]
-    return fields + [VectorField("eq.high_shelf_gain_db", 0.0, *eq.GAIN_RANGE_DB),
-                     VectorField("eq.high_shelf_freq_hz", sum(eq.HIGH_SHELF_HZ) / 2.0, *eq.HIGH_SHELF_HZ)]
-
-
-VECTOR_FIELDS: tuple[VectorField, ...] = tuple(
-    [VectorField("order.eq_before_comp", 1.0, 0.0, 1.0), VectorField("order.pan_before_imager", 1.0, 0.0, 1.0)]
-    + _eq_fields()
-    + [VectorField("comp.fired", 0.0, 0.0, 1.0),
-       VectorField("comp.threshold_db", 0.0, Compressor.THRESHOLD_DB[0], 0.0),
-       VectorField("comp.ratio", 1.0, 1.0, Compressor.RATIO[1]),
-       VectorField("comp.attack_ms", sum(Compressor.ATTACK_MS) / 2.0, *Compressor.ATTACK_MS),
-       VectorField("comp.release_ms", sum(Compressor.RELEASE_MS) / 2.0, *Compressor.RELEASE_MS)]
-    + [VectorField("pan.fired", 0.0, 0.0, 1.0), VectorField("pan.position", 0.5, 0.0, 1.0)]
-    + [VectorField(f"pan.law_{law}", 0.0, 0.0, 1.0) for law in PAN_LAWS]
-    + [VectorField("imager.fired", 0.0, 0.0, 1.0), VectorField("imager.width", 1.0, 0.0, 2.0)]
-    + _reverb_fields("reverb")          # drums: the high-band stage
-    + _reverb_fields("reverb_low")      # drums only: the low-band stage
-    + [VectorField("reverb.drums_refilter", 0.0, 0.0, 1.0)]
-    + [VectorField("gain.fired", 0.0, 0.0, 1.0), VectorField("gain.gain_db", 0.0, *Gain.GAIN_DB),
-       VectorField("gain.polarity", 1.0, -1.0, 1.0)])
-VECTOR_SIZE = len(VECTOR_FIELDS)
-_SLOT = {field.name: i for i, field in enumerate(VECTOR_FIELDS)}
-_PARAM_KEYS = {fx: [f.name.split(".", 1)[1] for f in VECTOR_FIELDS
-                    if f.name.startswith(fx + ".") and f.name != fx + ".fired"] for fx in ("eq", "comp", "gain")}
-
-
-def _check_stem(stem: str) -> None:
-    if stem not in STEMS:
-        raise ConfigError(f"stem {stem!r}: expected one of {', '.join(STEMS)}")
-
-
-def _put_reverb(vector: np.ndarray, prefix: str, params: Mapping | None) -> None:
-    if params is None:
-        return
-    vector[_SLOT[f"{prefix}.fired"]] = 1.0
-    vector[_SLOT[f"{prefix}.dry_weight"]] = params["dry_weight"]
-    if params["kind"] == "impulse_response":
-        vector[_SLOT[f"{prefix}.ir_index"]] = params["ir_index"]
-    else:
-        for key in ALGORITHMIC_REVERB_RANGES:
-            vector[_SLOT[f"{prefix}.{key}"]] = params[key]
-
-
-def _get_reverb(vector: np.ndarray, prefix: str) -> dict | None:
-    if vector[_SLOT[f"{prefix}.fired"]] < 0.5:
-        return None
-    ir_index = int(round(vector[_SLOT[f"{prefix}.ir_index"]]))
-    if ir_index >= 0:
-        params = {"kind": "impulse_response", "ir_index": ir_index}
-    else:
-        params = {"kind": "algorithmic"}
-        params.update({key: float(vector[_SLOT[f"{prefix}.{key}"]]) for key in ALGORITHMIC_REVERB_RANGES})
-    params["dry_weight"] = float(vector[_SLOT[f"{prefix}.dry_weight"]])
-    return params
-
-
-def params_to_vector(drawn_params: Mapping, stem: str) -> np.ndarray:
-    """Encode a draw as a float64 vector of VECTOR_SIZE slots laid out as VECTOR_FIELDS; unfired FX
-    hold their neutral values. The layout is the same for every stem (reverb_low and
-    drums_refilter stay neutral except for drums)."""
-    _check_stem(stem)
-    if drawn_params.get("stem") != stem:
-        raise ConfigError(f"drawn_params['stem'] = {drawn_params.get('stem')!r}: expected {stem!r}")
-    vector = np.array([field.neutral for field in VECTOR_FIELDS], dtype=np.float64)
-    order, fired, params = drawn_params["order"], drawn_params["fired"], drawn_params["params"]
-    vector[_SLOT["order.eq_before_comp"]] = float(order.index("eq") < order.index("comp"))
-    vector[_SLOT["order.pan_before_imager"]] = float(order.index("pan") < order.index("imager"))
-    for fx in ("eq", "comp", "gain"):
-        if fired.get(fx, False):
-            vector[_SLOT[f"{fx}.fired"]] = 1.0
-            for key in _PARAM_KEYS[fx]:
-                vector[_SLOT[f"{fx}.{key}"]] = params[fx][key]
-    if fired.get("pan", False):
-        vector[_SLOT["pan.fired"]] = 1.0
-        vector[_SLOT["pan.position"]] = params["pan"]["position"]
-        vector[_SLOT[f"pan.law_{params['pan']['law']}"]] = 1.0
-    if fired.get("imager", False):
-        vector[_SLOT["imager.fired"]] = 1.0
-        vector[_SLOT["imager.width"]] = params["imager"]["width"]
-    if fired.get("reverb", False):
-        if stem == "drums":
-            block = params["reverb"]
-            vector[_SLOT["reverb.drums_refilter"]] = float(block["refilter_without_reverb"])
-            _put_reverb(vector, "reverb", block["high_band"])
-            _put_reverb(vector, "reverb_low", block["low_band"])
-        else:
-            _put_reverb(vector, "reverb", params["reverb"])
-    return vector
-
-
-def vector_to_params(vector: np.ndarray, stem: str) -> dict:
-    """Decode params_to_vector's vector into a draw for FXManipulator.apply_params. Flags are read
-    as > 0.5, the pan law as the largest one-hot slot, ir_index rounded; IR draws decode without
-    ir_file (apply_params then trusts the index)."""
-    _check_stem(stem)
-    vector = np.asarray(vector, dtype=np.float64)
-    if vector.shape != (VECTOR_SIZE,):
-        raise ValueError(f"vector: shape {vector.shape}; expected ({VECTOR_SIZE},)")
-    flag = lambda name: bool(vector[_SLOT[name]] > 0.5)  # noqa: E731
-    order = (["eq", "comp"] if flag("order.eq_before_comp") else ["comp", "eq"]) \
-        + (["pan", "imager"] if flag("order.pan_before_imager") else ["imager", "pan"]) + ["reverb", "gain"]
-    fired, params = {}, {}
-    for fx in ("eq", "comp", "gain"):
-        fired[fx] = flag(f"{fx}.fired")
-        if fired[fx]:
-            params[fx] = {key: float(vector[_SLOT[f"{fx}.{key}"]]) for key in _PARAM_KEYS[fx]}
-    if "gain" in params:
-        params["gain"]["polarity"] = -1 if params["gain"]["polarity"] < 0 else 1
-    fired["pan"] = flag("pan.fired")
-    if fired["pan"]:
-        law = PAN_LAWS[int(np.argmax([vector[_SLOT[f"pan.law_{law}"]] for law in PAN_LAWS]))]
-        params["pan"] = {"position": float(vector[_SLOT["pan.position"]]), "law": law}
-    fired["imager"] = flag("imager.fired")
-    if fired["imager"]:
-        params["imager"] = {"width": float(vector[_SLOT["imager.width"]])}
-    if stem == "drums":
-        block = {"refilter_without_reverb": flag("reverb.drums_refilter"),
-                 "low_band": _get_reverb(vector, "reverb_low"), "high_band": _get_reverb(vector, "reverb")}
-        fired["reverb"] = block["refilter_without_reverb"] or block["low_band"] is not None \
-            or block["high_band"] is not None
-        if fired["reverb"]:
-            params["reverb"] = block
-    else:
-        reverb = _get_reverb(vector, "reverb")
-        fired["reverb"] = reverb is not None
-        if reverb is not None:
-            params["reverb"] = reverb
-    return {"stem": stem, "order": order, "fired": {fx: fired[fx] for fx in order}, "params": params}
 

@@ -5,11 +5,11 @@ networks see inputs whose mixing effects have been "removed".
 Each step is a small object that processes one zero-padded stereo stem (like a pedalboard plugin);
 `StemNormalizer` chains steps through the spec's step wrapper (65 536-sample zero pad at both ends,
 MIN_DB gate, mono → stereo). `normalize_stems` builds the chain for each stem from an `FxStats`
-(mixdaemon.fxnorm_stats) in one of the three orders of §1.1 and runs the stems in parallel threads.
+(fx/stats.py) in one of the three orders of §1.1 and runs the stems in parallel threads.
 
 Shipped default statistics: `default_stats_path("mst")` → data/fxnorm_default_mst.npz and
 `default_stats_path("fxnorm")` → data/fxnorm_default_fxnorm.npz. They were computed by this project's
-own code (`fxnorm_stats.fit`, command: `python benchmarks/fit_default_stats.py`) from the three
+own code (fx/fit.py's `fit`, command: `python benchmarks/fit_default_stats.py`) from the three
 Demucs-separated songs of ../shared/data/real_stems (song_a/b/c, 15–20 s each), in the MST training
 order eq → compression → imager → loudness (resp. FxNorm's eq → compression → panning → loudness).
 Three short songs are a far smaller sample than MUSDB18's 100 training songs, so the MUSDB18 files

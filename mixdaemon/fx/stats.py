@@ -25,6 +25,7 @@ import numpy as np
 from scipy import signal
 
 from mixdaemon.errors import ConfigError
+from mixdaemon.files import atomic_write
 
 FFT_SIZE = 65536          # statistics resolution: bin k ↔ k·44100/65536 Hz, 32 769 bins
 N_BINS = FFT_SIZE // 2 + 1
@@ -138,8 +139,8 @@ class FxStats:
         return stats
 
     def save(self, path: str | Path) -> Path:
-        """Write the project .npz: one array per stem and feature, plus JSON metadata (flavour,
-        stems, what it was computed from, fitting order, creation date, mixdaemon version)."""
+        """Write the project .npz (atomically): one array per stem and feature, plus JSON metadata
+        (flavour, stems, what it was computed from, fitting order, creation date, mixdaemon version)."""
         path = Path(path)
         metadata = dict(self.metadata)
         metadata.update(flavour=self.flavour, stems=list(self.stems), format_version=FORMAT_VERSION,
@@ -154,8 +155,7 @@ class FxStats:
                 arrays[f"{stem}/imager"] = np.asarray(s.imager, dtype=np.float64)
             else:
                 arrays[f"{stem}/panning"] = np.asarray(s.panning, dtype=np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:   # a file object: np.savez would append ".npz" to other names
+        with atomic_write(path) as f:   # a file object: np.savez would append ".npz" to other names
             np.savez_compressed(f, **arrays)
         return path
 

@@ -1,9 +1,10 @@
 """Automatic mixing (FxNorm-automix, ALGORITHMS.md §6.6): the API that `mixdaemon automix` and the
 daemon's "automix" jobs both call.
 
-    load the stems (stems.py) → FX-normalize them (fxnorm.py, order "fxnorm": eq → compression →
-    panning → loudness, the shipped FxNorm statistics) → the automix network over the whole song in
-    chunks (automix_models.py) → true-peak limiting (mastering.py) → atomic write (audio.py)
+    load the stems (audio/stems.py) → FX-normalize them (fx/normalization.py, order "fxnorm": eq →
+    compression → panning → loudness, the shipped FxNorm statistics) → the automix network over the
+    whole song in chunks (nets/automix.py) → true-peak limiting (audio/mastering.py) → atomic write
+    (audio/io.py)
 
 Any length: the song is cut into chunks of `chunk_seconds`, each run with enough context on both
 sides for the network's receptive field (the TCN's, for AutomixNet; its BiLSTM sees further, so
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from mixdaemon.audio.dsp import WORKING_RATE, integrated_loudness
 from mixdaemon.audio.io import write_audio
 from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
+from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.audio.stems import SILENCE_DBFS, load_song
 from mixdaemon.errors import ConfigError, MixdaemonError, StemLayoutError
 from mixdaemon.fx.normalization import ReverbNormalization, add_reverb, normalize_stems
@@ -58,15 +60,15 @@ class AutomixResult:
     true_peak_dbtp: float = float("-inf")
     seconds_audio: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    # With automix(spectra=True): {"before" | "after": {track: average_spectrum_db}}; before: the
+    # stems and their plain sum, after: the mix.
+    spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def normalize_for_automix(stems: dict[str, np.ndarray], stats, seed: int = 0,
                           progress: Progress = no_progress, reverb=None) -> dict[str, np.ndarray]:
     """The four stems FX-normalized in FxNorm's order with `stats` (an FxStats), after the reverb
-    normalization of vocals and other when `reverb` (an fxnorm.ReverbNormalization) is given."""
+    normalization of vocals and other when `reverb` (an fx.normalization.ReverbNormalization) is given."""
     missing = [s for s in INPUT_STEMS if s not in stems]
     if missing:
         raise StemLayoutError(f"automix needs all four stems; missing {', '.join(missing)}")
@@ -168,12 +170,13 @@ def check_output_file(path: Path, input_files: list[str], overwrite: bool) -> No
 
 def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings | None = None,
             progress: Progress = no_progress, overwrite: bool = False,
-            mixer: Automixer | None = None) -> AutomixResult:
+            mixer: Automixer | None = None, spectra: bool = False) -> AutomixResult:
     """Mix a song's stems (a folder, or a list of stem files) into one stereo file at out_path,
     limited to settings.ceiling_dbtp true peak, at the stems' sample rate.
 
     `mixer` lets a long-lived caller (the daemon) pass a loaded model; otherwise one is loaded from
-    settings."""
+    settings. With `spectra`, the result also holds the long-term average spectra of the stems,
+    their sum and the mix (what the daemon's report draws), measured on the audio in memory."""
     settings = settings or AutomixSettings()
     out_path = Path(out_path)
     timings: dict[str, float] = {}
@@ -202,11 +205,18 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
     path = write_audio(out_path, mix, out_rate=song.output_rate, subtype=settings.subtype,
                        protected=song.input_files)
     timings["write"] = time.perf_counter() - t0
+    tracks = {**song.stems, MIX_NAME: np.sum(list(song.stems.values()), axis=0)}
+    measured = {}
+    if spectra:
+        t0 = time.perf_counter()
+        progress("measuring spectra", 0.99)
+        measured = {"before": {name: average_spectrum_db(x) for name, x in tracks.items()},
+                    "after": {MIX_NAME: average_spectrum_db(mix)}}
+        timings["spectra"] = time.perf_counter() - t0
     progress("done", 1.0)
 
-    before = {name: _loudness(x) for name, x in song.stems.items()}
-    before[MIX_NAME] = _loudness(np.sum(list(song.stems.values()), axis=0))
-    return AutomixResult(outputs={MIX_NAME: str(path)}, model=mixer.info, loudness_before=before,
+    return AutomixResult(outputs={MIX_NAME: str(path)}, model=mixer.info,
+                         loudness_before={name: _loudness(x) for name, x in tracks.items()},
                          loudness_after={MIX_NAME: _loudness(mix)}, true_peak_dbtp=round(true_peak_dbtp(mix), 2),
                          seconds_audio=round(song.n_samples / WORKING_RATE, 3),
-                         timings={k: round(v, 3) for k, v in timings.items()})
+                         timings={k: round(v, 3) for k, v in timings.items()}, spectra=measured)

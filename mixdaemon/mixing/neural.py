@@ -1,9 +1,9 @@
 """The neural engine (MST): FX-normalize the input stems, embed each reference stem with the
 FXencoder, and let the MixFXcloner convert each input stem toward its reference stem's embedding.
 
-One engine object holds one loaded model pair on one inference backend (backends.py: TensorRT,
-ONNX Runtime or torch, `--backend`), so a daemon worker loads the models, and exports or builds
-their engines, once and converts many songs with them.
+One engine object holds one loaded model pair on one inference backend (nets/backends.py: TensorRT,
+ONNX Runtime or torch, `--backend`), so a daemon worker loads the models, and exports their ONNX
+graphs or builds their TensorRT plans, once and converts many songs with them.
 """
 from __future__ import annotations
 
@@ -94,7 +94,6 @@ class NeuralEngine:
         return Conversion(converted)
 
 
-
 class StyleEncoder:
     """The FXencoder of a model pair on its own: embeddings of whole tracks (mixes or stems), for
     `mixdaemon embed` and the evaluation's embedding distances."""
@@ -104,5 +103,5 @@ class StyleEncoder:
         self.source = {"name": info.name, "encoder_sha256": info.encoder.weights_sha256}
 
     def embed(self, audio: np.ndarray, name: str = "audio") -> np.ndarray:
-        """The mean embedding over the track's unpadded, non-silent segments (nets.inference)."""
+        """The mean embedding over the track's unpadded, non-silent segments (nets/inference.py)."""
         return embed_reference(self.encoder, audio, name=name)

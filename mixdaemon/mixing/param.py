@@ -1,11 +1,11 @@
-"""The param engine: per stem, estimate an interpretable FX chain (fxchain.py: EQ, compressor, width,
+"""The param engine: per stem, estimate an interpretable FX chain (fx/chain.py: EQ, compressor, width,
 pan, reverb send, gain) that moves the input stem toward the reference stem, and render it.
 
 Unlike the neural engine it works on the input stems as given (no FX normalization first), so the
 same settings, applied to the original tracks in a DAW (fx_params.json and
 integrations/reaper/mixdaemon_apply_fx_params.lua), reproduce the conversion up to the DAW's own
-EQ/compressor curves and the job's final limiter. Estimation is chain_estimation.estimate_chain
-(prediction + bounded refinement); the output gain is set last so that each rendered stem has the
+EQ/compressor curves and the job's final limiter. Estimation is mixing/param_estimation.py's
+estimate_chain (prediction + bounded refinement); the output gain is set last so that each rendered stem has the
 reference stem's gated level, which keeps the balance between stems.
 
 Stems run in a thread pool (`workers`): the heavy parts (FFTs, scipy's biquads, pedalboard) release
@@ -19,7 +19,7 @@ import numpy as np
 
 from mixdaemon.defaults import DEFAULT_PREDICTOR
 from mixdaemon.fx import chain as fxchain
-from mixdaemon.fx import features as cf
+from mixdaemon.fx import features as fxfeatures
 from mixdaemon.mixing.engine import FX_PARAMS, Conversion
 from mixdaemon.mixing.param_estimation import ParamPredictor, estimate_chain
 from mixdaemon.progress import Progress, no_progress
@@ -50,11 +50,11 @@ class ParamEngine:
         """(converted stem, its chain); a silent input or reference stem keeps its sound (identity chain)."""
         if np.max(np.abs(reference)) < SILENT_PEAK or not np.any(x):
             return np.asarray(x, dtype=np.float32), fxchain.StemChain()
-        reference_features = cf.measure(reference)
+        reference_features = fxfeatures.measure(reference)
         chain = estimate_chain(self.predictor, x, reference,
                                reference_features=reference_features).chain
         unscaled = fxchain.render(x, chain)
-        chain.gain_db = cf.gain_to_level(unscaled, reference_features.level_db, MAX_GAIN_DB)
+        chain.gain_db = fxfeatures.gain_to_level(unscaled, reference_features.level_db, MAX_GAIN_DB)
         return (unscaled * np.float32(fxchain.dsp.db_to_amp(chain.gain_db))), chain
 
     def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],

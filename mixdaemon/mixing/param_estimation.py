@@ -1,18 +1,18 @@
-"""Estimating one stem's FX chain (fxchain.StemChain) from the input stem and the reference stem:
+"""Estimating one stem's FX chain (fx/chain.py's StemChain) from the input stem and the reference stem:
 a learned first guess, then a short refinement against the reference's features.
 
 1. Prediction. `ParamPredictor` (a small MLP run in numpy; trained by train/params.py on
-   FXmanipulator draws, whose parameters are known) maps chain_features.pair_vector(input,
+   FXmanipulator draws, whose parameters are known) maps fx/features.py's pair_vector(input,
    reference) to the chain's settings, encoded as PREDICTED_SLOTS (each scaled to [0, 1]). The
    compressor threshold is predicted relative to the input's level, so inputs at any level work.
 2. Refinement, bounded in cost — a fixed number of evaluations on a fixed-length excerpt, not a
    clock, so results do not depend on machine load (ALGORITHMS.md has no counterpart; our design [U→R]):
-   - EQ: least squares of the EQ's analytic response (fxchain.eq_response_db, averaged per band)
+   - EQ: least squares of the EQ's analytic response (fx/chain.py's eq_response_db, averaged per band)
      against the spectral-shape difference reference − input, offset-free (level is the gain's
      job), with a weak pull toward the prediction (frequencies and Qs of near-flat bands are
      otherwise undetermined);
    - compressor: a coordinate search over threshold and ratio around a predicted compressor,
-     rendering a few seconds of the EQ'd input (chain_features.excerpt) and comparing the dynamics
+     rendering a few seconds of the EQ'd input (fx/features.py's excerpt) and comparing the dynamics
      features' change with the reference's;
    - width, pan and reverb send: kept as predicted. (A least-squares fit of width and pan to the
      reference's side/mid and right/left ratios made the recovery of drawn settings worse: the
@@ -36,9 +36,7 @@ from scipy.optimize import least_squares
 
 from mixdaemon.errors import ModelFileError
 from mixdaemon.fx import chain as fxchain
-from mixdaemon.fx import features as cf
-
-DEFAULT_PREDICTOR = "params-default"
+from mixdaemon.fx import features as fxfeatures
 
 
 class Slot(NamedTuple):
@@ -154,17 +152,17 @@ class ParamPredictor:
         tensors = {"feature_mean": self.mean, "feature_std": self.std}
         for k, (weight, bias) in enumerate(self.layers):
             tensors[f"layer{k}.weight"], tensors[f"layer{k}.bias"] = weight, bias
-        return save_param_predictor(path, tensors, {"feature_size": cf.PAIR_FEATURE_SIZE,
+        return save_param_predictor(path, tensors, {"feature_size": fxfeatures.PAIR_FEATURE_SIZE,
                                                     "slots": [s.name for s in PREDICTED_SLOTS],
                                                     "provenance": self.metadata.get("provenance", {})})
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "ParamPredictor":
-        """A predictor file, or a name in the model store (modelfiles.store_dir(), `NAME.safetensors`)."""
+        """A predictor file, or a name in the model store (nets/store.py's store_dir(), `NAME.safetensors`)."""
         from mixdaemon.nets.store import load_param_predictor
         tensors, metadata, path, sha256 = load_param_predictor(name_or_path)
         if metadata.get("slots") != [s.name for s in PREDICTED_SLOTS] \
-                or metadata.get("feature_size") != cf.PAIR_FEATURE_SIZE:
+                or metadata.get("feature_size") != fxfeatures.PAIR_FEATURE_SIZE:
             raise ModelFileError(f"{path}: made for other features or parameters than this mixdaemon's; retrain it")
         return cls(tensors, metadata, path, sha256)
 
@@ -172,7 +170,8 @@ class ParamPredictor:
 # --- refinement -----------------------------------------------------------------------------------------
 
 _SUBPOINTS = 4  # frequencies per spectrum band at which the EQ response is averaged
-_EQ_GRID_HZ = np.geomspace(cf.BAND_EDGES_HZ[0], cf.BAND_EDGES_HZ[-1], cf.SPECTRUM_BANDS * _SUBPOINTS + 1)
+_EQ_GRID_HZ = np.geomspace(fxfeatures.BAND_EDGES_HZ[0], fxfeatures.BAND_EDGES_HZ[-1],
+                          fxfeatures.SPECTRUM_BANDS * _SUBPOINTS + 1)
 _EQ_GRID_HZ = np.sqrt(_EQ_GRID_HZ[:-1] * _EQ_GRID_HZ[1:])
 # Residuals are in dB per spectrum band; a weight w makes a move of 0.1 (3 dB of gain, or a tenth of
 # a band's frequency range in log scale) cost like a 0.1·w dB misfit in one band. The reference's
@@ -184,7 +183,7 @@ EQ_PRIOR_WEIGHT = 20.0
 def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
     """The EQ's gain per spectrum band (power-averaged over the band), dB."""
     power = 10.0 ** (fxchain.eq_response_db(bands, _EQ_GRID_HZ) / 10.0)
-    return 10.0 * np.log10(power.reshape(cf.SPECTRUM_BANDS, _SUBPOINTS).mean(axis=1))
+    return 10.0 * np.log10(power.reshape(fxfeatures.SPECTRUM_BANDS, _SUBPOINTS).mean(axis=1))
 
 
 def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
@@ -208,7 +207,7 @@ def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
 
 
 def _dynamics_error(y: np.ndarray, target: np.ndarray) -> float:
-    return float(np.sum((cf.measure(y).dynamics_db - target) ** 2))
+    return float(np.sum((fxfeatures.measure(y).dynamics_db - target) ** 2))
 
 
 def search_compressor(start: fxchain.CompressorSettings, planar_excerpt_eq: np.ndarray,
@@ -247,16 +246,16 @@ def search_compressor(start: fxchain.CompressorSettings, planar_excerpt_eq: np.n
 COLORATION_ROUNDS = 2
 
 
-def coloration_db(chain: fxchain.StemChain, part: np.ndarray, part_features: cf.StemFeatures) -> np.ndarray:
+def coloration_db(chain: fxchain.StemChain, part: np.ndarray, part_features: fxfeatures.StemFeatures) -> np.ndarray:
     """How much the chain's stages other than the EQ move the spectral shape of `part` (per spectrum
     band, dB): the whole chain's change, less the EQ's analytic response. A heavy compressor adds
     harmonics and a reverb has its own tone, so the EQ alone must not be fitted to the whole change."""
-    rendered = cf.measure(fxchain.render(part, replace(chain, gain_db=0.0)))
+    rendered = fxfeatures.measure(fxchain.render(part, replace(chain, gain_db=0.0)))
     return rendered.shape_db - part_features.shape_db - band_response_db(chain.eq)
 
 
 def fit_eq_with_coloration(unit: np.ndarray, chain: fxchain.StemChain, shape_change_db: np.ndarray,
-                           part: np.ndarray, part_features: cf.StemFeatures) -> list[fxchain.EqBand]:
+                           part: np.ndarray, part_features: fxfeatures.StemFeatures) -> list[fxchain.EqBand]:
     """The EQ (fit_eq from `unit`) that, in front of the chain's other stages, moves the spectral shape
     by shape_change_db, their coloration measured on the excerpt `part` (COLORATION_ROUNDS rounds).
     A chain with no stage but its EQ colors nothing: its EQ is returned as it is."""
@@ -274,20 +273,20 @@ class Estimate(NamedTuple):
 
 
 def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarray,
-                   refine: bool = True, x_features: cf.StemFeatures | None = None,
-                   reference_features: cf.StemFeatures | None = None) -> Estimate:
+                   refine: bool = True, x_features: fxfeatures.StemFeatures | None = None,
+                   reference_features: fxfeatures.StemFeatures | None = None) -> Estimate:
     """The chain for input stem x toward the reference stem (gain_db still 0: the engine sets it
     after rendering); refine=False keeps the predicted compressor and skips the coloration refit
     (one EQ fit, a few ms, instead of three fits and the excerpt's renders)."""
-    fx = x_features or cf.measure(x)
-    fr = reference_features or cf.measure(reference)
-    unit = predictor.predict(cf.pair_vector(fx, fr))[0]
+    fx = x_features or fxfeatures.measure(x)
+    fr = reference_features or fxfeatures.measure(reference)
+    unit = predictor.predict(fxfeatures.pair_vector(fx, fr))[0]
     predicted = chain_from_unit(unit, fx.level_db)
     shape_change = fr.shape_db - fx.shape_db
     chain = replace(predicted, eq=fit_eq(unit, shape_change))
     if refine:
-        part = np.asarray(cf.excerpt(x), dtype=np.float64)
-        part_features = cf.measure(part)
+        part = np.asarray(fxfeatures.excerpt(x), dtype=np.float64)
+        part_features = fxfeatures.measure(part)
         part_eq = fxchain.run_stages(fxchain.StemChain(eq=chain.eq).stages(), np.ascontiguousarray(part.T))
         target = part_features.dynamics_db + (fr.dynamics_db - fx.dynamics_db)
         chain.compressor = search_compressor(chain.compressor, part_eq, target)

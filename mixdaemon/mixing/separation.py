@@ -8,9 +8,8 @@ costs a hash of the audio and one file read.
 Cache: one uncompressed `<key>.npz` per separation (the four stems as float32 (n, 2), so a hit is
 bit-exact), where the key is the sha256 of the audio samples, the model identity (name, demucs
 version and, for a local folder, the sha256 of the model files) and the separation settings.
-Entries are written to a temporary file and renamed into place, so a crash never leaves a partial
-entry; a corrupt entry is ignored and rewritten. Nothing is ever evicted: the folder can be
-deleted at any time.
+Entries are written with files.atomic_write, so a crash never leaves a partial entry; a corrupt
+entry is ignored and rewritten. Nothing is ever evicted: the folder can be deleted at any time.
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ import logging
 import os
 import random
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.audio.io import resample
 from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.errors import ModelFileError, SeparationUnavailable
-from mixdaemon.files import file_sha256
+from mixdaemon.files import atomic_write, file_sha256
 from mixdaemon.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -48,6 +46,7 @@ CACHE_FORMAT = "mixdaemon-separation-v1"
 MODEL_DIR_SETTING = "separation_dir"
 STEMS_INSTEAD = ("give a folder of stems (drums/bass/other/vocals) instead, or set "
                  f"{MODEL_DIR_SETTING} ([transfer] in the config, --separation-dir) to a folder with demucs models")
+
 
 def default_cache_dir() -> Path:
     """$MIXDAEMON_CACHE/separation when that is set, else the platform's per-user cache folder
@@ -95,10 +94,6 @@ class Separator:
         self.overlap = overlap
         self._model: torch.nn.Module | None = None
         self._identity: str | None = None
-
-    @property
-    def model_loaded(self) -> bool:
-        return self._model is not None
 
     @property
     def model_identity(self) -> str:
@@ -279,16 +274,8 @@ def _read_cache(path: Path, n: int) -> dict[str, np.ndarray] | None:
 
 def _write_cache(path: Path, stems: dict[str, np.ndarray]) -> None:
     """Store atomically; a cache that cannot be written costs a re-separation later, not this job."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:   # a file object: np.savez would append ".npz" to other names
             np.savez(f, **stems)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not write the separation cache entry %s (%s)", path, _one_line(exc))
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,17 +1,18 @@
 """One style-transfer job, top to bottom: the API that the CLI and the daemon both call.
 
-    load input and reference (stems.py) → separate mixtures into stems (separation.py)
-    → the engine converts each input stem toward the reference's mixing style (matching.py / neural.py /
-      param_engine.py) → linked true-peak limiting and remix (mastering.py) → atomic writes (audio.py)
-    → the param engine's FX settings as fx_params.json (fxchain.py)
+    load input and reference (audio/stems.py) → separate mixtures into stems (mixing/separation.py)
+    → the engine converts each input stem toward the reference's mixing style (mixing/match.py,
+      mixing/neural.py, mixing/param.py) → linked true-peak limiting and remix (audio/mastering.py)
+    → atomic writes (audio/io.py) → the param engine's FX settings as fx_params.json (fx/chain.py)
 
-`transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest.
+`transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest
+and, from the spectra it asks for, a report.
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from mixdaemon.audio.dsp import integrated_loudness
 from mixdaemon.audio.io import write_audio
 from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
+from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.fx.chain import FX_PARAMS_NAME, write_fx_params
@@ -40,9 +42,9 @@ class TransferResult:
     seconds_audio: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     fx_params: str | None = None  # the param engine's fx_params.json (settings per stem, user units)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    # With transfer(spectra=True): {"before" | "after" | "reference": {track: average_spectrum_db}},
+    # the tracks being the stems and the mixture.
+    spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _loudness_table(stems: dict[str, np.ndarray]) -> dict[str, float]:
@@ -52,6 +54,17 @@ def _loudness_table(stems: dict[str, np.ndarray]) -> dict[str, float]:
         value = integrated_loudness(x)
         out[name] = round(value, 2) if np.isfinite(value) else -70.0
     return out
+
+
+def _with_mixture(song: Song) -> dict[str, np.ndarray]:
+    """A loaded song's tracks as the user gave them: its stems and their sum, or its mixture."""
+    if song.mixture is not None:
+        return {"mixture": song.mixture}
+    return {**song.stems, "mixture": np.sum(list(song.stems.values()), axis=0)}
+
+
+def _spectra(**tracks: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    return {label: {name: average_spectrum_db(x) for name, x in named.items()} for label, named in tracks.items()}
 
 
 def _as_stems(song: Song, what: str, settings: TransferSettings, progress: Progress) -> dict[str, np.ndarray]:
@@ -84,14 +97,16 @@ def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool,
 def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, out_dir: str | os.PathLike,
              settings: TransferSettings | None = None, progress: Progress = no_progress,
              overwrite: bool = False, engine=None,
-             reference_b_path: str | os.PathLike | None = None) -> TransferResult:
+             reference_b_path: str | os.PathLike | None = None, spectra: bool = False) -> TransferResult:
     """Convert the input song's stems to the reference's mixing style and write them to out_dir.
 
     With `reference_b_path`, the style fades from the reference at the start of the song to
     reference B at its end (engines that support it: neural).
 
     `engine` lets a long-lived caller (the daemon) pass an engine it already built, so models load
-    once; otherwise one is made from settings.
+    once; otherwise one is made from settings. With `spectra`, the result also holds each track's
+    long-term average spectrum before, after and in the reference (what the daemon's report draws),
+    measured on the audio in memory.
     """
     settings = settings or TransferSettings()
     timings: dict[str, float] = {}
@@ -134,6 +149,13 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     if conversion.chains is not None:
         fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, conversion.chains, engine.info))
     timings["write"] = time.perf_counter() - t0
+    measured = {}
+    if spectra:
+        t0 = time.perf_counter()
+        progress("measuring spectra", 0.99)
+        measured = _spectra(before=_with_mixture(song), after={**limited, "mixture": mixture},
+                            reference=_with_mixture(reference))
+        timings["spectra"] = time.perf_counter() - t0
     progress("done", 1.0)
 
     before = _loudness_table(input_stems)
@@ -144,4 +166,4 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
         outputs=outputs, engine=settings.engine, model=engine.info,
         loudness_before=before, loudness_after=after, reference_loudness=_loudness_table(reference_stems),
         true_peak_dbtp=round(true_peak_dbtp(mixture), 2), seconds_audio=round(song.n_samples / 44100, 3),
-        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params)
+        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params, spectra=measured)

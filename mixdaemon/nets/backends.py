@@ -1,11 +1,11 @@
-"""Inference backends: one protocol, three engines that run it, and the choice between them.
+"""Inference backends: one protocol, three runtimes that run it, and the choice between them.
 
-The protocol (``Backend``) is what inference.py needs from the two networks, on numpy float32:
+The protocol (``Backend``) is what nets/inference.py needs from the two networks, on numpy float32:
 
 - ``embed(segments [B, 2, T]) → [B, D]``: FXencoder embeddings of reference segments;
 - ``convert(chunks [B, 2, T], embedding [B or 1, D]) → [B, 2, T]``: the MixFXcloner on whole windows;
 - ``stream(block [1, 2, L], embedding [1, D], position, length, states) → (block out, states)``:
-  one block of a song streamed through the cloner (onnx_export.ClonerStream), so that long songs
+  one block of a song streamed through the cloner (nets/onnx_export.py's ClonerStream), so that long songs
   are converted without recomputing the context that overlap-save chunks share.
 
 inference.embed_reference and inference.convert take a Backend, or a bare FXencoder / MixFXcloner
@@ -14,12 +14,12 @@ inference.embed_reference and inference.convert take a Backend, or a bare FXenco
 Backends:
 
 - ``torch``: the nn.Modules, on CUDA when torch sees a GPU, else on the CPU.
-- ``onnxruntime``: the exported graphs (onnx_export.py, cached in the model store), with every
+- ``onnxruntime``: the exported graphs (nets/onnx_export.py, cached in the model store), with every
   graph optimization, sequential execution and ``threads`` intra-op threads (default: ONNX
   Runtime's, one per physical core); the CUDA execution provider when the installed onnxruntime
   has one. On 2 CPU threads the full-size cloner runs 1.8× faster than eager torch (1.10 against
   2.02 s per audio second, docs/BENCHMARKS.md).
-- ``tensorrt``: engines built per GPU (trt_builder.py), FP16 by default.
+- ``tensorrt``: TensorRT plans built per GPU (nets/tensorrt.py), FP16 by default.
 
 ``auto`` picks TensorRT when it is importable and torch sees a CUDA GPU, else ONNX Runtime, else
 torch, and logs which and why; naming a backend that cannot run here raises EngineUnavailable
@@ -39,6 +39,7 @@ from mixdaemon import defaults
 from mixdaemon.errors import ConfigError, EngineUnavailable
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
 from mixdaemon.nets.onnx_export import (
+    GRAPHS,
     PRECISIONS,
     ClonerStream,
     ensure_onnx,
@@ -152,7 +153,7 @@ class TorchBackend(Backend):
 # --- exported graphs ------------------------------------------------------------------------------
 
 class _GraphBackend(Backend):
-    """A backend that runs onnx_export's graphs by name: ONNX Runtime sessions or TensorRT engines."""
+    """A backend that runs nets/onnx_export.py's graphs by name: ONNX Runtime sessions or TensorRT plans."""
 
     @abstractmethod
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -205,7 +206,7 @@ class OnnxRuntimeBackend(_GraphBackend):
                     cloner_sha256: str | None = None, *, store=None,
                     threads: int | None = None) -> "OnnxRuntimeBackend":
         """Sessions of the cached graphs of these models, exported first if the cache lacks them.
-        The weights hashes key the cache (modelfiles.weights_sha256 of each state_dict)."""
+        The weights hashes key the cache (store.weights_sha256 of each state_dict)."""
         graphs = {}
         if encoder is not None:
             graphs["fxencoder"] = ensure_onnx("fxencoder", encoder, encoder_sha256 or _sha(encoder), "fp32", store)
@@ -230,11 +231,11 @@ def _sha(model: torch.nn.Module) -> str:
 class TensorRTBackend(_GraphBackend):
     name = "tensorrt"
 
-    def __init__(self, engines: dict, encoder_config: EncoderConfig | None, cloner_config: ClonerConfig | None,
+    def __init__(self, plans: dict, encoder_config: EncoderConfig | None, cloner_config: ClonerConfig | None,
                  precision: str):
         from mixdaemon.nets.tensorrt import current_gpu
 
-        self.engines, self.precision = engines, precision
+        self.plans, self.precision = plans, precision
         gpu = current_gpu()
         super().__init__(encoder_config, cloner_config, f"{gpu.name} (compute {gpu.compute_capability}), {precision}")
 
@@ -243,23 +244,22 @@ class TensorRTBackend(_GraphBackend):
                     cloner_sha256: str | None = None, *, store=None, precision: str = DEFAULT_TENSORRT_PRECISION,
                     chunk_seconds: float = defaults.CHUNK_SECONDS, batch_size: int = defaults.BATCH_SIZE,
                     progress: Progress | None = None) -> "TensorRTBackend":
-        """Engines for this GPU, built first (minutes each, once per GPU) when the cache lacks them."""
-        from mixdaemon.nets.tensorrt import TrtEngine, ensure_engine, pipeline_profile
+        """Plans for this GPU, built first (minutes each, once per GPU) when the cache lacks them."""
+        from mixdaemon.nets.tensorrt import TrtPlan, ensure_plan, pipeline_profile
 
-        engines = {}
+        plans = {}
         for graph, model, sha in (("fxencoder", encoder, encoder_sha256), ("mixfxcloner", cloner, cloner_sha256),
                                   ("mixfxcloner-stream", cloner, cloner_sha256)):
             if model is None:
                 continue
             profile = pipeline_profile(graph, model.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
-            plan = ensure_engine(graph, model, sha or _sha(model), profile, precision, store, progress)
-            engines[graph] = TrtEngine(plan)
-        return cls(engines, encoder.config if encoder is not None else None,
+            plans[graph] = TrtPlan(ensure_plan(graph, model, sha or _sha(model), profile, precision, store, progress))
+        return cls(plans, encoder.config if encoder is not None else None,
                    cloner.config if cloner is not None else None, precision)
 
     def _run(self, graph, feed):
-        self._check_graph(graph, self.engines)
-        outputs = self.engines[graph].run(feed)
+        self._check_graph(graph, self.plans)
+        outputs = self.plans[graph].run(feed)
         config = self.encoder_config if graph == "fxencoder" else self.cloner_config
         return [outputs[name] for name in output_names(graph, config)]
 
@@ -295,7 +295,7 @@ def choose_backend(requested: str = "auto") -> str:
     for name in ("tensorrt", "onnxruntime"):
         reason = unavailable_reason(name)
         if reason is None:
-            why = "; ".join(skipped) or "the fastest engine on this machine"
+            why = "; ".join(skipped) or "the fastest runtime on this machine"
             log.info("backend auto → %s (%s)", name, f"{why}" if skipped else why)
             return name
         skipped.append(f"{name}: {reason}")
@@ -307,9 +307,9 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
                    store=None, threads: int | None = None, precision: str = DEFAULT_TENSORRT_PRECISION,
                    chunk_seconds: float = defaults.CHUNK_SECONDS, batch_size: int = defaults.BATCH_SIZE,
                    progress: Progress | None = None) -> Backend:
-    """The chosen backend (choose_backend) for these models. pair_info (modelfiles.PairInfo) gives
-    the recorded weights hashes, which key the engine cache; without it they are computed. Missing
-    ONNX graphs are exported and missing TensorRT engines built here (progress: `progress`, else the
+    """The chosen backend (choose_backend) for these models. pair_info (store.PairInfo) gives the
+    recorded weights hashes, which key the artifact cache; without it they are computed. Missing
+    ONNX graphs are exported and missing TensorRT plans built here (progress: `progress`, else the
     log), so a daemon pays for it at start."""
     name = choose_backend(requested)
     encoder_sha = pair_info.encoder.weights_sha256 if pair_info is not None else None
@@ -328,7 +328,7 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
     return backend
 
 
-# --- building ahead of time: `mixdaemon engines build | list` ---------------------------------------
+# --- building ahead of time: `mixdaemon backends build | list` --------------------------------------
 
 class PhaseLog:
     """Build progress as a line per phase and per tenth of it, given to `emit` (log.info, print),
@@ -342,9 +342,6 @@ class PhaseLog:
         if self.shown.get(phase) != tenth:
             self.shown[phase] = tenth
             self.emit(f"{self.what}: {phase} {100 * fraction:.0f}%" if self.what else f"{phase} {100 * fraction:.0f}%")
-
-
-GRAPHS = ("fxencoder", "mixfxcloner", "mixfxcloner-stream")
 
 
 def build_artifacts(model: str | None = None, *, store=None, backend: str = "auto", precisions=PRECISIONS,
@@ -365,14 +362,14 @@ def build_artifacts(model: str | None = None, *, store=None, backend: str = "aut
         if backend == "tensorrt":
             raise EngineUnavailable(f"backend 'tensorrt' is not available: {reason}")
         return built, reason
-    from mixdaemon.nets.tensorrt import ensure_engine, pipeline_profile
+    from mixdaemon.nets.tensorrt import ensure_plan, pipeline_profile
 
     for precision in precisions:
         for graph, net, sha in graphs:
             profile = pipeline_profile(graph, net.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
             what = f"TensorRT {graph} {precision}"
-            path = ensure_engine(graph, net, sha, profile, precision, store,
-                                 lambda phase, fraction, w=what: progress(f"{w}: {phase}", fraction))
+            path = ensure_plan(graph, net, sha, profile, precision, store,
+                               lambda phase, fraction, w=what: progress(f"{w}: {phase}", fraction))
             built.append((what, path))
     return built, None
 

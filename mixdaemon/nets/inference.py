@@ -6,7 +6,7 @@
   whole song in one call (overlap-save with enough context, or a stream that carries the context
   from chunk to chunk), in bounded memory.
 
-Both run the networks through a backend (backends.py: torch, ONNX Runtime or TensorRT); a bare
+Both run the networks through a backend (nets/backends.py: torch, ONNX Runtime or TensorRT); a bare
 FXencoder or MixFXcloner is run with torch.
 
 Audio is numpy float32 (n_samples, 2) at 44.1 kHz.
@@ -138,7 +138,7 @@ def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndar
     windows, whatever the song length.
 
     stream (one style only): a song longer than one window can instead be streamed through the
-    cloner in chunks of `chunk_seconds` (onnx_export.ClonerStream), each layer keeping the input
+    cloner in chunks of `chunk_seconds` (nets/onnx_export.py's ClonerStream), each layer keeping the input
     its next chunk needs, so that no sample is computed twice; `batch_size` does not apply. With
     12-s chunks and the full-size cloner, overlap-save computes 1.43× as many samples for the same
     output; on 2 CPU threads with ONNX Runtime the stream converts it in 1.24 s per audio second

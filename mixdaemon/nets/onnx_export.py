@@ -1,4 +1,5 @@
-"""ONNX graphs of the FXencoder and MixFXcloner, and the engine cache that holds them.
+"""ONNX graphs of the FXencoder and MixFXcloner, and the artifact cache that holds them and the
+TensorRT plans built from them (nets/tensorrt.py).
 
 Three graphs are exported from one model pair (inputs and outputs float32 unless said otherwise):
 
@@ -12,21 +13,21 @@ Three graphs are exported from one model pair (inputs and outputs float32 unless
 
 Precision ``fp32`` computes in float32; ``fp16`` computes in float16 inside the graph, with float32
 inputs and outputs. TensorRT 11 builds only strongly typed networks (the FP16 builder flag is gone),
-so an FP16 engine is built from a graph whose types say FP16, which these are.
+so an FP16 plan is built from a graph whose types say FP16, which these are.
 
 The exporter is torch.onnx's dynamo exporter (onnxscript), opset 18: it folds every BatchNorm into
 its convolution and writes the reflection and zero padding as Pad / Conv pads, with named dynamic
 batch and time axes. The legacy TorchScript exporter gives the same arithmetic but turns the FiLM
 split into Shape/Gather/Div/Slice chains.
 
-**Engine cache.** Exported graphs and built TensorRT engines are build artifacts, kept in
+**Artifact cache.** Exported graphs and built TensorRT plans are build artifacts, kept in
 ``<store>/cache/<weights sha256[:16]>/<name>-<key digest[:16]><suffix>`` (the store is
-modelfiles.store_dir(); ``engines/cache/`` is git-ignored) next to ``<file>.json`` holding the full
-key. The key names everything the artifact depends on (weights hash, model config, precision,
-exporter and opset, and for engines the profile, TensorRT version and GPU); a changed key gives a
+nets/store.py's store_dir(); ``engines/cache/`` is git-ignored) next to ``<file>.json`` holding the
+full key. The key names everything the artifact depends on (weights hash, model config, precision,
+exporter and opset, and for plans the profile, TensorRT version and GPU); a changed key gives a
 new file name, and an artifact is reused only when its JSON holds exactly the requested key.
-Files are written under a temporary name and renamed into place, so a reader never sees half an
-artifact and two processes building the same one at once both end with a whole file.
+Files are written with files.atomic_path, so a reader never sees half an artifact and two processes
+building the same one at once both end with a whole file.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import torch
 from torch import nn
 
 from mixdaemon.errors import ConfigError, ModelFileError
+from mixdaemon.files import atomic_path, atomic_write
 from mixdaemon.nets.mst import AUDIO_CHANNELS, ClonerConfig, FXencoder, MixFXcloner
 from mixdaemon.nets.store import store_dir
 
@@ -81,7 +83,7 @@ NCHWC_MIN_WIDTH = 32
 
 
 class _ConvBlock(nn.Module):
-    """One TCN block (models._TCNBlock) as the graphs compute it.
+    """One TCN block (nets/mst.py's _TCNBlock) as the graphs compute it.
 
     The same function, written for ONNX Runtime's CPU kernels: BatchNorm is folded into the dilated
     convolution's weights and bias, and for wide blocks (NCHWC_MIN_WIDTH) the convolution is a 2-D
@@ -272,7 +274,7 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-# --- the engine cache -----------------------------------------------------------------------------
+# --- the artifact cache -----------------------------------------------------------------------------
 
 def cache_dir(store: str | os.PathLike | None = None) -> Path:
     return store_dir(store) / CACHE_FOLDER
@@ -288,15 +290,6 @@ def artifact_path(store: str | os.PathLike | None, weights_sha256: str, name: st
 
 def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _record(path: Path) -> dict | None:
@@ -321,13 +314,14 @@ def ensure_artifact(path: Path, key: dict, build: Callable[[Path], None], what: 
     if cached_key(path) == key:
         log.debug("%s: reusing %s", what, path)
         return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    write_atomically(path, build)
+    with atomic_path(path) as partial:
+        build(partial)
     record = {"key": key, "what": what, "bytes": path.stat().st_size,
               "build_seconds": round(time.monotonic() - started, 1),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    write_atomically(_meta_path(path), lambda p: p.write_text(json.dumps(record, indent=1, sort_keys=True)))
+    with atomic_write(_meta_path(path), "w") as f:
+        f.write(json.dumps(record, indent=1, sort_keys=True))
     log.info("%s: built %s in %.1f s", what, path, record["build_seconds"])
     return path, True
 

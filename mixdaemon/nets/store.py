@@ -23,7 +23,7 @@ Why one file for both: a cloner is only meaningful with the encoder whose embedd
 on, so one name gives one file that cannot be half-copied or mixed up with another pair's encoder,
 and the encoder/cloner agreement (embedding size = cond_dim) is checked once, when it is written.
 The cost is that pairs sharing a frozen encoder each hold a copy of it (326 MB); each model keeps
-its own ``weights_sha256`` so caches of compiled engines can key on one model.
+its own ``weights_sha256`` so the cache of exported graphs and TensorRT plans can key on one model.
 
 **Automix models** (FxNorm-automix, ALGORITHMS.md §6) are single networks, one safetensors file
 each, ``<store>/<name>.safetensors``: the state_dict's tensor names as they are, and metadata key
@@ -34,8 +34,8 @@ each, ``<store>/<name>.safetensors``: the state_dict's tensor names as they are,
        "normalization": {"order": "fxnorm", "stats_sha256": "..."},  # what its inputs must be
        "provenance": {...}, "training": {...} | null}
 
-**Parameter predictors** (the param engine, chain_estimation.ParamPredictor) are small MLPs stored
-the same way, ``<store>/<name>.safetensors``, with metadata ::
+**Parameter predictors** (the param engine, mixing/param_estimation.py's ParamPredictor) are small
+MLPs stored the same way, ``<store>/<name>.safetensors``, with metadata ::
 
       {"format": "mixdaemon-param-predictor", "format_version": 1, "created": "<UTC ISO date>",
        "slots": [...], "feature_size": N, "provenance": {...}}   # what it predicts, from what
@@ -67,7 +67,7 @@ import torch
 from torch import nn
 
 from mixdaemon.errors import ConfigError, MixdaemonError, ModelFileError
-from mixdaemon.files import file_sha256
+from mixdaemon.files import atomic_path, file_sha256
 from mixdaemon.nets.automix import ARCHITECTURES as AUTOMIX_ARCHITECTURES
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
 
@@ -108,7 +108,7 @@ class AutomixModelInfo:
     name: str  # the file name without .safetensors
     path: Path
     created: str
-    architecture: str  # "automix" | "wave-u-net" (mixdaemon.automix_models.ARCHITECTURES)
+    architecture: str  # "automix" | "wave-u-net" (nets/automix.py's ARCHITECTURES)
     config: dict
     weights_sha256: str
     normalization: dict  # {"order": ..., "stats_sha256": ...}: how the inputs were FX-normalized
@@ -142,7 +142,7 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 
     Independent of dict order, device and file format, so an imported checkpoint and the stored
     pair hash the same. It covers the weights only: two configs that differ only in dilation give
-    the same shapes, so a cache of compiled models must key on the config too.
+    the same shapes, so the artifact cache (nets/onnx_export.py) keys on the config too.
     """
     h = hashlib.sha256()
     for name in sorted(state_dict):
@@ -265,13 +265,8 @@ def save_pair(path: str | os.PathLike, encoder: FXencoder, cloner: MixFXcloner, 
 
 def _write_model_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as partial:
         safetensors.torch.save_file(tensors, partial, metadata={METADATA_KEY: json.dumps(metadata)})
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -1,22 +1,25 @@
-"""TensorRT engines of the three ONNX graphs (onnx_export.py), built once per GPU and cached.
+"""TensorRT plans of the three ONNX graphs (nets/onnx_export.py), built once per GPU and cached.
+
+A plan is what TensorRT's builder serializes (TensorRT's API calls it a serialized engine; this
+project says "plan", because "engine" names the --engine choice of the job API).
 
 Optional: needs the ``mixdaemon[tensorrt]`` extra (the ``tensorrt`` Python package, 10.x or 11.x)
 and a CUDA build of torch, which supplies the device buffers, the CUDA stream and the GPU's name
-and compute capability. Nothing here imports tensorrt until an engine is built or loaded.
+and compute capability. Nothing here imports tensorrt until a plan is built or loaded.
 
-**Precision.** ``fp32`` engines compute in IEEE float32 (TF32 is switched off, it rounds inputs
-to 10 mantissa bits); ``fp16`` engines are built from the FP16 graph (float16 arithmetic, float32
+**Precision.** ``fp32`` plans compute in IEEE float32 (TF32 is switched off, it rounds inputs
+to 10 mantissa bits); ``fp16`` plans are built from the FP16 graph (float16 arithmetic, float32
 inputs and outputs). Networks are created strongly typed: TensorRT 11 removed the weakly typed
 FP16 builder flag, and strongly typed networks take their precision from the graph on 10.x too.
 
-**Profiles.** One optimization profile per engine, for the shapes the pipeline sends
+**Profiles.** One optimization profile per plan, for the shapes the pipeline sends
 (``pipeline_profile``): the encoder gets reference segments of up to REFERENCE_SEGMENT samples in
 batches of up to 4; the cloner gets whole songs up to one overlap-save window (chunk + receptive
 field), tuned for that window; the stream graph gets blocks of up to one chunk, batch 1.
 
-**Cache.** An engine is an artifact of the engine cache (onnx_export.py) whose key holds the ONNX
-graph's key (weights hash, config, precision, exporter), the profile, the TensorRT version and the
-GPU's name and compute capability: built once per GPU, rebuilt when any of them changes. The
+**Cache.** A plan is an artifact of the artifact cache (nets/onnx_export.py) whose key holds the
+ONNX graph's key (weights hash, config, precision, exporter), the profile, the TensorRT version and
+the GPU's name and compute capability: built once per GPU, rebuilt when any of them changes. The
 builder's timing cache is kept per TensorRT version and GPU in ``<cache>/tensorrt-timing/``, so a
 rebuild (another chunk size, precision or model) skips the kernel timings it has already made.
 """
@@ -32,6 +35,7 @@ import numpy as np
 from mixdaemon import defaults
 from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.errors import EngineUnavailable
+from mixdaemon.files import atomic_write
 from mixdaemon.nets.onnx_export import (
     artifact_path,
     cache_dir,
@@ -39,7 +43,6 @@ from mixdaemon.nets.onnx_export import (
     ensure_onnx,
     onnx_key,
     stream_state_shapes,
-    write_atomically,
 )
 from mixdaemon.nets.shapes import (
     INTERPOLATION_CHUNK_SECONDS,
@@ -49,7 +52,6 @@ from mixdaemon.nets.shapes import (
 from mixdaemon.progress import Progress
 
 log = logging.getLogger(__name__)
-
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -101,7 +103,7 @@ class Profile:
 def pipeline_profile(graph: str, config, *, chunk_seconds: float = defaults.CHUNK_SECONDS,
                      batch_size: int = defaults.BATCH_SIZE,
                      sample_rate: int = WORKING_RATE) -> Profile:
-    """The shapes inference.py sends to `graph` for these settings (see the module docstring)."""
+    """The shapes nets/inference.py sends to `graph` for these settings (see the module docstring)."""
     if graph == "fxencoder":
         segment = max(REFERENCE_SEGMENT, config.min_input_length)
         return Profile((("audio", (1, 2, config.min_input_length), (REFERENCE_BATCH, 2, segment),
@@ -119,14 +121,14 @@ def pipeline_profile(graph: str, config, *, chunk_seconds: float = defaults.CHUN
 
 # --- the cache key --------------------------------------------------------------------------------
 
-def engine_key(graph_key: dict, profile: Profile, tensorrt_version: str, gpu: GpuInfo) -> dict:
-    """Everything an engine depends on: its ONNX graph's key (weights, config, precision, exporter),
+def plan_key(graph_key: dict, profile: Profile, tensorrt_version: str, gpu: GpuInfo) -> dict:
+    """Everything a plan depends on: its ONNX graph's key (weights, config, precision, exporter),
     the optimization profile, the TensorRT version and the GPU."""
     return {"artifact": "tensorrt", "graph": graph_key, "profile": profile.to_dict(), "tensorrt": tensorrt_version,
             "gpu": gpu.name, "compute_capability": gpu.compute_capability}
 
 
-def engine_path(graph_key: dict, key: dict, store=None) -> Path:
+def plan_path(graph_key: dict, key: dict, store=None) -> Path:
     return artifact_path(store, graph_key["weights_sha256"], f"{graph_key['graph']}-{graph_key['precision']}",
                          key, ".plan")
 
@@ -168,15 +170,15 @@ def _progress_monitor(progress: Progress):
     return Monitor()
 
 
-def build_engine(onnx_file: Path, plan_file: Path, profile: Profile, timing_cache_file: Path,
-                 progress: Progress | None = None) -> None:
-    """Parse `onnx_file`, build a serialized engine for `profile` into `plan_file`, and merge the
-    kernel timings it measured into `timing_cache_file`."""
+def build_plan(onnx_file: Path, plan_file: Path, profile: Profile, timing_cache_file: Path,
+               progress: Progress | None = None) -> None:
+    """Parse `onnx_file`, build a plan for `profile` into `plan_file`, and merge the kernel timings
+    it measured into `timing_cache_file`."""
     import tensorrt as trt
 
     logger = _logger()
     builder = trt.Builder(logger)
-    # strongly typed: precision comes from the graph (float16 graph → FP16 engine); always on in 11.x
+    # strongly typed: precision comes from the graph (float16 graph → FP16 plan); always on in 11.x
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
@@ -195,38 +197,38 @@ def build_engine(onnx_file: Path, plan_file: Path, profile: Profile, timing_cach
         config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EngineUnavailable(f"{onnx_file}: TensorRT {trt.__version__} could not build an engine "
+        raise EngineUnavailable(f"{onnx_file}: TensorRT {trt.__version__} could not build a plan "
                                 "(see the log above)")
-    plan_file.write_bytes(bytes(plan))
-    timing_cache_file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(timing_cache_file, lambda p: p.write_bytes(bytes(config.get_timing_cache().serialize())))
+    plan_file.write_bytes(bytes(plan))  # plan_file is ensure_artifact's partial file
+    with atomic_write(timing_cache_file) as f:
+        f.write(bytes(config.get_timing_cache().serialize()))
 
 
-def ensure_engine(graph: str, model, weights_sha256: str, profile: Profile, precision: str = "fp16", store=None,
-                  progress: Progress | None = None) -> Path:
-    """The cached engine of `graph` for this GPU, TensorRT version, precision and profile; built
+def ensure_plan(graph: str, model, weights_sha256: str, profile: Profile, precision: str = "fp16", store=None,
+                progress: Progress | None = None) -> Path:
+    """The cached plan of `graph` for this GPU, TensorRT version, precision and profile; built
     (and its ONNX graph exported) first if needed. Building takes minutes; the timing cache helps."""
     import tensorrt as trt
 
     gpu = current_gpu()
     graph_key = onnx_key(graph, model.config, weights_sha256, precision)
-    key = engine_key(graph_key, profile, trt.__version__, gpu)
-    path = engine_path(graph_key, key, store)
+    key = plan_key(graph_key, profile, trt.__version__, gpu)
+    path = plan_path(graph_key, key, store)
     timing_file = timing_cache_path(trt.__version__, gpu, store)
 
     def build(file: Path) -> None:
         onnx_file = ensure_onnx(graph, model, weights_sha256, precision, store)
-        log.info("building the TensorRT %s %s engine for %s (minutes, once per GPU)", graph, precision, gpu.name)
-        build_engine(onnx_file, file, profile, timing_file, progress)
+        log.info("building the TensorRT %s %s plan for %s (minutes, once per GPU)", graph, precision, gpu.name)
+        build_plan(onnx_file, file, profile, timing_file, progress)
 
     return ensure_artifact(path, key, build, f"TensorRT {graph} {precision} on {gpu.name}")[0]
 
 
 # --- running --------------------------------------------------------------------------------------
 
-class TrtEngine:
-    """A deserialized engine with one execution context; inputs and outputs are numpy arrays,
-    copied through torch CUDA tensors on the current device."""
+class TrtPlan:
+    """A plan deserialized into a TensorRT ICudaEngine with one execution context; inputs and
+    outputs are numpy arrays, copied through torch CUDA tensors on the current device."""
 
     def __init__(self, plan_file: Path):
         import tensorrt as trt
@@ -234,15 +236,15 @@ class TrtEngine:
 
         self._torch = torch
         self.runtime = trt.Runtime(_logger())
-        self.engine = self.runtime.deserialize_cuda_engine(Path(plan_file).read_bytes())
-        if self.engine is None:
-            raise EngineUnavailable(f"{plan_file}: TensorRT {trt.__version__} cannot load this engine "
+        self.cuda_engine = self.runtime.deserialize_cuda_engine(Path(plan_file).read_bytes())
+        if self.cuda_engine is None:
+            raise EngineUnavailable(f"{plan_file}: TensorRT {trt.__version__} cannot load this plan "
                                     "(built by another TensorRT version or for another GPU); rebuild it")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._dtypes = {n: torch.from_numpy(np.zeros(0, trt.nptype(self.engine.get_tensor_dtype(n)))).dtype
+        self.context = self.cuda_engine.create_execution_context()
+        names = [self.cuda_engine.get_tensor_name(i) for i in range(self.cuda_engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: torch.from_numpy(np.zeros(0, trt.nptype(self.cuda_engine.get_tensor_dtype(n)))).dtype
                         for n in names}
         self.stream = torch.cuda.Stream()
 
@@ -263,7 +265,7 @@ class TrtEngine:
                 outputs.append(tensor)
                 self.context.set_tensor_address(name, tensor.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineUnavailable("TensorRT: the engine failed to run (see the log above)")
+                raise EngineUnavailable("TensorRT: the plan failed to run (see the log above)")
             host = [t.cpu() for t in outputs]
         self.stream.synchronize()
         return {name: t.numpy() for name, t in zip(self.outputs, host)}

@@ -2,9 +2,9 @@
 
 `MultitrackLibrary` turns a folder of songs (MUSDB18 layout: song/{drums,bass,other,vocals}.wav,
 optionally song/mixture.wav) into aligned network inputs and targets, computed once and cached as
-``<cache>/<song>/{vocals,bass,drums,other}_normalized_fxnorm.npy`` and ``mix.npy`` (memory-mapped
-when read). Inputs are the stems FX-normalized exactly as `mixdaemon automix` normalizes them
-(automix.normalize_for_automix); the target is the song's mixture.wav when present, else the sum of
+``<cache>/<song>/inputs_normalized_fxnorm.npy`` (the 8-channel network input) and ``mix.npy``
+(memory-mapped when read). Inputs are the stems FX-normalized exactly as `mixdaemon automix`
+normalizes them (mixing/automix.py's normalize_for_automix); the target is the song's mixture.wav when present, else the sum of
 its (wet) stems. Unlike the MST library, nothing is silence-trimmed: stems and mix must stay
 sample-aligned. The cache is keyed on the statistics file's sha256, the order and the seed.
 
@@ -17,22 +17,19 @@ Optimizer as §6.4 (Adam with AMSGrad, weight decay 1e-7, gradient norm clipped 
 Lb (§6.3). Validation scores a fixed set of excerpts of held-out songs, also as a ratio to the
 loss of the "sum of normalized stems" baseline (below 1: the model is closer to the original mix).
 
-With `ir_folder`, vocals and other get the reverb normalization of §1.7 first (fxnorm.
+With `ir_folder`, vocals and other get the reverb normalization of §1.7 first (fx/normalization.py's
 ReverbNormalization, as `mixdaemon automix --ir-folder` applies it). Not implemented: the
 "prereverb" of dry inputs, the pre-training stage, and AMP.
 """
 from __future__ import annotations
 
-import json
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from mixdaemon import __version__
 from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.stems import load_song
@@ -56,16 +53,10 @@ from mixdaemon.nets.automix import (
 )
 from mixdaemon.nets.store import AutomixModelInfo, save_automix_model
 from mixdaemon.progress import Progress, no_progress
+from mixdaemon.train import loop as training_loop
 from mixdaemon.train.data import cached_songs, song_folders
-from mixdaemon.train.loop import (
-    VALIDATION_STREAM,
-    LoopSettings,
-    Trainer,
-    autocast,
-    load_checkpoint,
-    read_log,
-    step_rng,
-)
+from mixdaemon.train.loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, step_rng
+from mixdaemon.train.material import material_settings
 
 CACHE_FORMAT = 1
 CACHE_MANIFEST = "automix-cache.json"
@@ -224,9 +215,6 @@ class AutomixTrainer(Trainer):
         with torch.no_grad():
             self.baseline_loss = self._mean_validation_loss(sum_of_stems)
 
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
     def _loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The configured loss, the target centred on the output (Wave-U-Net's is shorter)."""
         return automix_loss(output.float(), _centre(target, output.shape[-1]).to(output.device), self.cfg.loss)
@@ -255,23 +243,19 @@ class AutomixTrainer(Trainer):
 
 def export_automix_model(run, out: str | Path, train_library: MultitrackLibrary | None = None) -> AutomixModelInfo:
     """Write the run's current checkpoint as an automix model file with its training record."""
-    state = load_checkpoint(run, "automix")
+    state, summary = training_loop.run_summary(run, "automix", ("loss", "ratio_to_sum"))
     cfg = state["config"]
     model = build_model(cfg["architecture"], state["model_config"])
     model.load_state_dict(state["model"])
-    run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
-    last_validation = {m: read_log(run_dir, "val", m).get(state["step"]) for m in ("loss", "ratio_to_sum")}
+    run_dir = training_loop.run_folder(run)
     data = None
     if train_library is not None:
         data = {"songs_dir": str(train_library.songs_dir.resolve()), "songs": len(train_library.songs),
                 "seconds": round(train_library.seconds(), 1)}
-        material = train_library.songs_dir / "material.json"
-        if material.is_file():
-            data["material"] = {k: json.loads(material.read_text()).get(k) for k in ("generator", "renderer", "seed")}
-    training = {"trained_with": f"mixdaemon {__version__} (mixdaemon train automix)", "torch": torch.__version__,
-                "machine": platform.processor() or platform.machine(), "steps": state["step"],
-                "wall_seconds": round(state["elapsed_seconds"], 1), "config": cfg,
-                "last_validation": last_validation, "data": data}
+        material = material_settings(train_library.songs_dir, ("generator", "renderer", "seed"))
+        if material is not None:
+            data["material"] = material
+    training = {**training_loop.trained_with("mixdaemon train automix"), **summary, "data": data}
     return save_automix_model(out, model.eval(), cfg["architecture"],
                               normalization={"order": NORMALIZE_ORDER, "stats_sha256": cfg["stats_sha256"],
                                              "reverb_ir_folder": cfg.get("ir_folder")},

@@ -11,30 +11,21 @@ real songs.
 """
 from __future__ import annotations
 
-import json
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mixdaemon import __version__
 from mixdaemon.audio.metrics import mss_loss_lr, mss_loss_ms
 from mixdaemon.errors import ConfigError
 from mixdaemon.nets.mst import ClonerConfig, MixFXcloner
 from mixdaemon.nets.store import PairInfo, save_pair, weights_sha256
+from mixdaemon.train import loop as training_loop
 from mixdaemon.train.data import ClonerBatch, StemLibrary, cloner_batch, manipulators
 from mixdaemon.train.encoder import load_trained_encoder
-from mixdaemon.train.loop import (
-    VALIDATION_STREAM,
-    LoopSettings,
-    Trainer,
-    autocast,
-    load_checkpoint,
-    read_log,
-    step_rng,
-)
+from mixdaemon.train.loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, step_rng
+from mixdaemon.train.material import material_settings
 
 CLONER_PRESETS = {  # cond_dim always comes from the encoder
     "tiny": {"nblocks": 3, "channel_width": 4, "kernel_size": 3, "dilation_growth": 2},
@@ -117,9 +108,6 @@ class ClonerTrainer(Trainer):
             lr, ms = _loss(self.validation_set.input, self.validation_set.target)
         self.identity = {"lr": float(lr), "ms": float(ms)}
 
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
     def _embed(self, reference: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), autocast(self.device, self.cfg.precision):
             return self.encoder(reference.to(self.device)).float()
@@ -146,12 +134,11 @@ class ClonerTrainer(Trainer):
 
 
 def _material_summary(library: StemLibrary) -> dict:
-    manifest = library.songs_dir / "material.json"
     summary = {"songs_dir": str(library.songs_dir.resolve()), "songs": len(library.songs),
                "seconds_per_stem_after_trimming": {s: round(library.seconds(s), 1) for s in library.files}}
-    if manifest.is_file():
-        material = json.loads(manifest.read_text())
-        summary["material"] = {k: material.get(k) for k in ("generator", "renderer", "seed", "seconds", "soundfont")}
+    material = material_settings(library.songs_dir, ("generator", "renderer", "seed", "seconds", "soundfont"))
+    if material is not None:
+        summary["material"] = material
     return summary
 
 
@@ -159,20 +146,16 @@ def export_pair(cloner_run, out: str | Path, train_library: StemLibrary | None =
                 notes: dict | None = None) -> PairInfo:
     """Write the pair (the run's encoder + its cloner checkpoint) as one model file with its
     training record: both runs' settings, steps, wall time and last validation numbers."""
-    state = load_checkpoint(cloner_run, "cloner")
+    state, cloner_summary = training_loop.run_summary(cloner_run, "cloner", ("ratio_lr", "ratio_ms", "loss"))
     cfg = state["config"]
     encoder, encoder_summary = load_trained_encoder(cfg["encoder"])
     cloner = MixFXcloner(ClonerConfig.from_dict(state["model_config"]))
     cloner.load_state_dict(state["model"])
-    run_dir = Path(cloner_run) if Path(cloner_run).is_dir() else Path(cloner_run).parent
-    encoder_dir = Path(cfg["encoder"]) if Path(cfg["encoder"]).is_dir() else Path(cfg["encoder"]).parent
-    last_validation = {m: read_log(run_dir, "val", m).get(state["step"]) for m in ("ratio_lr", "ratio_ms", "loss")}
+    run_dir, encoder_dir = training_loop.run_folder(cloner_run), training_loop.run_folder(cfg["encoder"])
     training = {
-        "trained_with": f"mixdaemon {__version__} (mixdaemon train encoder / cloner)",
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        **training_loop.trained_with("mixdaemon train encoder / cloner"),
         "encoder": encoder_summary,
-        "cloner": {"steps": state["step"], "wall_seconds": round(state["elapsed_seconds"], 1), "config": cfg,
-                   "last_validation": last_validation},
+        "cloner": cloner_summary,
         "data": _material_summary(train_library) if train_library is not None else None,
         **(notes or {}),
     }

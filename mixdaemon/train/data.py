@@ -26,7 +26,7 @@ import torch
 from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp
 from mixdaemon.audio.stems import load_song
 from mixdaemon.errors import ConfigError
-from mixdaemon.files import file_sha256
+from mixdaemon.files import atomic_write, file_sha256
 from mixdaemon.fx.manipulator import MARGIN_SAMPLES, FXManipulator
 from mixdaemon.fx.normalization import normalize_stems
 from mixdaemon.fx.stats import FxStats
@@ -76,8 +76,8 @@ def cached_songs(manifest: Path, key: dict, folders: list[Path], stats_path: Pat
         if folder.name not in songs:
             stats = stats or FxStats.load(stats_path)
             songs[folder.name] = prepare(folder, stats)
-            manifest.parent.mkdir(parents=True, exist_ok=True)
-            manifest.write_text(json.dumps({"key": key, "songs": songs}, indent=1))
+            with atomic_write(manifest, "w") as f:  # an interrupt must not leave a manifest the next run cannot read
+                json.dump({"key": key, "songs": songs}, f, indent=1)
         progress("normalizing songs", (i + 1) / len(folders))
     return songs
 

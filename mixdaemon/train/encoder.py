@@ -10,12 +10,12 @@ Validation uses fixed sets from held-out songs: "full" (default probabilities) a
 which only that FX fires (eq, comp, pan, imager, reverb, gain). It reports each set's NT-Xent loss
 and the full set's top-1 retrieval accuracy (the positive is the nearest of the 2N−1 others). With
 scheduling on, the single-FX losses set the next stretch's probabilities,
-p_f = clip(0.1 + 0.8·(ℓ_f − min ℓ)/(max ℓ − min ℓ), 0.1, 0.9) (`fxmanipulator.schedule_from_losses`):
+p_f = clip(0.1 + 0.8·(ℓ_f − min ℓ)/(max ℓ − min ℓ), 0.1, 0.9) (fx/manipulator.py's schedule_from_losses):
 the FX the encoder tells apart worst fire most often.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from mixdaemon.train.loop import (
     LoopSettings,
     Trainer,
     autocast,
-    load_checkpoint,
+    run_summary,
     step_rng,
 )
 
@@ -101,9 +101,6 @@ class EncoderTrainer(Trainer):
         self.fx = manipulators(self.probabilities, ir_folder)
         self.validation_sets = self._validation_sets(validation)
 
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
     def _validation_sets(self, library: StemLibrary) -> dict[str, EncoderBatch]:
         sets = {}
         for index, name in enumerate(VALIDATION_SETS):
@@ -158,9 +155,8 @@ class EncoderTrainer(Trainer):
 def load_trained_encoder(path, device: str | torch.device = "cpu") -> tuple[FXencoder, dict]:
     """The FXencoder of an encoder run (its folder or checkpoint file), eval mode, and a summary of
     its training for provenance records."""
-    state = load_checkpoint(path, "encoder")
+    state, summary = run_summary(path, "encoder")
     model = FXencoder(EncoderConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    summary = {"steps": state["step"], "wall_seconds": round(state["elapsed_seconds"], 1), "config": state["config"],
-               "final_probabilities": state["extra"]["probabilities"]}
+    summary["final_probabilities"] = state["extra"]["probabilities"]
     return model.to(device).eval(), summary

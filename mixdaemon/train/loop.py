@@ -1,5 +1,6 @@
-"""What the FXencoder and MixFXcloner trainings share: seeds and determinism, devices, the
-step-indexed batch stream, resumable checkpoints, the CSV log and progress reports.
+"""What the FXencoder, MixFXcloner and automix trainings share: seeds and determinism, devices, the
+step-indexed batch stream, resumable checkpoints, the CSV log, progress reports and the summary of a
+run that the model files exported from it record.
 
 Reproducibility rests on one rule: the batch of update k is a pure function of (run seed, k) and of
 the FX probabilities in force (which only change at validations and are checkpointed). Model,
@@ -13,9 +14,10 @@ import csv
 import logging
 import math
 import os
+import platform
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from mixdaemon import __version__
 from mixdaemon.errors import ConfigError, MixdaemonError, ModelFileError
 from mixdaemon.files import atomic_write
 from mixdaemon.progress import Progress, no_progress
@@ -120,6 +123,31 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
 
+def run_folder(run: str | os.PathLike) -> Path:
+    """The folder of a run given by its folder or its checkpoint file."""
+    run = Path(run)
+    return run if run.is_dir() else run.parent
+
+
+def run_summary(run: str | os.PathLike, kind: str, validation_metrics: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """(checkpoint, summary) of a run (its folder or checkpoint file). The summary is what a model
+    file's training record says about the run: updates, wall seconds, settings and, when
+    validation_metrics are named, their values at the checkpoint's step (log.csv; None where that
+    step was not validated)."""
+    state = load_checkpoint(run, kind)
+    summary = {"steps": state["step"], "wall_seconds": round(state["elapsed_seconds"], 1), "config": state["config"]}
+    if validation_metrics:
+        summary["last_validation"] = {m: read_log(run_folder(run), "val", m).get(state["step"])
+                                      for m in validation_metrics}
+    return state, summary
+
+
+def trained_with(commands: str) -> dict:
+    """The software and machine a model was trained with, for its training record."""
+    return {"trained_with": f"mixdaemon {__version__} ({commands})", "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine()}
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """A training checkpoint (tensors and plain data only: read with weights_only=True)."""
     path = Path(path)
@@ -190,8 +218,8 @@ class Trainer:
     """The shared loop; subclasses define make_batch, train_step, validate and their state.
 
     Subclass contract:
-    - kind: "encoder" | "cloner" | "automix"; cfg (with .steps and .seed), model, optimizer; config(): the run's
-      settings (JSON data), which a resumed run must repeat;
+    - kind: "encoder" | "cloner" | "automix"; cfg (a dataclass with .steps and .seed: the run's settings,
+      which a resumed run must repeat), model, optimizer;
     - make_batch(rng) → batch (runs in data workers; must only read self);
     - train_step(batch) → {"loss": float, ...};
     - validate() → {metric: float}, may change what make_batch draws (probability scheduling);
@@ -210,8 +238,11 @@ class Trainer:
         self._saved_step = 0
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
+    def config(self) -> dict:
+        """The run's settings as JSON data (checkpointed; a resumed run must repeat them)."""
+        return asdict(self.cfg)
+
     # to override
-    def config(self) -> dict: raise NotImplementedError
     def make_batch(self, rng: np.random.Generator): raise NotImplementedError
     def train_step(self, batch) -> dict[str, float]: raise NotImplementedError
     def validate(self) -> dict[str, float]: raise NotImplementedError

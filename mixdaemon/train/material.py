@@ -39,6 +39,7 @@ from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.audio.examples import synth_song
 from mixdaemon.audio.io import read_audio, write_audio
 from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.files import atomic_write
 from mixdaemon.progress import Progress, no_progress
 
 STEMS = ("drums", "bass", "other", "vocals")
@@ -385,7 +386,18 @@ def make_material(out_dir: str | Path, songs: int, seconds: float = 30.0, seed: 
             for name, audio in render_song((seed, index), seconds, renderer).items():
                 write_audio(folder / f"{name}.wav", audio, subtype="PCM_24")
             manifest["songs"][folder.name] = {"seed": [seed, index]}
-            manifest_path.write_text(json.dumps(manifest, indent=1))
+            with atomic_write(manifest_path, "w") as f:  # an interrupted run resumes from it
+                json.dump(manifest, f, indent=1)
         folders.append(folder)
         progress("rendering songs", (k + 1) / songs)
     return folders
+
+
+def material_settings(songs_dir: str | Path, keys: tuple[str, ...]) -> dict | None:
+    """Those settings of make_material that made the songs in songs_dir, from its material.json
+    (None for songs it did not make)."""
+    manifest = Path(songs_dir) / MANIFEST
+    if not manifest.is_file():
+        return None
+    material = json.loads(manifest.read_text())
+    return {k: material.get(k) for k in keys}

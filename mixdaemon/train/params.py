@@ -1,11 +1,12 @@
-"""Training the param engine's predictor (chain_estimation.ParamPredictor) on FXmanipulator draws.
+"""Training the param engine's predictor (mixing/param_estimation.py's ParamPredictor) on FXmanipulator draws.
 
 An example is one stem: x = a segment of a normalized training stem (train.data.StemLibrary),
 reference = the FXmanipulator's manipulation of another segment of the same stem type: from
 another song, as a user's reference is, or (`same_song_probability`) another passage of the same
 stem, as in the evaluation protocol. The draw's parameters are known, so the target is
-the chain equivalent to the draw (fxchain.chain_from_draw, measured on the manipulated segment),
-encoded as chain_estimation.PREDICTED_SLOTS; the input is chain_features.pair_vector(x, reference).
+the chain equivalent to the draw (fx/chain.py's chain_from_draw, measured on the manipulated
+segment), encoded as param_estimation.PREDICTED_SLOTS; the input is fx/features.py's
+pair_vector(x, reference).
 
 Making examples is the expensive part (the manipulator's compressor and reverb), so the examples
 are made once, example k from the Generator of (seed, stream, k) (train.loop.step_rng), and kept in
@@ -28,7 +29,7 @@ import numpy as np
 
 from mixdaemon.errors import ConfigError
 from mixdaemon.files import atomic_write
-from mixdaemon.fx import features as cf
+from mixdaemon.fx import features as fxfeatures
 from mixdaemon.fx.chain import chain_from_draw
 from mixdaemon.fx.manipulator import FX_NAMES, MARGIN_SAMPLES
 from mixdaemon.mixing.param_estimation import (
@@ -95,8 +96,8 @@ def make_example(library: StemLibrary, fx: dict, rng: np.random.Generator, lengt
     (reference,), drawn = fx[stem].manipulate([source], rng, padded=True)
     applied_to = source[MARGIN_SAMPLES:MARGIN_SAMPLES + length].astype(np.float64)
     chain = chain_from_draw(drawn, applied_to)
-    unit = chain_to_unit(chain, cf.gated_level_db(applied_to))
-    features = cf.pair_vector(cf.measure(x), cf.measure(reference))
+    unit = chain_to_unit(chain, fxfeatures.gated_level_db(applied_to))
+    features = fxfeatures.pair_vector(fxfeatures.measure(x), fxfeatures.measure(reference))
     return features, unit, slot_weights(unit, drawn["fired"])
 
 
@@ -113,7 +114,7 @@ def make_examples(library: StemLibrary, count: int, cfg: ParamsTrainingConfig, s
                 return {k: stored[k] for k in ("features", "targets", "weights")}
     probabilities = None if cfg.fx_probability is None else {name: cfg.fx_probability for name in FX_NAMES}
     fx = manipulators(probabilities, ir_folder=ir_folder)
-    length = int(cfg.segment_seconds * cf.WORKING_RATE)
+    length = int(cfg.segment_seconds * fxfeatures.WORKING_RATE)
     rows = []
     for k in range(count):
         rows.append(make_example(library, fx, step_rng(cfg.seed, stream, k), length, cfg.same_song_probability))
@@ -145,7 +146,7 @@ def fit_predictor(train: dict[str, np.ndarray], validation: dict[str, np.ndarray
                 torch.from_numpy(part["weights"]).float())
 
     (x_train, y_train, w_train), (x_val, y_val, w_val) = tensors(train), tensors(validation)
-    sizes = [cf.PAIR_FEATURE_SIZE, *cfg.hidden, len(PREDICTED_SLOTS)]
+    sizes = [fxfeatures.PAIR_FEATURE_SIZE, *cfg.hidden, len(PREDICTED_SLOTS)]
     layers = []
     for k in range(len(sizes) - 1):
         layers.append(torch.nn.Linear(sizes[k], sizes[k + 1]))

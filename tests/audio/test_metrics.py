@@ -1,4 +1,5 @@
-"""mixdaemon.metrics: L_MSS, loudness/peak meters, FxNorm feature distances, embedding distance.
+"""audio.metrics: L_MSS, FxNorm feature distances, embedding distance, the report's spectra; and
+the loudness and true-peak meters they rely on (audio.dsp, audio.mastering).
 
 Known answers are derived in each test's docstring; the real-music tests use song_a's mixture."""
 import numpy as np
@@ -8,6 +9,8 @@ import torch
 from scipy import signal
 
 from mixdaemon.audio import metrics
+from mixdaemon.audio.dsp import integrated_loudness
+from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.errors import MixdaemonError
 
 SR = 44100
@@ -115,9 +118,9 @@ def test_true_peak_detects_an_intersample_peak():
     n = np.arange(2 * SR)
     tone = np.sin(np.pi / 2 * n + np.pi / 4)
     x = _faded(np.stack([tone, tone], axis=1))
-    assert metrics.sample_peak_db(x) == pytest.approx(-3.0103, abs=0.01)
-    assert metrics.true_peak_dbtp(x) == pytest.approx(0.0, abs=0.05)
-    assert metrics.true_peak_dbtp(np.zeros((100, 2))) == pytest.approx(-600.0)
+    assert 20 * np.log10(np.max(np.abs(x))) == pytest.approx(-3.0103, abs=0.01)
+    assert true_peak_dbtp(x) == pytest.approx(0.0, abs=0.05)
+    assert true_peak_dbtp(np.zeros((100, 2))) == pytest.approx(-600.0)
 
 
 def test_integrated_loudness_of_a_997hz_sine():
@@ -125,11 +128,11 @@ def test_integrated_loudness_of_a_997hz_sine():
     Tolerance 0.1 LU (EBU Tech 3341's): pyloudnorm's cookbook shelf filter reads ≈0.04 LU low."""
     t = np.arange(5 * SR) / SR
     tone = np.sin(2 * np.pi * 997 * t)
-    assert metrics.integrated_loudness(np.stack([tone, 0 * tone], axis=1), SR) == pytest.approx(-3.01, abs=0.1)
-    assert metrics.integrated_loudness(np.stack([tone, tone], axis=1), SR) == pytest.approx(0.0, abs=0.1)
+    assert integrated_loudness(np.stack([tone, 0 * tone], axis=1), SR) == pytest.approx(-3.01, abs=0.1)
+    assert integrated_loudness(np.stack([tone, tone], axis=1), SR) == pytest.approx(0.0, abs=0.1)
     # No gating block fits in 0.1 s; silence has no loudness.
-    assert metrics.integrated_loudness(np.stack([tone, tone], axis=1)[:SR // 10], SR) == -np.inf
-    assert metrics.integrated_loudness(np.zeros((SR, 2)), SR) == -np.inf
+    assert integrated_loudness(np.stack([tone, tone], axis=1)[:SR // 10], SR) == -np.inf
+    assert integrated_loudness(np.zeros((SR, 2)), SR) == -np.inf
 
 
 # --- FxNorm feature distances -----------------------------------------------------------------------
@@ -151,7 +154,7 @@ def test_fxnorm_loudness_of_a_6db_gain():
     tone = 0.1 * np.sin(2 * np.pi * 997 * t)
     target = np.stack([tone, tone], axis=1)
     output = target * 10.0 ** (6.0 / 20.0)
-    difference = metrics.integrated_loudness(output, SR) - metrics.integrated_loudness(target, SR)
+    difference = integrated_loudness(output, SR) - integrated_loudness(target, SR)
     assert difference == pytest.approx(6.0, abs=0.05)
     distances = metrics.fxnorm_feature_distances(output, target)
     assert distances["d_lufs"] == pytest.approx(0.30, abs=0.003)
@@ -165,7 +168,7 @@ def test_fxnorm_gain_moves_only_the_loudness_terms(song):
     target = 0.3 * song.astype(np.float64)
     output = target * 10.0 ** (6.0 / 20.0)
     distances = metrics.fxnorm_feature_distances(output, target)
-    target_lufs = metrics.integrated_loudness(target)
+    target_lufs = integrated_loudness(target)
     assert distances["d_lufs"] == pytest.approx(6.0 / abs(target_lufs), rel=0.01)
     for name, value in distances.items():
         if name not in ("d_lufs", "d_peak", "loudness"):
@@ -235,3 +238,23 @@ def test_embedding_cosine_distance(rng):
     assert metrics.embedding_distance(a, b, scale=0.5) == pytest.approx(0.5 * expected)
     with pytest.raises(ValueError):
         metrics.embedding_distance(a, b[:10])
+
+
+# --- the report's spectra ---------------------------------------------------------------------------
+
+def test_average_spectrum_shows_a_tone_in_its_band_and_a_gain_as_a_shift(rng):
+    """A 1 kHz tone: the curve peaks in the band holding 1 kHz, far above the bands an octave
+    away. Noise at twice the amplitude (+6.02 dB) lifts every band by 6.02 dB."""
+    t = np.arange(2 * SR) / SR
+    tone = 0.25 * np.sin(2 * np.pi * 1000.0 * t)
+    x = np.stack([tone, tone], axis=1)
+    curve = metrics.average_spectrum_db(x)
+    edges, centres = metrics.SPECTRUM_BAND_EDGES_HZ, metrics.SPECTRUM_BAND_CENTRES_HZ
+    assert curve.shape == centres.shape == (len(edges) - 1,)
+    band = int(np.searchsorted(edges, 1000.0)) - 1
+    assert int(np.argmax(curve)) == band
+    octave_away = [int(np.argmin(np.abs(centres - hz))) for hz in (500.0, 2000.0)]
+    assert all(curve[band] - curve[k] > 40.0 for k in octave_away)
+    noise = rng.standard_normal((2 * SR, 2)) * 0.1
+    lifted = metrics.average_spectrum_db(2.0 * noise) - metrics.average_spectrum_db(noise)
+    np.testing.assert_allclose(lifted, 20 * np.log10(2.0), atol=1e-9)

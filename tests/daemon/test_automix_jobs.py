@@ -7,22 +7,23 @@ import pytest
 import soundfile as sf
 import torch
 
-from mixdaemon.audio.metrics import true_peak_dbtp
+from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.files import file_sha256
 from mixdaemon.fx.stats import default_stats_path
 from mixdaemon.nets.automix import AUTOMIX_PRESETS, AutomixNet
 from mixdaemon.nets.store import save_automix_model
 from tests.support.daemon import (
+    DONE,
+    ERROR,
+    PROGRESS,
+    QUEUED,
     DaemonProcess,
-    OscListener,
     daemon_config,
     request,
     send_cli,
     write_stems,
     write_toml,
 )
-
-DONE, ERROR, QUEUED, PROGRESS = "/mixdaemon/done", "/mixdaemon/error", "/mixdaemon/queued", "/mixdaemon/progress"
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +36,6 @@ def model(tmp_path_factory):
     save_automix_model(path, net.eval(), "automix",
                        normalization={"order": "fxnorm", "stats_sha256": file_sha256(default_stats_path("fxnorm"))})
     return path
-
-
-@pytest.fixture
-def listener():
-    sock = OscListener()
-    yield sock
-    sock.close()
 
 
 def test_automix_folder_and_osc_requests_give_a_limited_mix_without_any_reference(tmp_path, listener, model):

@@ -1,11 +1,10 @@
 """The daemon's configuration: the example config.toml, errors that name the key, environment and
 command-line overrides."""
-import argparse
 
 import pytest
 
+from mixdaemon.cli.main import build_parser
 from mixdaemon.cli.serve import config_from_args
-from mixdaemon.cli.serve import register as add_serve_parser
 from mixdaemon.daemon.config import load_config
 from mixdaemon.errors import ConfigError
 from tests.support.daemon import REPO, write_toml
@@ -62,10 +61,9 @@ def test_environment_overrides_file_and_flags_override_both(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="osc.prt: unknown key"):
         load_config(path, environ={"MIXDAEMON__OSC__PRT": "1"})
 
-    parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--config", str(path), "--watch", str(tmp_path / "w"), "--osc-port", "0",
-                              "--engine", "match", "--out", str(tmp_path / "results"), "--settle", "0.5"])
+    argv = ["serve", "--config", str(path), "--watch", str(tmp_path / "w"), "--osc-port", "0", "--engine", "match",
+            "--out", str(tmp_path / "results"), "--settle", "0.5"]
+    args = build_parser(argv).parse_args(argv)
     monkeypatch.setenv("MIXDAEMON__OSC__PORT", "9001")
     config = config_from_args(args)
     assert config.osc.port == 0 and config.transfer.engine == "match" and config.settle_seconds == 0.5
@@ -73,10 +71,8 @@ def test_environment_overrides_file_and_flags_override_both(tmp_path, monkeypatc
 
 
 def test_quick_start_needs_no_config_file(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--watch", str(tmp_path), "--reference", str(tmp_path / "ref.wav"),
-                              "--out", str(tmp_path / "out")])
+    argv = ["serve", "--watch", str(tmp_path), "--reference", str(tmp_path / "ref.wav"), "--out", str(tmp_path / "out")]
+    args = build_parser(argv).parse_args(argv)
     config = config_from_args(args)
     assert config.reference == tmp_path / "ref.wav" and config.osc.port == 7700
     assert tmp_path in config.roots() and tmp_path / "out" in config.roots()

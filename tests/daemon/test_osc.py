@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from mixdaemon.daemon.osc import COMMANDS
+from mixdaemon.daemon.osc import COMMANDS, encode
 from tests.support.daemon import (
     REPO,
     DaemonProcess,
     OscListener,
     daemon_config,
-    osc_packet,
     request,
     send_cli,
     write_stems,
@@ -57,7 +56,7 @@ def test_the_address_space_is_documented():
 def test_malformed_packets_get_an_error_reply_and_the_daemon_keeps_serving(daemon):
     proc, listener, _ = daemon
     rng = np.random.default_rng(7)
-    valid = osc_packet("/mixdaemon/status", 1)
+    valid = encode("/mixdaemon/status", [1])
     packets = {
         "random bytes": rng.integers(0, 256, 200, dtype=np.uint8).tobytes(),
         "empty": b"",

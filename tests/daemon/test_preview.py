@@ -67,25 +67,28 @@ def finished_job(tmp_path_factory):
         proc.terminate()
 
 
-def test_preview_plays_the_converted_mix_sample_for_sample(finished_job):
-    proc, listener, done, _, capture, _, _ = finished_job
-    job_id, mixture_path = done[0], done[-1]
-    reply, args = request(listener, proc.address, "/mixdaemon/preview", job_id, "converted",
+def _play(finished_job, mode: str) -> tuple[list, np.ndarray, int]:
+    """Ask for a preview of the finished job: (the /preview/playing reply's args, the converted
+    mix, its rate)."""
+    proc, listener, done, *_ = finished_job
+    reply, args = request(listener, proc.address, "/mixdaemon/preview", done[0], mode,
                           reply="/mixdaemon/preview/playing", timeout=30)
     assert reply == "/mixdaemon/preview/playing", args
-    expected, sr = sf.read(mixture_path, dtype="float32")
-    assert args == [job_id, "converted", pytest.approx(expected.shape[0] / sr, abs=1e-3)]
+    converted, sr = sf.read(done[-1], dtype="float32")
+    return args, converted, sr
+
+
+def test_preview_plays_the_converted_mix_sample_for_sample(finished_job):
+    _, _, done, _, capture, _, _ = finished_job
+    args, expected, sr = _play(finished_job, "converted")
+    assert args == [done[0], "converted", pytest.approx(expected.shape[0] / sr, abs=1e-3)]
     played = _align(_captured(capture, expected.shape[0]), expected)
     np.testing.assert_allclose(played, expected, atol=1e-6)
 
 
 def test_ab_preview_alternates_converted_and_original(finished_job):
-    proc, listener, done, stems, capture, _, _ = finished_job
-    job_id, mixture_path = done[0], done[-1]
-    reply, args = request(listener, proc.address, "/mixdaemon/preview", job_id, "ab",
-                          reply="/mixdaemon/preview/playing", timeout=30)
-    assert reply == "/mixdaemon/preview/playing", args
-    converted, sr = sf.read(mixture_path, dtype="float32")
+    proc, listener, _, stems, capture, _, _ = finished_job
+    _, converted, sr = _play(finished_job, "ab")
     original = np.sum([sf.read(p, dtype="float32")[0] for p in stems], axis=0)
     played = _align(_captured(capture, converted.shape[0]), converted)
     seg, guard = int(AB_SECONDS * sr), int(0.02 * sr)

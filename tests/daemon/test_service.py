@@ -10,9 +10,12 @@ import pytest
 import soundfile as sf
 
 from tests.support.daemon import (
+    DONE,
+    ERROR,
+    PROGRESS,
+    QUEUED,
     RESULT_FILES,
     DaemonProcess,
-    OscListener,
     OutputMonitor,
     daemon_config,
     make_reference,
@@ -20,23 +23,15 @@ from tests.support.daemon import (
     send_cli,
     song_stems,
     wav_bytes,
+    write_in_pieces,
     write_stems,
     write_toml,
 )
-
-DONE, ERROR, QUEUED, PROGRESS = "/mixdaemon/done", "/mixdaemon/error", "/mixdaemon/queued", "/mixdaemon/progress"
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return make_reference(tmp_path_factory.mktemp("reference"), seconds=3.0)
-
-
-@pytest.fixture
-def listener():
-    sock = OscListener()
-    yield sock
-    sock.close()
 
 
 @pytest.fixture
@@ -75,19 +70,12 @@ def test_stems_written_slowly_become_converted_stems_a_manifest_and_a_done_messa
     stems = song_stems(2.5, seed=3)
     data = {f"{name.title()} Stem.wav": wav_bytes(x) for name, x in stems.items()}
     data["Lead Vox Stem.wav"] = data.pop("Vocals Stem.wav")
-    handles = {name: open(song / name, "wb") for name in data}
-    pieces = 6
-    for k in range(pieces):  # every file grows in pieces, with pauses longer than the settle time
-        for name, content in data.items():
-            chunk = len(content) // pieces + 1
-            handles[name].write(content[k * chunk:(k + 1) * chunk])
-            handles[name].flush()
-        last_byte = time.monotonic()
-        if k < pieces - 1:
-            time.sleep(0.5)
-            assert listener.of(QUEUED) == [], "a job started on a partial file"
-    for h in handles.values():
-        h.close()
+
+    def nothing_queued_yet():
+        assert listener.of(QUEUED) == [], "a job started on a partial file"
+
+    # Every file grows in pieces, with pauses longer than the settle time.
+    last_byte = write_in_pieces(song, data, pieces=6, pause=0.5, between=nothing_queued_yet)
 
     done = listener.wait_for(lambda a, _: a in (DONE, ERROR), timeout=90)
     assert done is not None and done[1] == DONE, (done, proc.log()[-2000:])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mixdaemon.daemon.watcher import BounceWatcher, wav_header_is_final
-from tests.support.daemon import wav_bytes
+from tests.support.daemon import wav_bytes, write_in_pieces
 
 SETTLE = 0.3
 
@@ -74,25 +74,14 @@ def test_stems_written_slowly_in_pieces_become_one_bounce_after_the_last_byte(wa
     start()
     song = root / "Song A"
     song.mkdir()
-    files = {name: wav_bytes(_tone(1.0)) for name in ("Kick", "Bass DI", "Keys", "Lead Vox")}
-    handles = {name: open(song / f"{name}.wav", "wb") for name in files}
-    pieces = 5
-    for k in range(pieces):  # pauses longer than the settle time between pieces
-        for name, data in files.items():
-            chunk = len(data) // pieces + 1
-            handles[name].write(data[k * chunk:(k + 1) * chunk])
-            handles[name].flush()
-        finished = time.monotonic()
-        if k < pieces - 1:
-            time.sleep(SETTLE * 1.7)
-    for h in handles.values():
-        h.close()
+    files = {f"{name}.wav": wav_bytes(_tone(1.0)) for name in ("Kick", "Bass DI", "Keys", "Lead Vox")}
+    finished = write_in_pieces(song, files, pieces=5, pause=SETTLE * 1.7)  # pauses longer than the settle time
     bounces = wait(1)
     time.sleep(SETTLE * 3)
     assert len(got) == 1, [b.folder for _, b in got]
     when, bounce = bounces[0]
     assert when >= finished
-    assert bounce.folder == song and sorted(p.name for p in bounce.files) == sorted(f"{n}.wav" for n in files)
+    assert bounce.folder == song and sorted(p.name for p in bounce.files) == sorted(files)
     assert bounce.reference is None
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from mixdaemon.audio.io import read_audio, write_audio
 from mixdaemon.evaluation.anchors import IdentityEngine
-from mixdaemon.mixing.engine import Conversion
 from mixdaemon.evaluation.table2 import (
     MULTITRACK,
     Embedder,
@@ -16,6 +15,7 @@ from mixdaemon.evaluation.table2 import (
     summarize,
 )
 from mixdaemon.fx.stats import FxStats, default_stats_path
+from mixdaemon.mixing.engine import Conversion
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
 from mixdaemon.nets.store import save_pair
 
@@ -85,20 +85,16 @@ def test_scores_rank_identity_against_the_ground_truth(songs):
 def test_evaluate_writes_a_report_with_embedding_distances(songs_dir, tmp_path, monkeypatch):
     """Through the command: a neural engine from a model pair in a temporary store, embedding
     distances measured with that pair's encoder."""
-    import argparse
-
-    from mixdaemon.cli.evaluate import register as add_evaluate_parser
+    from mixdaemon.cli.main import build_parser
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     encoder = FXencoder(EncoderConfig(channels=(4, 8, 16), kernels=(9, 5, 5), strides=(16, 8, 4)))
     cloner = MixFXcloner(ClonerConfig(nblocks=2, channel_width=4, kernel_size=3, cond_dim=16))
     save_pair(tmp_path / "store" / "tiny.safetensors", encoder.eval(), cloner.eval())
     monkeypatch.setenv("MIXDAEMON_ENGINES", str(tmp_path / "store"))
-    parser = argparse.ArgumentParser()
-    add_evaluate_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "report.json"
-    args = parser.parse_args(["evaluate", str(songs_dir), "--engine", "neural:tiny", "--embedding-model", "tiny",
-                              "--out", str(out), "-q"])
+    argv = ["evaluate", str(songs_dir), "--engine", "neural:tiny", "--embedding-model", "tiny", "--out", str(out), "-q"]
+    args = build_parser(argv).parse_args(argv)
     assert args.func(args) == 0
     report = json.loads(out.read_text())
     assert list(report["engines"]) == ["identity", "neural:tiny"]

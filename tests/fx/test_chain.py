@@ -1,5 +1,5 @@
-"""The interpretable FX chain: each stage does what its setting says, settings survive JSON in user
-units, bad files are refused, and FXmanipulator draws map onto equivalent settings."""
+"""The interpretable FX chain: each stage does what its setting says, fx_params.json holds the
+settings in user units, and FXmanipulator draws map onto equivalent settings."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from mixdaemon.errors import ConfigError
 from mixdaemon.fx.chain import (
     CompressorSettings,
     EqBand,
@@ -16,7 +15,6 @@ from mixdaemon.fx.chain import (
     chain_from_draw,
     default_eq,
     eq_response_db,
-    read_fx_params,
     render,
     write_fx_params,
 )
@@ -86,7 +84,7 @@ def test_reverb_send_leaves_a_tail_after_the_sound_stops():
     assert np.max(np.abs(burst[tail])) == 0.0 and rms_db(wet[tail]) > -60.0
 
 
-def test_settings_survive_fx_params_json_in_user_units(tmp_path):
+def test_fx_params_json_holds_the_settings_in_user_units(tmp_path):
     chain = StemChain([EqBand("low_shelf", 80.0, 3.0), EqBand("peak", 400.0, -2.5, 0.8), EqBand("peak", 2000.0, 1.0, 1.2),
                        EqBand("peak", 6000.0, -4.0, 0.5), EqBand("high_shelf", 9000.0, 2.0)],
                       CompressorSettings(-20.0, 3.5, 5.0, 120.0), width=0.8, pan=-0.3, reverb=ReverbSend(-12.0, 0.5),
@@ -94,25 +92,18 @@ def test_settings_survive_fx_params_json_in_user_units(tmp_path):
     path = write_fx_params(tmp_path / "fx_params.json", {"vocals": chain, "bass": StemChain()}, {"name": "param"})
     assert [p.name for p in tmp_path.iterdir()] == ["fx_params.json"]  # no partial file left behind
     document = json.loads(path.read_text())
-    assert document["stems"]["vocals"]["eq"][1] == {"type": "peak", "freq_hz": 400.0, "gain_db": -2.5, "q": 0.8}
-    assert document["stems"]["vocals"]["compressor"]["ratio"] == 3.5 and document["stems"]["bass"]["reverb"]["send_db"] is None
-    assert read_fx_params(path) == {"vocals": chain, "bass": StemChain()}
-
-
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["stems"]["bass"]["eq"][0].update(freq_hz=5.0), "freq_hz 5 is outside"),
-    (lambda d: d["stems"]["bass"].update(pan=2), "pan 2 is outside"),
-    (lambda d: d["stems"]["bass"]["compressor"].pop("ratio"), "missing key 'ratio'"),
-    (lambda d: d["stems"]["bass"]["eq"].pop(), "five bands"),
-])
-def test_a_damaged_fx_params_file_is_refused_with_the_key_named(tmp_path, edit, message):
-    path = write_fx_params(tmp_path / "fx_params.json", {"bass": StemChain()})
-    document = json.loads(path.read_text())
-    edit(document)
-    path.write_text(json.dumps(document))
-    with pytest.raises(ConfigError, match=message) as error:
-        read_fx_params(path)
-    assert "stems.bass" in str(error.value)
+    assert document["format"] == "mixdaemon-fx-params" and document["engine"] == {"name": "param"}
+    assert document["stems"]["vocals"] == {
+        "gain_db": -1.5,
+        "eq": [{"type": "low_shelf", "freq_hz": 80.0, "gain_db": 3.0, "q": 0.707},
+               {"type": "peak", "freq_hz": 400.0, "gain_db": -2.5, "q": 0.8},
+               {"type": "peak", "freq_hz": 2000.0, "gain_db": 1.0, "q": 1.2},
+               {"type": "peak", "freq_hz": 6000.0, "gain_db": -4.0, "q": 0.5},
+               {"type": "high_shelf", "freq_hz": 9000.0, "gain_db": 2.0, "q": 0.707}],
+        "compressor": {"threshold_db": -20.0, "ratio": 3.5, "attack_ms": 5.0, "release_ms": 120.0},
+        "width": 0.8, "pan": -0.3, "reverb": {"send_db": -12.0, "room_size": 0.5}}
+    assert document["stems"]["bass"]["reverb"]["send_db"] is None  # JSON null: no send
+    assert all(band["gain_db"] == 0.0 for band in document["stems"]["bass"]["eq"])
 
 
 def test_an_fxmanipulator_draw_maps_to_settings_with_the_same_effect(rng):

@@ -1,4 +1,4 @@
-"""FX normalization (mixdaemon.fxnorm, mixdaemon.fxnorm_stats) on the real stems of ../shared."""
+"""FX normalization (fx/normalization.py, fx/stats.py) on the real stems of ../shared."""
 from __future__ import annotations
 
 import numpy as np

@@ -16,7 +16,7 @@ import soundfile as sf
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from mixdaemon.daemon.requestfiles import RequestFolder, escape, unescape
+from mixdaemon.daemon.requestfiles import escape, unescape
 from tests.support.daemon import (
     REPO,
     DaemonProcess,
@@ -53,9 +53,11 @@ def daemon(tmp_path_factory):
     config = write_toml(tmp / "config.toml", daemon_config(tmp, None, allowed_roots=[str(projects)]))
     proc = DaemonProcess(config, tmp / "state").start()
     assert (tmp / "state" / "requests").is_dir(), "the daemon does not serve its request folder (Daemon.requests)"
-    yield {"proc": proc, "tmp": tmp, "projects": projects, "reference": reference, "state": tmp / "state"}
-    if proc.alive():
-        proc.terminate()
+    running = {"proc": proc, "config": config, "tmp": tmp, "projects": projects, "reference": reference,
+               "state": tmp / "state"}
+    yield running
+    if running["proc"].alive():  # a test may have restarted it
+        running["proc"].terminate()
 
 
 # The user's own render settings, which the scripts must leave as they found them.
@@ -288,6 +290,7 @@ def test_the_daemon_converts_what_the_script_sent_and_the_script_shows_it(conver
     assert console.rstrip().endswith(f"mixdaemon: job {job_id} done: {manifest_path.parent}") and result["boxes"] == []
     log = daemon["proc"].log()
     assert f"/mixdaemon/submit {render_dir}" in log and f"job {job_id}: done" in log  # the daemon's request folder
+    assert f"job {job_id}: queued from request:" in log  # served in the daemon's process, not over UDP
     assert converted["requests_left"] == []  # the script removed its request and reply
 
 
@@ -384,26 +387,26 @@ def test_bad_request_files_get_an_error_reply_and_good_ones_an_answer(daemon):
         (folder / f"{name}.reply").unlink()
 
 
-def test_after_a_restart_an_unfinished_submission_is_followed_to_its_result(converted, daemon, tmp_path):
-    # A reply file left at "running" by a daemon that stopped, and an old finished pair.
-    job = converted["job"]
-    (tmp_path / "r1.request").write_text(f"mixdaemon-request 1\naddress=/mixdaemon/submit\narg={escape(job['render_dir'][0])}\n")
-    (tmp_path / "r1.reply").write_text(f"mixdaemon-reply 1\nstate=running\njob_id={job['job_id'][0]}\npercent=40.0\n")
-    (tmp_path / "r0.request").write_text("mixdaemon-request 1\naddress=/mixdaemon/ping\n")
-    (tmp_path / "r0.reply").write_text("mixdaemon-reply 1\nstate=ok\n")
-    bridge = RequestFolder(tmp_path, keep_seconds=3600)
-    old = time.time() - 7200
-    os.utime(tmp_path / "r0.reply", (old, old))
-    bridge.start(daemon["proc"].address)
-    try:
-        deadline = time.monotonic() + 10
-        while "state=done" not in (tmp_path / "r1.reply").read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        bridge.stop()
-    reply = (tmp_path / "r1.reply").read_text()
+def test_after_a_restart_an_unfinished_submission_is_followed_to_its_result(converted, daemon):
+    # The daemon stops while a submission's reply file says "running"; an old finished pair lies
+    # beside it. The daemon that starts next follows the job to its result and removes the old pair.
+    job, folder = converted["job"], daemon["state"] / "requests"
+    assert daemon["proc"].terminate() == 0
+    (folder / "r1.request").write_text(f"mixdaemon-request 1\naddress=/mixdaemon/submit\narg={escape(job['render_dir'][0])}\n")
+    (folder / "r1.reply").write_text(f"mixdaemon-reply 1\nstate=running\njob_id={job['job_id'][0]}\npercent=40.0\n")
+    (folder / "r0.request").write_text("mixdaemon-request 1\naddress=/mixdaemon/ping\n")
+    (folder / "r0.reply").write_text("mixdaemon-reply 1\nstate=ok\n")
+    old = time.time() - 8 * 86400
+    os.utime(folder / "r0.reply", (old, old))
+    daemon["proc"] = DaemonProcess(daemon["config"], daemon["state"]).start()
+    deadline = time.monotonic() + 10
+    while "state=done" not in (folder / "r1.reply").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reply = (folder / "r1.reply").read_text()
     assert "state=done" in reply and f"manifest={escape(job['manifest'][0])}\n" in reply
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1.reply", "r1.request"]
+    assert request_files(daemon) == ["r1.reply", "r1.request"]
+    for name in request_files(daemon):
+        (folder / name).unlink()
 
 
 def test_send_status_prints_the_running_daemons_state(daemon, converted):

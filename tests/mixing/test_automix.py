@@ -1,13 +1,14 @@
 """`mixdaemon automix`: real stems in, one clip-safe mix out, any length, clear errors."""
-import argparse
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from mixdaemon.audio.metrics import true_peak_dbtp
-from mixdaemon.cli.automix import register as add_automix_parser
+from mixdaemon.audio.io import read_audio
+from mixdaemon.audio.mastering import true_peak_dbtp
+from mixdaemon.audio.metrics import average_spectrum_db
+from mixdaemon.cli.main import build_parser
 from mixdaemon.errors import (
     ConfigError,
     MixdaemonError,
@@ -36,7 +37,7 @@ def _save(path, model, architecture="automix", normalization=NORMALIZATION):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An model store with a tiny automix model (random weights, fixed seed) and a Wave-U-Net."""
+    """A model store with a tiny automix model (random weights, fixed seed) and a Wave-U-Net."""
     folder = tmp_path_factory.mktemp("engines")
     torch.manual_seed(0)
     model = AutomixNet(AUTOMIX_PRESETS["tiny"])
@@ -61,7 +62,7 @@ def test_real_stems_become_one_mix_at_their_rate_and_length_that_never_clips(eng
     stems = _stem_files(real_stems, "song_b")  # 20 s: several 3-s chunks
     stages = []
     result = automix(stems, tmp_path / "mix.wav", AutomixSettings(model="automix-test", chunk_seconds=3.0),
-                     progress=lambda stage, fraction: stages.append((stage, fraction)))
+                     progress=lambda stage, fraction: stages.append((stage, fraction)), spectra=True)
     info, source = sf.info(str(tmp_path / "mix.wav")), sf.info(str(stems[0]))
     assert info.samplerate == source.samplerate and info.frames == source.frames and info.channels == 2
     mix, rate = sf.read(tmp_path / "mix.wav")
@@ -73,6 +74,14 @@ def test_real_stems_become_one_mix_at_their_rate_and_length_that_never_clips(eng
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any(stage.startswith("normalizing vocals") for stage, _ in stages)
     assert sum(stage == "mixing" for stage, _ in stages) == 7  # 20 s in 3-s chunks
+    # What the report draws: the stems and their sum before, the mix after, no reference.
+    assert {label: set(curves) for label, curves in result.spectra.items()} == {
+        "before": {*STEMS, "mixture"}, "after": {"mixture"}}
+    on_disk = average_spectrum_db(read_audio(tmp_path / "mix.wav").samples)
+    shown = on_disk > on_disk.max() - 60.0  # below, 24-bit quantisation noise decides the level
+    np.testing.assert_allclose(result.spectra["after"]["mixture"][shown], on_disk[shown], atol=0.05)
+    vocals = average_spectrum_db(read_audio(stems[3]).samples)
+    np.testing.assert_allclose(result.spectra["before"]["vocals"], vocals, atol=1e-9)
 
 
 def _normalized_song(seconds, seed=0, silent_intro=0.0):
@@ -134,9 +143,7 @@ def test_unusable_inputs_and_models_are_refused_with_the_reason(engines, real_st
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="mixdaemon")
-    add_automix_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["automix", *argv])
+    args = build_parser(["automix", *argv]).parse_args(["automix", *argv])
     return args.func(args)
 
 
@@ -155,7 +162,7 @@ def test_command_line_writes_the_mix_and_reports_it(engines, real_stems, tmp_pat
     assert _cli([str(folder), "--out", str(out), "--model", "automix-test", "-q", "--overwrite"]) == 0
 
 
-def test_automix_models_share_the_engine_store_with_mst_pairs_without_being_mistaken_for_them(store, tmp_path,
+def test_automix_models_share_the_model_store_with_mst_pairs_without_being_mistaken_for_them(store, tmp_path,
                                                                                              caplog):
     import safetensors.torch
 

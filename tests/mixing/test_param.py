@@ -3,7 +3,9 @@ that describes what was done, in user units; settings of FXmanipulator draws are
 held-out real stems (never trained on)."""
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.errors import MixdaemonError, ModelFileError
 from mixdaemon.evaluation.recovery import parameter_recovery, recovery_errors
-from mixdaemon.fx import features as cf
-from mixdaemon.fx.chain import CompressorSettings, StemChain, read_fx_params, render
+from mixdaemon.fx import features as fxfeatures
+from mixdaemon.fx.chain import CompressorSettings, EqBand, ReverbSend, StemChain, render
 from mixdaemon.fx.features import gated_level_db
 from mixdaemon.mixing.param import ParamEngine
 from mixdaemon.mixing.param_estimation import (
@@ -35,13 +37,22 @@ def stem_files(folder):
     return [str(folder / f"{name}.wav") for name in STEM_NAMES]
 
 
+def read_chains(path) -> dict[str, StemChain]:
+    """The chains an fx_params.json describes, read as a DAW script reads them (key by key, in user units)."""
+    stems = json.loads(Path(path).read_text())["stems"]
+    return {name: StemChain([EqBand(b["type"], b["freq_hz"], b["gain_db"], b["q"]) for b in entry["eq"]],
+                            CompressorSettings(**entry["compressor"]), entry["width"], entry["pan"],
+                            ReverbSend(**entry["reverb"]), entry["gain_db"])
+            for name, entry in stems.items()}
+
+
 def test_transfer_writes_stems_and_fx_params_that_reproduce_them(real_stems, tmp_path):
     out = tmp_path / "out"
     result = transfer(stem_files(real_stems / "song_a"), stem_files(real_stems / "song_b"), out,
                       TransferSettings(engine="param"))
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}.wav" for n in (*STEM_NAMES, "mixture")] + ["fx_params.json"])
     assert result.fx_params == str(out / "fx_params.json") and result.model["predictor_sha256"]
-    chains = read_fx_params(result.fx_params)  # validates every value's range and unit
+    chains = read_chains(result.fx_params)
     assert sorted(chains) == sorted(STEM_NAMES)
     for name, chain in chains.items():
         low_hz = [30, 200, 1000, 3000, 5000]
@@ -130,10 +141,10 @@ def test_the_eq_is_not_blamed_for_a_heavy_compressors_harmonics(predictor, real_
     # checks the refit's mechanism (the chain's own coloration measured and taken out), given the
     # compressor; how well the whole estimate does is the recovery test's job.
     x = read_audio(real_stems / "song_a" / f"{name}.wav").samples[:44100 * 10]
-    fx = cf.measure(x)
+    fx = fxfeatures.measure(x)
     chain = StemChain(compressor=CompressorSettings(fx.level_db - 20.0, 20.0, 2.0, 60.0))
-    fr = cf.measure(render(x, chain))
-    unit = predictor.predict(cf.pair_vector(fx, fr))[0]
+    fr = fxfeatures.measure(render(x, chain))
+    unit = predictor.predict(fxfeatures.pair_vector(fx, fr))[0]
 
     def curve_rms(bands):  # offset-free RMS of the EQ curve against flat, 40 Hz–16 kHz
         return recovery_errors(StemChain(eq=bands), StemChain())["eq_curve_rms_db"]

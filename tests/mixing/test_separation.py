@@ -16,7 +16,10 @@ import mixdaemon.mixing.separation as separation
 from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.errors import SeparationUnavailable
 from mixdaemon.mixing.separation import Separator
-from tests.support.tiny_demucs import build_tiny_demucs_repo, tiny_demucs_repo  # noqa: F401 (fixture)
+from tests.support import tiny_demucs
+from tests.support.tiny_demucs import build_tiny_demucs_repo
+
+tiny_demucs_repo = tiny_demucs.tiny_demucs_repo  # the fixture, under the name the tests ask for
 
 SECONDS = 3
 
@@ -39,17 +42,29 @@ def mixture(real_stems) -> np.ndarray:
     return audio
 
 
+def count_calls(monkeypatch, name: str) -> list:
+    """Records each call the separator makes of the demucs function it imported as `name` (which
+    still runs)."""
+    calls, original = [], getattr(separation, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(separation, name, counting)
+    return calls
+
+
 @pytest.fixture
 def count_model_runs(monkeypatch) -> list:
     """Records each apply_model call the separator makes."""
-    runs = []
+    return count_calls(monkeypatch, "apply_model")
 
-    def counting_apply_model(*args, **kwargs):
-        runs.append(1)
-        return apply_model(*args, **kwargs)
 
-    monkeypatch.setattr(separation, "apply_model", counting_apply_model)
-    return runs
+@pytest.fixture
+def count_model_loads(monkeypatch) -> list:
+    """Records each demucs model load the separator asks for (the slow part of a first job)."""
+    return count_calls(monkeypatch, "get_model")
 
 
 def test_real_mixture_gives_four_distinct_stems_of_its_shape(tiny_demucs_repo, mixture, tmp_path):
@@ -75,15 +90,15 @@ def test_same_model_and_audio_give_the_same_stems(tiny_demucs_repo, mixture, tmp
 
 
 def test_second_separation_reads_the_cache_without_loading_the_model(tiny_demucs_repo, mixture, tmp_path,
-                                                                     count_model_runs):
+                                                                     count_model_runs, count_model_loads):
     first = Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path).separate(mixture)
-    assert len(count_model_runs) == 1
+    assert len(count_model_runs) == len(count_model_loads) == 1
     assert len(list(tmp_path.glob("*.npz"))) == 1
 
     fresh = Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path)
     calls = []
     again = fresh.separate(mixture.copy(), progress=lambda stage, fraction: calls.append((stage, fraction)))
-    assert not fresh.model_loaded and len(count_model_runs) == 1
+    assert len(count_model_loads) == len(count_model_runs) == 1
     assert calls == [("separating", 1.0)]
     for name in STEM_NAMES:
         np.testing.assert_array_equal(again[name], first[name])  # bit-exact
@@ -109,16 +124,16 @@ def test_replaced_model_files_do_not_reuse_old_stems(tiny_demucs_repo, mixture, 
     assert not np.allclose(old["vocals"], new["vocals"])
 
 
-def test_corrupt_cache_entry_is_recomputed_and_rewritten(tiny_demucs_repo, mixture, tmp_path, count_model_runs):
+def test_corrupt_cache_entry_is_recomputed_and_rewritten(tiny_demucs_repo, mixture, tmp_path, count_model_runs,
+                                                          count_model_loads):
     good = Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path).separate(mixture)
     (entry,) = tmp_path.glob("*.npz")
     entry.write_bytes(entry.read_bytes()[:1000])  # as if the disk had lost its end
     redone = Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path).separate(mixture)
     assert len(count_model_runs) == 2
     np.testing.assert_array_equal(redone["bass"], good["bass"])
-    fresh = Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path)
-    fresh.separate(mixture)
-    assert not fresh.model_loaded
+    Separator("tiny", model_dir=tiny_demucs_repo, cache_dir=tmp_path).separate(mixture)
+    assert len(count_model_loads) == len(count_model_runs) == 2  # the rewritten entry is read, no model loaded
     assert not list(tmp_path.glob(".*.part"))  # no temporary file left behind
 
 
@@ -198,7 +213,7 @@ def test_quantized_model_without_diffq_is_a_clear_error_not_an_exit(mixture, tmp
         Separator("quantized", model_dir=models, cache_dir=tmp_path).separate(mixture)
 
 
-def test_offline_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatch):
+def test_offline_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatch, count_model_loads):
     # No network: the HuggingFace hub is unreachable and so is demucs's legacy download server.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
@@ -207,7 +222,7 @@ def test_offline_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatc
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     sep = Separator("htdemucs", cache_dir=tmp_path)
-    assert not sep.model_loaded  # constructing touches nothing
+    assert count_model_loads == []  # constructing touches nothing
     with pytest.raises(SeparationUnavailable) as err:
         sep.separate(mixture)
     message = str(err.value)

@@ -8,7 +8,10 @@ import soundfile as sf
 from mixdaemon.audio.dsp import integrated_loudness
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.mastering import true_peak_dbtp
+from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.cli.main import main
+from mixdaemon.mixing.settings import TransferSettings
+from mixdaemon.mixing.transfer import transfer
 
 STEMS = ("drums", "bass", "other", "vocals")
 
@@ -48,6 +51,31 @@ def test_match_engine_moves_stems_toward_reference_and_never_clips(short_songs, 
         x_mix = sum(read_audio(short_songs / "song_a" / f"{s}.wav").samples for s in STEMS)
         closer += abs(rel(y, mix) - rel(ref, ref_mix)) < abs(rel(x, x_mix) - rel(ref, ref_mix))
     assert closer >= 3
+
+
+def _within_60_db_of_the_top(curve: np.ndarray) -> np.ndarray:
+    """The bands a report shows well: below that, 24-bit quantisation noise decides the level."""
+    return curve > curve.max() - 60.0
+
+
+def test_the_spectra_a_report_draws_are_those_of_the_inputs_outputs_and_reference(short_songs, tmp_path):
+    out = tmp_path / "out"
+    result = transfer(short_songs / "song_a", short_songs / "song_b", out, TransferSettings(engine="match"),
+                      spectra=True)
+    tracks = {*STEMS, "mixture"}
+    assert {label: set(curves) for label, curves in result.spectra.items()} == {
+        "before": tracks, "after": tracks, "reference": tracks}
+    assert "spectra" in result.timings
+    for label, folder in (("before", short_songs / "song_a"), ("after", out), ("reference", short_songs / "song_b")):
+        files = {name: read_audio(folder / f"{name}.wav").samples for name in STEMS}
+        files["mixture"] = read_audio(out / "mixture.wav").samples if label == "after" else sum(files.values())
+        for name, samples in files.items():
+            measured, on_disk = result.spectra[label][name], average_spectrum_db(samples)
+            shown = _within_60_db_of_the_top(on_disk)
+            np.testing.assert_allclose(measured[shown], on_disk[shown], atol=0.05, err_msg=f"{label} {name}")
+    # The conversion changed the spectra it reports: the match engine's EQ moved every stem.
+    for name in tracks:
+        assert np.max(np.abs(result.spectra["after"][name] - result.spectra["before"][name])) > 1.0, name
 
 
 def test_existing_outputs_are_not_replaced_without_overwrite(short_songs, tmp_path, capsys):

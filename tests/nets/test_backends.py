@@ -1,6 +1,5 @@
 """Choosing a backend (auto, fallbacks, clear errors), running whole songs on ONNX Runtime exactly
-as on torch, the neural engine on the chosen backend, and `mixdaemon engines build | list`."""
-import argparse
+as on torch, the neural engine on the chosen backend, and `mixdaemon backends build | list`."""
 import logging
 import sys
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from mixdaemon.audio.io import read_audio
-from mixdaemon.cli.engines import register as add_engines_parser
+from mixdaemon.cli.main import main
 from mixdaemon.errors import ConfigError, EngineUnavailable
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.nets.backends import choose_backend, create_backend
@@ -20,7 +19,7 @@ from tests.support.models import v2_model
 
 torch.set_num_threads(2)
 SR = 44100
-# narrow: the 1-D convolution formulation (onnx_export.NCHWC_MIN_WIDTH); test_onnx_export.py runs the 2-D one
+# narrow: the 1-D convolution formulation (nets/onnx_export.py's NCHWC_MIN_WIDTH); test_onnx_export.py runs the 2-D one
 CLONER = ClonerConfig(nblocks=6, channel_width=8, kernel_size=3, dilation_growth=8, cond_dim=16)
 ENCODER = EncoderConfig(channels=(8, 16, 16), kernels=(9, 5, 3), strides=(4, 4, 1))
 
@@ -59,7 +58,7 @@ def test_asking_for_a_backend_that_cannot_run_is_a_clear_error(monkeypatch):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An model store holding one small pair, "small", with its ONNX graphs exported once for the module."""
+    """A model store holding one small pair, "small", with its ONNX graphs exported once for the module."""
     folder = tmp_path_factory.mktemp("engines")
     info = save_pair(folder / "small.safetensors", v2_model(FXencoder(ENCODER)), v2_model(MixFXcloner(CLONER)))
     return folder, info
@@ -101,27 +100,20 @@ def test_neural_engine_runs_on_the_requested_backend(store, monkeypatch, pair):
         NeuralEngine.from_settings(TransferSettings(engine="neural", model="small", backend="tensorrt"))
 
 
-def engines_cli(*argv) -> int:
-    parser = argparse.ArgumentParser(prog="mixdaemon")
-    add_engines_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["engines", *argv])
-    return args.func(args)
-
-
-def test_engines_build_and_list(store, pair, monkeypatch, capsys):
+def test_backends_build_and_list(store, pair, monkeypatch, capsys):
     folder, _ = store
     hide(monkeypatch, "tensorrt")
-    assert engines_cli("build", "--model", "small", "--store", str(folder)) == 0
+    assert main(["backends", "build", "--model", "small", "--store", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert out.count("ONNX ") == 3 and "TensorRT engines skipped: the tensorrt package is not importable" in out
+    assert out.count("ONNX ") == 3 and "TensorRT plans skipped: the tensorrt package is not importable" in out
     graphs = sorted(folder.glob("cache/*/*.onnx"))
     assert len(graphs) == 3  # the fixture's backend exported them: build reused them
     stamps = [p.stat().st_mtime_ns for p in graphs]
-    assert engines_cli("list", "--store", str(folder)) == 0
+    assert main(["backends", "list", "--store", str(folder)]) == 0
     listing = capsys.readouterr().out
     for graph in ("fxencoder ", "mixfxcloner ", "mixfxcloner-stream "):
         assert f"\n{graph}" in "\n" + listing
     assert listing.count("[small]") == 3 and listing.count("ONNX opset 18") == 3
-    with pytest.raises(EngineUnavailable, match="backend 'tensorrt' is not available"):
-        engines_cli("build", "--model", "small", "--store", str(folder), "--backend", "tensorrt")
+    assert main(["backends", "build", "--model", "small", "--store", str(folder), "--backend", "tensorrt"]) == 2
+    assert "mixdaemon: error: backend 'tensorrt' is not available" in capsys.readouterr().err
     assert [p.stat().st_mtime_ns for p in graphs] == stamps

@@ -1,6 +1,6 @@
 """Chunked conversion equals whole-song processing; reference embeddings ignore silence and padding.
 
-Small models with the reference README's v2 weight fill (realistic signal scale, see test_models.py).
+Small models with the reference README's v2 weight fill (realistic signal scale, see tests/support/models.py).
 """
 import numpy as np
 import pytest

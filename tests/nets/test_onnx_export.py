@@ -19,7 +19,7 @@ from tests.support.models import v2_model
 
 torch.set_num_threads(2)
 SR = 44100
-# wide enough for the 2-D convolution formulation (onnx_export.NCHWC_MIN_WIDTH); test_backends.py runs the 1-D one
+# wide enough for the 2-D convolution formulation (nets/onnx_export.py's NCHWC_MIN_WIDTH); test_backends.py runs the 1-D one
 CLONER = ClonerConfig(nblocks=6, channel_width=32, kernel_size=3, dilation_growth=8, cond_dim=16)
 ENCODER = EncoderConfig(channels=(8, 16, 16), kernels=(9, 5, 3), strides=(4, 4, 1))
 STEMS = ("drums", "bass", "other", "vocals")

@@ -1,5 +1,6 @@
-"""Model files: authors' checkpoints (built from the reference manifests) are checked and imported into
-the store; pair files round-trip exactly and damaged or mismatched files are refused by name."""
+"""The model store's files: authors' checkpoints (built from the reference manifests) are checked and
+imported into the store; pair files round-trip exactly and damaged or mismatched files are refused by
+name."""
 import json
 from pathlib import Path
 
@@ -8,8 +9,20 @@ import safetensors.torch
 import torch
 
 from mixdaemon.errors import ModelFileError
-from mixdaemon.nets import store as modelfiles
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
+from mixdaemon.nets.store import (
+    ENGINES_ENV,
+    import_authors_checkpoints,
+    list_pairs,
+    load_authors_checkpoint,
+    load_pair,
+    load_pair_file,
+    load_param_predictor,
+    save_pair,
+    save_param_predictor,
+    store_dir,
+    weights_sha256,
+)
 
 KINDS = {"fxencoder": "mst_fxencoder_state_dict.json", "mixfxcloner": "mst_mixfxcloner_state_dict.json"}
 
@@ -46,10 +59,10 @@ def authors_checkpoints(shared_dir, tmp_path_factory):
 def test_import_authors_checkpoints_round_trips_exactly(authors_checkpoints, tmp_path):
     paths, states = authors_checkpoints
     store = tmp_path / "engines"
-    stored = modelfiles.import_authors_checkpoints(paths["fxencoder"], paths["mixfxcloner"], store)
+    stored = import_authors_checkpoints(paths["fxencoder"], paths["mixfxcloner"], store)
     assert stored == store / "mst-official.safetensors"
 
-    encoder, cloner, info = modelfiles.load_pair("mst-official", store)
+    encoder, cloner, info = load_pair("mst-official", store)
     assert not encoder.training and not cloner.training
     for model, state in ((encoder, states["fxencoder"]), (cloner, states["mixfxcloner"])):
         loaded = model.state_dict()
@@ -60,10 +73,10 @@ def test_import_authors_checkpoints_round_trips_exactly(authors_checkpoints, tmp
     assert info.encoder.config == EncoderConfig() and info.cloner.config == ClonerConfig()
     assert info.cloner.provenance["source"] == str(paths["mixfxcloner"].resolve())
     assert len(info.encoder.provenance["source_sha256"]) == 64
-    assert [p.name for p in modelfiles.list_pairs(store)] == ["mst-official"]
+    assert [p.name for p in list_pairs(store)] == ["mst-official"]
 
     with pytest.raises(ModelFileError, match="already exists"):
-        modelfiles.import_authors_checkpoints(paths["fxencoder"], paths["mixfxcloner"], store)
+        import_authors_checkpoints(paths["fxencoder"], paths["mixfxcloner"], store)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +89,7 @@ def test_renamed_tensor_is_refused_by_name(cloner_state, tmp_path):
     state["blocks.3.conv.weight"] = state.pop("blocks.3.conv1.weight")
     path = write_authors_checkpoint(tmp_path / "renamed.pt", state)
     with pytest.raises(ModelFileError) as err:
-        modelfiles.load_authors_checkpoint(path, "mixfxcloner")
+        load_authors_checkpoint(path, "mixfxcloner")
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert "missing blocks.3.conv1.weight" in message and "unexpected blocks.3.conv.weight" in message
@@ -88,13 +101,13 @@ def test_reshaped_tensor_is_refused_with_both_shapes(cloner_state, tmp_path):
     path = write_authors_checkpoint(tmp_path / "reshaped.pt", state)
     with pytest.raises(ModelFileError, match=r"wrong shape blocks\.5\.film\.film_fc\.weight \[256, 1024\] "
                                              r"\(expected \[256, 2048\]\)"):
-        modelfiles.load_authors_checkpoint(path, "mixfxcloner")
+        load_authors_checkpoint(path, "mixfxcloner")
 
 
 def test_swapped_checkpoints_give_one_short_line(authors_checkpoints, tmp_path):
     paths, _ = authors_checkpoints
     with pytest.raises(ModelFileError) as err:
-        modelfiles.import_authors_checkpoints(paths["mixfxcloner"], paths["fxencoder"], tmp_path)
+        import_authors_checkpoints(paths["mixfxcloner"], paths["fxencoder"], tmp_path)
     message = str(err.value)
     assert "fxencoder architecture" in message and "and 164 more" in message and "and 124 more" in message
     assert "\n" not in message and len(message) < 800
@@ -105,15 +118,15 @@ def test_unsafe_and_broken_checkpoints_are_refused(cloner_state, tmp_path):
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": {"module.x": torch.zeros(1)}, "callback": Path("/etc")}, pickled)
     with pytest.raises(ModelFileError, match=r"\(pathlib\.PosixPath\), refused for safety"):
-        modelfiles.load_authors_checkpoint(pickled, "mixfxcloner")
+        load_authors_checkpoint(pickled, "mixfxcloner")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelFileError, match="not a readable torch checkpoint"):
-        modelfiles.load_authors_checkpoint(garbage, "mixfxcloner")
+        load_authors_checkpoint(garbage, "mixfxcloner")
     state = dict(cloner_state)
     state["output.bias"] = torch.tensor([0.0, float("nan")])
     with pytest.raises(ModelFileError, match=r"NaN or Inf in output\.bias"):
-        modelfiles.load_authors_checkpoint(write_authors_checkpoint(tmp_path / "nan.pt", state), "mixfxcloner")
+        load_authors_checkpoint(write_authors_checkpoint(tmp_path / "nan.pt", state), "mixfxcloner")
 
 
 def small_pair(seed: int = 0) -> tuple[FXencoder, MixFXcloner]:
@@ -126,8 +139,8 @@ def small_pair(seed: int = 0) -> tuple[FXencoder, MixFXcloner]:
 def test_pair_file_round_trip_keeps_config_and_metadata(tmp_path):
     encoder, cloner = small_pair()
     training = {"steps": 1000, "data": "musdb18", "loss": "mss"}
-    written = modelfiles.save_pair(tmp_path / "mine.safetensors", encoder, cloner, training=training)
-    loaded_encoder, loaded_cloner, info = modelfiles.load_pair(tmp_path / "mine.safetensors")
+    written = save_pair(tmp_path / "mine.safetensors", encoder, cloner, training=training)
+    loaded_encoder, loaded_cloner, info = load_pair(tmp_path / "mine.safetensors")
     assert info == written and info.name == "mine" and info.training == training
     assert loaded_cloner.config == cloner.config and loaded_cloner.receptive_field == cloner.receptive_field
     x, e = torch.rand(1, 2, 4000) - 0.5, torch.rand(1, 16)
@@ -138,43 +151,43 @@ def test_pair_file_round_trip_keeps_config_and_metadata(tmp_path):
 
 def test_damaged_pair_file_is_refused(tmp_path):
     path = tmp_path / "pair.safetensors"
-    modelfiles.save_pair(path, *small_pair())
+    save_pair(path, *small_pair())
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # inside the last tensor's bytes (the cloner's output bias)
     path.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="mixfxcloner weights do not match their recorded sha256"):
-        modelfiles.load_pair_file(path)
+        load_pair_file(path)
     safetensors.torch.save_file({"x": torch.zeros(1)}, path)
     with pytest.raises(ModelFileError, match="not a mixdaemon model pair"):
-        modelfiles.load_pair_file(path)
+        load_pair_file(path)
 
 
 def test_store_location_and_names(tmp_path, monkeypatch):
-    monkeypatch.delenv(modelfiles.ENGINES_ENV, raising=False)
-    assert modelfiles.store_dir() == Path(__file__).resolve().parents[2] / "engines"
-    monkeypatch.setenv(modelfiles.ENGINES_ENV, str(tmp_path))
-    assert modelfiles.store_dir() == tmp_path
-    modelfiles.save_pair(tmp_path / "b.safetensors", *small_pair(1))
-    modelfiles.save_pair(tmp_path / "a.safetensors", *small_pair(2))
+    monkeypatch.delenv(ENGINES_ENV, raising=False)
+    assert store_dir() == Path(__file__).resolve().parents[2] / "engines"
+    monkeypatch.setenv(ENGINES_ENV, str(tmp_path))
+    assert store_dir() == tmp_path
+    save_pair(tmp_path / "b.safetensors", *small_pair(1))
+    save_pair(tmp_path / "a.safetensors", *small_pair(2))
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
-    assert [p.name for p in modelfiles.list_pairs()] == ["a", "b"]
+    assert [p.name for p in list_pairs()] == ["a", "b"]
     with pytest.raises(ModelFileError, match=r"no model pair named 'c' .*available: a, b"):
-        modelfiles.load_pair("c")
-    assert modelfiles.load_pair("a")[2].path == tmp_path / "a.safetensors"
+        load_pair("c")
+    assert load_pair("a")[2].path == tmp_path / "a.safetensors"
 
 
 def test_weights_hash_depends_on_values_and_names_only():
     encoder, _ = small_pair()
     state = encoder.state_dict()
     reordered = dict(reversed(list(state.items())))
-    assert modelfiles.weights_sha256(reordered) == modelfiles.weights_sha256(state)
+    assert weights_sha256(reordered) == weights_sha256(state)
     changed = dict(state)
     name = next(iter(changed))
     changed[name] = changed[name].clone()
     changed[name].view(-1)[0] += 1e-6
-    assert modelfiles.weights_sha256(changed) != modelfiles.weights_sha256(state)
+    assert weights_sha256(changed) != weights_sha256(state)
     renamed = {f"x.{n}": t for n, t in state.items()}
-    assert modelfiles.weights_sha256(renamed) != modelfiles.weights_sha256(state)
+    assert weights_sha256(renamed) != weights_sha256(state)
 
 
 def test_models_list_shows_every_kind_in_the_store(tmp_path, capsys):
@@ -182,14 +195,14 @@ def test_models_list_shows_every_kind_in_the_store(tmp_path, capsys):
     import numpy as np
 
     from mixdaemon.cli.main import main
-    modelfiles.save_pair(tmp_path / "pair.safetensors", *small_pair(1))
-    modelfiles.save_param_predictor(tmp_path / "predictor.safetensors", {"w": np.ones((2, 3))},
+    save_pair(tmp_path / "pair.safetensors", *small_pair(1))
+    save_param_predictor(tmp_path / "predictor.safetensors", {"w": np.ones((2, 3))},
                                     {"slots": ["a"], "feature_size": 2, "provenance": {}})
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
     assert main(["models", "list", "--store", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"model store: {tmp_path}"
     assert [line.split()[:2] for line in lines[1:]] == [["pair", "MST"], ["predictor", "parameter"]]
-    assert [p.name for p in modelfiles.list_pairs(tmp_path)] == ["pair"]
+    assert [p.name for p in list_pairs(tmp_path)] == ["pair"]
     with pytest.raises(ModelFileError, match="not a parameter predictor"):
-        modelfiles.load_param_predictor("pair", tmp_path)
+        load_param_predictor("pair", tmp_path)

@@ -1,7 +1,7 @@
-"""The TensorRT engine cache: the key covers everything an engine depends on, a built artifact is
+"""The TensorRT plan cache: the key covers everything a plan depends on, a built artifact is
 reused without rebuilding, and the optimization profiles cover every shape the pipeline sends.
 
-Only the last test builds real engines; it runs where TensorRT is importable and torch sees a
+Only the last test builds real plans; it runs where TensorRT is importable and torch sees a
 CUDA GPU, and is skipped with the reason everywhere else. Nothing else here imports tensorrt.
 """
 import numpy as np
@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from mixdaemon.audio.io import read_audio
+from mixdaemon.files import PARTIAL_SUFFIX
 from mixdaemon.nets.backends import TorchBackend
 from mixdaemon.nets.inference import convert, embed_reference, interpolated_embedding
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
 from mixdaemon.nets.onnx_export import GRAPHS, cached_key, ensure_artifact, onnx_key
 from mixdaemon.nets.tensorrt import (
     GpuInfo,
-    engine_key,
-    engine_path,
     pipeline_profile,
+    plan_key,
+    plan_path,
     tensorrt_unavailable_reason,
     timing_cache_path,
 )
@@ -30,59 +31,59 @@ ENCODER = EncoderConfig(channels=(8, 16, 16), kernels=(9, 5, 3), strides=(4, 4, 
 GPU = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
 
 
-def plan_path(store, *, weights="a" * 64, config=CLONER, precision="fp16", chunk_seconds=12.0, batch_size=1,
+def path_of_plan(store, *, weights="a" * 64, config=CLONER, precision="fp16", chunk_seconds=12.0, batch_size=1,
               tensorrt="10.8.0.43", gpu=GPU, graph="mixfxcloner"):
     graph_key = onnx_key(graph, config, weights, precision)
     profile = pipeline_profile(graph, config, chunk_seconds=chunk_seconds, batch_size=batch_size)
-    return engine_path(graph_key, engine_key(graph_key, profile, tensorrt, gpu), store)
+    return plan_path(graph_key, plan_key(graph_key, profile, tensorrt, gpu), store)
 
 
-def test_engine_key_changes_with_everything_an_engine_depends_on(tmp_path):
-    base = plan_path(tmp_path)
-    assert plan_path(tmp_path) == base  # unchanged inputs: the same engine
+def test_plan_key_changes_with_everything_a_plan_depends_on(tmp_path):
+    base = path_of_plan(tmp_path)
+    assert path_of_plan(tmp_path) == base  # unchanged inputs: the same plan
     variants = {
-        "weights": plan_path(tmp_path, weights="b" * 64),
-        "config": plan_path(tmp_path, config=ClonerConfig(nblocks=6, channel_width=8, kernel_size=3,
-                                                          dilation_growth=7, cond_dim=16)),
-        "precision": plan_path(tmp_path, precision="fp32"),
-        "profile: chunk size": plan_path(tmp_path, chunk_seconds=6.0),
-        "profile: batch size": plan_path(tmp_path, batch_size=2),
-        "TensorRT version": plan_path(tmp_path, tensorrt="10.9.0.34"),
-        "GPU": plan_path(tmp_path, gpu=GpuInfo("NVIDIA GeForce RTX 3090", "8.9")),
-        "compute capability": plan_path(tmp_path, gpu=GpuInfo(GPU.name, "9.0")),
-        "graph": plan_path(tmp_path, graph="mixfxcloner-stream"),
+        "weights": path_of_plan(tmp_path, weights="b" * 64),
+        "config": path_of_plan(tmp_path, config=ClonerConfig(nblocks=6, channel_width=8, kernel_size=3,
+                                                             dilation_growth=7, cond_dim=16)),
+        "precision": path_of_plan(tmp_path, precision="fp32"),
+        "profile: chunk size": path_of_plan(tmp_path, chunk_seconds=6.0),
+        "profile: batch size": path_of_plan(tmp_path, batch_size=2),
+        "TensorRT version": path_of_plan(tmp_path, tensorrt="10.9.0.34"),
+        "GPU": path_of_plan(tmp_path, gpu=GpuInfo("NVIDIA GeForce RTX 3090", "8.9")),
+        "compute capability": path_of_plan(tmp_path, gpu=GpuInfo(GPU.name, "9.0")),
+        "graph": path_of_plan(tmp_path, graph="mixfxcloner-stream"),
     }
     for what, path in variants.items():
-        assert path != base, f"changing the {what} must change the engine"
+        assert path != base, f"changing the {what} must change the plan"
     assert len(set(variants.values())) == len(variants)
     assert base.parent == tmp_path / "cache" / ("a" * 16) and base.suffix == ".plan"
     assert timing_cache_path("10.8.0.43", GPU, tmp_path).name == "10.8.0.43-NVIDIA-GeForce-RTX-4090-sm89.cache"
 
 
 def test_built_artifact_is_reused_until_its_record_is_gone(tmp_path):
-    path = plan_path(tmp_path)
+    path = path_of_plan(tmp_path)
     graph_key = onnx_key("mixfxcloner", CLONER, "a" * 64, "fp16")
-    key = engine_key(graph_key, pipeline_profile("mixfxcloner", CLONER), "10.8.0.43", GPU)
+    key = plan_key(graph_key, pipeline_profile("mixfxcloner", CLONER), "10.8.0.43", GPU)
     builds = []
 
     def build(file):
         builds.append(file)
-        file.write_bytes(b"serialized engine %d" % len(builds))
+        file.write_bytes(b"serialized plan %d" % len(builds))
 
-    assert ensure_artifact(path, key, build, "test engine") == (path, True)
-    assert ensure_artifact(path, key, build, "test engine") == (path, False)
-    assert len(builds) == 1 and path.read_bytes() == b"serialized engine 1" and cached_key(path) == key
-    assert not list(path.parent.glob(".*partial"))  # written under a temporary name, renamed into place
+    assert ensure_artifact(path, key, build, "test plan") == (path, True)
+    assert ensure_artifact(path, key, build, "test plan") == (path, False)
+    assert len(builds) == 1 and path.read_bytes() == b"serialized plan 1" and cached_key(path) == key
+    assert not list(path.parent.glob(f".*{PARTIAL_SUFFIX}"))  # written under a temporary name, renamed into place
     # a build cut short between renaming the artifact and writing its record: built again
     path.with_name(path.name + ".json").unlink()
-    assert ensure_artifact(path, key, build, "test engine") == (path, True)
+    assert ensure_artifact(path, key, build, "test plan") == (path, True)
     # a record for another key (e.g. a hand-copied file) is not trusted
-    assert ensure_artifact(path, {**key, "tensorrt": "10.9.0.34"}, build, "test engine") == (path, True)
-    assert len(builds) == 3 and path.read_bytes() == b"serialized engine 3"
+    assert ensure_artifact(path, {**key, "tensorrt": "10.9.0.34"}, build, "test plan") == (path, True)
+    assert len(builds) == 3 and path.read_bytes() == b"serialized plan 3"
 
 
 class RecordingBackend(TorchBackend):
-    """Remembers the shape of every input that inference.py sends."""
+    """Remembers the shape of every input that nets/inference.py sends."""
 
     def __init__(self, *args):
         super().__init__(*args)
@@ -127,7 +128,7 @@ def test_profiles_cover_every_shape_the_pipeline_sends(real_stems):
                 assert all(a <= s <= b for a, s, b in zip(lo, shape, hi)), f"{graph} {name} {shape} outside {lo}…{hi}"
 
 
-def test_tensorrt_engines_build_run_and_are_reused(tmp_path, real_stems):
+def test_tensorrt_plans_build_run_and_are_reused(tmp_path, real_stems):
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         pytest.skip(f"no real TensorRT build here: {reason}")

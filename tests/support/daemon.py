@@ -1,14 +1,12 @@
 """Helpers for the daemon tests (no tests here): generated stems, WAV bytes, a TOML writer, a real
-daemon subprocess, and a UDP listener that records every OSC message it receives."""
+daemon subprocess, and the package's OSC client with a record of every message it receives."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
+
+from mixdaemon.daemon.osc import OscClient
 
 REPO = Path(__file__).resolve().parents[2]
 STEMS = ("drums", "bass", "other", "vocals")
+# The notifications the tests wait for.
+DONE, ERROR, QUEUED, PROGRESS = "/mixdaemon/done", "/mixdaemon/error", "/mixdaemon/queued", "/mixdaemon/progress"
 RESULT_FILES = {"drums.wav", "bass.wav", "other.wav", "vocals.wav", "mixture.wav", "manifest.json", "report.png"}
 
 
@@ -44,6 +44,27 @@ def write_stems(folder: Path, seconds: float = 3.0, seed: int = 0) -> list[Path]
         p.write_bytes(wav_bytes(x))
         paths.append(p)
     return paths
+
+
+def write_in_pieces(folder: Path, files: dict[str, bytes], pieces: int, pause: float, between=lambda: None) -> float:
+    """Write the files as a slow DAW bounce does: all of them a piece at a time, `pieces` equal
+    pieces each, pausing `pause` seconds (and calling `between()`) between pieces. Returns the
+    time (monotonic) of the last byte."""
+    handles = {name: open(folder / name, "wb") for name in files}
+    try:
+        for k in range(pieces):
+            for name, data in files.items():
+                size = len(data) // pieces + 1
+                handles[name].write(data[k * size:(k + 1) * size])
+                handles[name].flush()
+            last_byte = time.monotonic()
+            if k < pieces - 1:
+                time.sleep(pause)
+                between()
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return last_byte
 
 
 def make_reference(folder: Path, seconds: float = 3.0) -> Path:
@@ -149,25 +170,15 @@ class DaemonProcess:
         return path.read_text() if path.exists() else ""
 
 
-def osc_packet(address: str, *args) -> bytes:
-    builder = OscMessageBuilder(address=address)
-    for a in args:
-        builder.add_arg(a)
-    return builder.build().dgram
-
-
 class OscListener:
-    """A UDP socket on 127.0.0.1 (OS-chosen port) that records every OSC message it receives, with
-    its arrival time, from a background thread."""
+    """A daemon.osc.OscClient whose every message a background thread records with its arrival
+    time, so that a test can look back at all that came (`messages`, `of`) and wait for a message
+    from a point on (`wait_for`). Its port is usually the daemon's reply_port."""
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        self.client = OscClient()
+        self.port = self.client.port
         self.messages: list[tuple[float, str, list]] = []
-        self.unparsed = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -176,26 +187,21 @@ class OscListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data, _ = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
+                message = self.client.receive(0.2)
+            except OSError:  # closed
                 return
-            try:
-                msg = OscMessage(data)
-                entry = (time.monotonic(), msg.address, list(msg.params))
-            except Exception:
-                self.unparsed += 1
-                continue
-            with self._cond:
-                self.messages.append(entry)
-                self._cond.notify_all()
+            if message is not None:
+                with self._cond:
+                    self.messages.append((time.monotonic(), *message))
+                    self._cond.notify_all()
 
     def send(self, target: tuple[str, int], address: str, *args) -> None:
-        self.sock.sendto(osc_packet(address, *args), target)
+        self.client.target = target
+        self.client.send(address, args)
 
     def send_raw(self, target: tuple[str, int], data: bytes) -> None:
-        self.sock.sendto(data, target)
+        self.client.target = target
+        self.client.send_packet(data)
 
     def wait_for(self, predicate, timeout: float = 30.0, start: int = 0):
         """The first recorded (time, address, args) from index `start` on that satisfies
@@ -218,16 +224,15 @@ class OscListener:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-        self.sock.close()
+        self.client.close()
 
 
 def send_cli(port: int, *args, timeout: float = 5.0) -> tuple[int, str, str]:
     """`mixdaemon send --port PORT ARGS...` run in this process (the real client over real UDP; a
     subprocess would spend seconds importing): (exit status, stdout, stderr)."""
-    from mixdaemon.cli.send import register as add_send_parser
-    parser = argparse.ArgumentParser(prog="mixdaemon")
-    add_send_parser(parser.add_subparsers(dest="command"))
-    parsed = parser.parse_args(["send", "--port", str(port), "--timeout", str(timeout), *args])
+    from mixdaemon.cli.main import build_parser
+    argv = ["send", "--port", str(port), "--timeout", str(timeout), *args]
+    parsed = build_parser(argv).parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = parsed.func(parsed)
