@@ -15,7 +15,7 @@ ceiling   what limits EQ recovery, on the same material: (1) what moves a stem's
           (only the EQ estimated, through param_estimation.fit_eq_with_coloration), and when the
           coloration subtracted is the FXmanipulator's own (its draw with the EQ switched off).
 
-    .venv/bin/python benchmarks/bench_param_engine.py --json /tmp/param_bench.json
+    .venv/bin/python benchmarks/bench_param_engine.py --json param_bench.json
 """
 from __future__ import annotations
 

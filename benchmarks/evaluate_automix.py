@@ -3,7 +3,7 @@ distances to the original mix of the shipped automix model, the Wave-U-Net basel
 normalized stems" baseline, and the automix model's CPU speed on a long song.
 
   .venv/bin/python benchmarks/evaluate_automix.py --model automix-default \\
-      --model /work/automix-train/wave-u-net-small.safetensors --out /tmp/automix_eval.json
+      --model MODEL.safetensors --out automix_eval.json
 
 Per song (../shared/data/real_stems/song_{a,b,c}, never trained on): the four stems are
 FX-normalized once, exactly as `mixdaemon automix` does, and every system mixes those normalized

@@ -1,9 +1,9 @@
 """The Table-2 evaluation (mixdaemon.evaluation, ALGORITHMS.md §7) of every engine on the held-out real
 songs, as reported in docs/BENCHMARKS.md and engines/MODEL_CARD.md.
 
-  .venv/bin/python benchmarks/evaluate_engines.py --out /tmp/eval.json
+  .venv/bin/python benchmarks/evaluate_engines.py --out eval.json
     = mixdaemon evaluate ../shared/data/real_stems --engine match --engine neural --engine matchering \\
-        --seed 0 --out /tmp/eval.json
+        --seed 0 --out eval.json
 
 Prints the summary table (multitrack / single stem) and the ratio L_MSS(y, gt) / L_MSS(x, gt) of
 each engine beside the paper's 0.80 (multitrack, L/R, MUSDB18), then per stem name.

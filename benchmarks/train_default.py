@@ -12,8 +12,8 @@ Stages (each one resumes where an interrupted run stopped; rerunning a finished 
             threads: wall and CPU seconds vs real time
 
 Run in the background and poll (about an hour on a busy 2-core machine):
-  nohup .venv/bin/python benchmarks/train_default.py --work ../mixdaemon-train > train.log 2>&1 &
-  .venv/bin/python benchmarks/train_default.py --work ../mixdaemon-train --stages speed
+  nohup .venv/bin/python benchmarks/train_default.py --work WORK > train.log 2>&1 &
+  .venv/bin/python benchmarks/train_default.py --work WORK --stages speed
 """
 from __future__ import annotations
 
