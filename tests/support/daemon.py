@@ -170,7 +170,20 @@ class DaemonProcess:
         return path.read_text() if path.exists() else ""
 
 
-class OscListener:
+class BackgroundLoop:
+    """A daemon thread running the subclass's `_run` until `_stop` is set (by `_end`)."""
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _end(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+class OscListener(BackgroundLoop):
     """A daemon.osc.OscClient whose every message a background thread records with its arrival
     time, so that a test can look back at all that came (`messages`, `of`) and wait for a message
     from a point on (`wait_for`). Its port is usually the daemon's reply_port."""
@@ -180,9 +193,7 @@ class OscListener:
         self.port = self.client.port
         self.messages: list[tuple[float, str, list]] = []
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -222,8 +233,7 @@ class OscListener:
             return [args for _, a, args in self.messages if a == address]
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+        self._end()
         self.client.close()
 
 
@@ -248,7 +258,7 @@ def request(listener: OscListener, target, address: str, *args, reply=None, time
     return got[1], got[2]
 
 
-class OutputMonitor:
+class OutputMonitor(BackgroundLoop):
     """Polls an output root every few milliseconds and records every visible entry that is not a
     complete result folder (all files present, every WAV header final)."""
 
@@ -256,9 +266,7 @@ class OutputMonitor:
         self.root = root
         self.violations: list[str] = []
         self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._start()
 
     def _run(self) -> None:
         from mixdaemon.daemon.watcher import wav_header_is_final
@@ -280,5 +288,4 @@ class OutputMonitor:
             time.sleep(0.002)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
+        self._end()
