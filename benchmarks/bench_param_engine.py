@@ -56,13 +56,13 @@ def speed(predictor: ParamPredictor, minutes: float, repeats: int, workers: int)
     seconds = 60.0 * minutes
     x, reference = song_stems(REAL_STEMS / "song_a", seconds), song_stems(REAL_STEMS / "song_b", seconds)
     engine = ParamEngine(predictor, workers=workers)
-    engine.convert_song_with_params({k: v[:44100 * 5] for k, v in x.items()},
-                                    {k: v[:44100 * 5] for k, v in reference.items()})  # warm-up (numba, FFT plans)
+    engine.convert({k: v[:44100 * 5] for k, v in x.items()},
+                   {k: v[:44100 * 5] for k, v in reference.items()})  # warm-up (numba, FFT plans)
     walls, cpus = [], []
     for _ in range(repeats):
         load = os.getloadavg()[0]
         wall, cpu = time.perf_counter(), time.process_time()
-        engine.convert_song_with_params(x, reference)
+        engine.convert(x, reference)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     wall, cpu = statistics.median(walls), statistics.median(cpus)

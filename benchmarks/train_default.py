@@ -66,7 +66,7 @@ def stage_cloner(work: Path, threads: int) -> None:
 
 
 def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> dict:
-    """Wall and CPU time of NeuralEngine.convert_song on a SPEED_SECONDS 4-stem song."""
+    """Wall and CPU time of NeuralEngine.convert on a SPEED_SECONDS 4-stem song."""
     import torch
 
     from mixdaemon.audio.examples import synth_song
@@ -89,7 +89,7 @@ def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> 
         current.update(stage=stage.split(" ")[0], since=now)
 
     wall, cpu = time.perf_counter(), time.process_time()
-    engine.convert_song(song, reference, progress=progress)
+    engine.convert(song, reference, progress=progress)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     progress("end", 1.0)
     result = {"model": model, "backend": backend.describe(), "song_seconds": SPEED_SECONDS, "stems": 4, "threads": threads,

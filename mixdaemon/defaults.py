@@ -9,6 +9,7 @@ ENGINE = "match"                        # the --engine used when none is chosen
 ENGINES = ("match", "neural", "param")  # what --engine accepts
 BACKEND = "auto"
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")  # of the exported graphs and TensorRT plans
 
 # Shipped models, by name in the model store (engines/MODEL_CARD.md).
 DEFAULT_MODEL = "default"               # the MST pair of the neural engine

@@ -1,7 +1,9 @@
 """Files, the bottom of the house: content hashes, and the one way the package writes a file.
 
-Every file the package writes (audio, manifests, model files, ONNX graphs, TensorRT plans, caches,
-checkpoints, reply files) goes through `atomic_path` or `atomic_write`: the bytes go to a hidden
+Every file the package writes where a user or another process may read it (audio, manifests, model
+files, ONNX graphs, TensorRT plans, caches, checkpoints, reports, reply files) goes through
+`atomic_path` or `atomic_write` — only files inside a staging folder that is renamed into place
+whole, and temporary files, are written directly. The bytes go to a hidden
 partial file created exclusively beside the destination, are flushed to disk, and the partial file
 is renamed over the destination. A reader sees the old file or the whole new one, never half of it,
 and a crash leaves at worst a hidden `.NAME.*.part` file behind.
@@ -52,7 +54,7 @@ def _partial_beside(path: Path) -> Path:
     while True:
         partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
         try:
-            os.close(os.open(partial, flags, 0o644))
+            os.close(os.open(partial, flags, 0o666))  # the umask decides, as for any new file
             return partial
         except FileExistsError:
             continue

@@ -279,3 +279,25 @@ def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, out):
         alpha = alpha_attack if gain_reduction > smoothed else alpha_release
         smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
         out[n] = x[n] * math.exp(to_gain * smoothed) if smoothed > 0.0 else x[n]
+
+
+# --- long-term average spectra (what a job's report.png draws) -----------------------------------------------------------------------------
+
+SPECTRUM_BAND_EDGES_HZ = np.geomspace(20.0, 20000.0, 97)  # 96 bands, 1/8-octave-ish, over the audible range
+SPECTRUM_BAND_CENTRES_HZ = np.sqrt(SPECTRUM_BAND_EDGES_HZ[:-1] * SPECTRUM_BAND_EDGES_HZ[1:])
+SPECTRUM_FFT = 4096
+
+
+def average_spectrum_db(x: np.ndarray, sr: int = WORKING_RATE) -> np.ndarray:
+    """Long-term average power spectrum of the mid channel (Welch, 4096-point Hann), averaged into
+    the SPECTRUM_BAND_EDGES_HZ bands so that curves of different material are readable side by
+    side; dB, one value per band (a band holding no FFT bin takes the spectrum at its centre)."""
+    mid = np.asarray(x, dtype=np.float64).mean(axis=1) if x.ndim == 2 else np.asarray(x, dtype=np.float64)
+    if mid.shape[0] < SPECTRUM_FFT:
+        mid = np.pad(mid, (0, SPECTRUM_FFT - mid.shape[0]))
+    freqs, power = signal.welch(mid, fs=sr, nperseg=SPECTRUM_FFT)
+    bands = np.empty(len(SPECTRUM_BAND_CENTRES_HZ))
+    for i, (lo, hi) in enumerate(zip(SPECTRUM_BAND_EDGES_HZ[:-1], SPECTRUM_BAND_EDGES_HZ[1:])):
+        sel = (freqs >= lo) & (freqs < hi)
+        bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
+    return 10.0 * np.log10(bands + 1e-20)

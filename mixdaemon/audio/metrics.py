@@ -1,12 +1,10 @@
-"""Objective metrics: how close a mix is to a target or a reference, and what a job's report shows.
+"""Objective metrics: how close a mix is to a target or a reference.
 
 - L_MSS, the MST multi-scale spectral loss on L/R and on mid/side (ALGORITHMS.md §4.3). It is also the
   MixFXcloner training loss, so it is written in torch, batched over [B, 2, T] and differentiable.
 - The FxNorm-automix feature distances (§6.5): loudness, spectral, panning and dynamic groups,
   following FxNorm's evaluate.py (not the MST repo's copy, which differs).
 - The embedding distance of Table 2 (§7): cosine distance between FXencoder embeddings, λ = 1.
-- The long-term average spectrum in log-spaced bands that a daemon job's report.png draws for each
-  track before and after and for the reference.
 
 The loudness and true-peak meters are audio.dsp.integrated_loudness (which the loudness distance
 here uses) and audio.mastering.true_peak_dbtp (the limiter's own).
@@ -348,25 +346,3 @@ def embedding_distance(a, b, scale: float = 1.0) -> float:
         raise ValueError(f"embedding_distance: embeddings of {a64.size} and {b64.size} values")
     cosine = a64 @ b64 / (max(np.linalg.norm(a64), 1e-8) * max(np.linalg.norm(b64), 1e-8))
     return float(scale * (1.0 - cosine))
-
-
-# --- the report's spectra -----------------------------------------------------------------------------
-
-SPECTRUM_BAND_EDGES_HZ = np.geomspace(20.0, 20000.0, 97)  # 96 bands, 1/8-octave-ish, over the audible range
-SPECTRUM_BAND_CENTRES_HZ = np.sqrt(SPECTRUM_BAND_EDGES_HZ[:-1] * SPECTRUM_BAND_EDGES_HZ[1:])
-SPECTRUM_FFT = 4096
-
-
-def average_spectrum_db(x: np.ndarray, sr: int = WORKING_RATE) -> np.ndarray:
-    """Long-term average power spectrum of the mid channel (Welch, 4096-point Hann), averaged into
-    the SPECTRUM_BAND_EDGES_HZ bands so that curves of different material are readable side by
-    side; dB, one value per band (a band holding no FFT bin takes the spectrum at its centre)."""
-    mid = np.asarray(x, dtype=np.float64).mean(axis=1) if x.ndim == 2 else np.asarray(x, dtype=np.float64)
-    if mid.shape[0] < SPECTRUM_FFT:
-        mid = np.pad(mid, (0, SPECTRUM_FFT - mid.shape[0]))
-    freqs, power = signal.welch(mid, fs=sr, nperseg=SPECTRUM_FFT)
-    bands = np.empty(len(SPECTRUM_BAND_CENTRES_HZ))
-    for i, (lo, hi) in enumerate(zip(SPECTRUM_BAND_EDGES_HZ[:-1], SPECTRUM_BAND_EDGES_HZ[1:])):
-        sel = (freqs >= lo) & (freqs < hi)
-        bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
-    return 10.0 * np.log10(bands + 1e-20)

@@ -12,7 +12,7 @@ def cmd_backends_build(args) -> int:
     from mixdaemon.mixing.models import PhaseLog, build_artifacts
     built, skipped = build_artifacts(args.model, store=args.store, backend=args.backend, precisions=args.precision,
                                      chunk_seconds=args.chunk_seconds, batch_size=args.batch_size,
-                                     progress=PhaseLog("", lambda line: print(line, file=sys.stderr)))
+                                     progress=PhaseLog("TensorRT", lambda line: print(line, file=sys.stderr)))
     for what, path in built:
         print(f"{what}: {path}")
     if skipped is not None:
@@ -35,14 +35,13 @@ def cmd_backends_list(args) -> int:
 
 def register(subparsers) -> None:
     """Add `backends build` and `backends list`; each sets `func(args) -> int`."""
-    from mixdaemon.mixing.models import PRECISIONS
     backends = subparsers.add_parser("backends", help="ONNX graphs and TensorRT plans built from the model pairs")
     sub = backends.add_subparsers(dest="backends_command", required=True)
     p = sub.add_parser("build", help="export the ONNX graphs and, where TensorRT runs, build its plans")
     p.add_argument("--model", default=None, help="model pair name or file (default: the neural engine's default pair)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+    p.add_argument("--backend", default="auto", choices=[b for b in defaults.BACKENDS if b != "torch"],
                    help="auto: ONNX graphs, plus TensorRT plans when TensorRT runs here")
-    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+    p.add_argument("--precision", nargs="+", default=list(defaults.PRECISIONS), choices=defaults.PRECISIONS,
                    help="TensorRT plan precisions to build (default: both)")
     p.add_argument("--chunk-seconds", type=float, default=defaults.CHUNK_SECONDS,
                    help="the transfer setting the plans are tuned for")

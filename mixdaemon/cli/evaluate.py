@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from mixdaemon import defaults
 from mixdaemon.cli.progress import ProgressBar
+from mixdaemon.files import atomic_write
 
 PROTOCOL = ("The MST paper's objective evaluation (Table 2) on folders of real stems, so that every engine "
             "and every later change is judged by the same numbers.")
@@ -17,8 +18,8 @@ def cmd_evaluate(args) -> int:
         report = evaluate(args.songs_dir, args.engine or ["match", "neural"], seed=args.seed, stats_path=args.stats,
                           embedding_model=None if args.embedding_model == "none" else args.embedding_model,
                           ir_folder=args.ir_folder, backend=args.backend, progress=bar)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    with atomic_write(args.out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
     print(format_table(report))
     for spec, entry in report["engines"].items():
         for failure in entry.get("failures", []):
@@ -36,12 +37,12 @@ def register(subparsers) -> None:
                    help="identity, match, matchering, neural, neural:NAME, param or param:NAME "
                         "(repeatable; default: match and neural)")
     p.add_argument("--out", required=True, help="report file (JSON)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=defaults.SEED)
     p.add_argument("--stats", help="FX-normalization statistics (default: the shipped statistics)")
-    p.add_argument("--embedding-model", default="default",
+    p.add_argument("--embedding-model", default=defaults.DEFAULT_MODEL,
                    help="model pair whose FXencoder measures y–ref / y–gt ('none' to skip)")
     p.add_argument("--ir-folder", help="impulse responses for the FXmanipulator's reverb")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt", "auto"],
+    p.add_argument("--backend", default="torch", choices=defaults.BACKENDS,
                    help="inference backend of the neural engines (default: torch)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mixdaemon.files import atomic_write
+
 
 def cmd_embed(args) -> int:
     """The MST feature-extraction tool: one FXencoder embedding per file, stacked in one .npy."""
@@ -13,8 +15,8 @@ def cmd_embed(args) -> int:
     encoder = StyleEncoder(args.model)
     embeddings = np.stack([encoder.embed(read_audio(f).samples, name=f) for f in args.files])
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, embeddings)
+    with atomic_write(out) as f:
+        np.save(f, embeddings)
     print(f"{len(args.files)} embeddings of size {embeddings.shape[1]} (model {encoder.source['name']}) "
           f"written to {out}")
     return 0

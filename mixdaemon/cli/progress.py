@@ -2,6 +2,7 @@
 shape, `progress(stage, fraction)` (mixdaemon/progress.py); a ProgressBar is such a callback."""
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -19,6 +20,15 @@ class ProgressBar:
 
     def close(self) -> None:
         self._bar.close()
+
+    def log_handler(self) -> logging.Handler:
+        """A logging handler that writes each record above the bar instead of through it."""
+        bar = self._bar
+
+        class AboveTheBar(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                bar.write(self.format(record), file=sys.stderr)
+        return AboveTheBar()
 
     def __enter__(self) -> "ProgressBar":
         return self

@@ -53,9 +53,9 @@ def cmd_send(args) -> int:
     if args.config:
         from mixdaemon.daemon.config import load_config
         osc = load_config(args.config).osc
-        host = host or ("127.0.0.1" if osc.host in ("0.0.0.0", "") else osc.host)
+        host = host or (defaults.OSC_HOST if osc.host in ("0.0.0.0", "") else osc.host)
         port = port or osc.port
-    client = OscClient(host or "127.0.0.1", port or defaults.OSC_PORT)
+    client = OscClient(host or defaults.OSC_HOST, port or defaults.OSC_PORT)
     address, params = _request_for(args)
     command = COMMANDS[address]
     job_id = None
@@ -99,7 +99,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("send", help="send a command to a running daemon over OSC and print the reply",
                               description="Send one OSC request to `mixdaemon serve` and print the reply. "
                                           "Exit status: 0 ok, 1 error reply, 3 no reply in time.")
-    p.add_argument("--host", help="daemon address (default: from --config, else 127.0.0.1)")
+    p.add_argument("--host", help=f"daemon address (default: from --config, else {defaults.OSC_HOST})")
     p.add_argument("--port", type=int, help=f"daemon OSC port (default: from --config, else {defaults.OSC_PORT})")
     p.add_argument("--config", help="read the daemon's OSC host and port from this config.toml")
     p.add_argument("--timeout", type=float, default=5.0,

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                                                                     "replaces the config's watch folders)")
     p.add_argument("--reference", metavar="REF", help="default reference: a file or a folder of stems")
     p.add_argument("--out", metavar="DIR", help="output root for results")
-    p.add_argument("--osc-host", help="OSC listen address (default 127.0.0.1)")
+    p.add_argument("--osc-host", help=f"OSC listen address (default {defaults.OSC_HOST})")
     p.add_argument("--osc-port", type=int, metavar="N", help=f"OSC UDP port (default {defaults.OSC_PORT}; 0: any free port)")
     p.add_argument("--engine", choices=defaults.ENGINES)
     p.add_argument("--state-dir", help="folder for the job database, lock and log")

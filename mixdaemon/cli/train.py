@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mixdaemon.cli.progress import ProgressBar
 
-# Building the parser must stay cheap (the CLI builds it on every call), so torch and the training
-# modules are imported by the functions that use them.
+# `mixdaemon --help` builds every command's parser, so torch and the training modules are imported
+# by the functions that use them.
 
 RENDERERS = ("auto", "fluidsynth", "numpy")  # mixdaemon.train.material.RENDERERS
 SIZES = ("tiny", "small", "full")            # the presets of train.encoder, train.cloner and nets.automix
@@ -49,10 +49,14 @@ def _loop(args, bar: ProgressBar):
 
 
 def _training_bar(args) -> ProgressBar:
-    """The run's progress bar; validation results are logged (shown unless --quiet)."""
+    """The run's progress bar; the run's log (validation results) is written above it unless --quiet."""
+    bar = ProgressBar(enabled=not args.quiet)
     if not args.quiet:
-        logging.getLogger("mixdaemon.train").setLevel(logging.INFO)
-    return ProgressBar(enabled=not args.quiet)
+        logger = logging.getLogger("mixdaemon.train")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(bar.log_handler())
+        logger.propagate = False
+    return bar
 
 
 def _common(args) -> dict:
@@ -134,9 +138,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_params(args) -> int:
+    from mixdaemon.progress import span
     from mixdaemon.train.loop import configure_torch
     from mixdaemon.train.params import ParamsTrainingConfig, train_params
-    from mixdaemon.train.runs import training_libraries
+    from mixdaemon.train.runs import PREPARING, training_libraries
     hidden = [int(h) for h in args.hidden.split(",")] if args.hidden else None
     cfg = ParamsTrainingConfig(**_given(examples=args.examples, validation_examples=args.validation_examples,
                                         segment_seconds=args.segment_seconds, hidden=hidden, epochs=args.epochs,
@@ -145,9 +150,10 @@ def cmd_params(args) -> int:
     configure_torch(cfg.seed, args.threads)
     run_dir = Path(args.run_dir)
     with _training_bar(args) as bar:
-        train, validation = training_libraries(args.songs_dir, args.val_dir, args.cache_dir, args.stats, cfg.seed, bar)
+        train, validation = training_libraries(args.songs_dir, args.val_dir, args.cache_dir, args.stats, cfg.seed,
+                                               span(bar, 0.0, PREPARING))
         path, metrics = train_params(cfg, train, validation, run_dir, _destination(args, run_dir, "predictor.safetensors"),
-                                     ir_folder=args.ir_folder, progress=bar)
+                                     ir_folder=args.ir_folder, progress=span(bar, PREPARING, 1.0 - PREPARING))
     print(", ".join(f"{k} {v}" for k, v in metrics.items()))
     print(f"parameter predictor: {path}")
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.audio.metrics import SPECTRUM_BAND_CENTRES_HZ
+from mixdaemon.audio.dsp import SPECTRUM_BAND_CENTRES_HZ
 from mixdaemon.audio.stems import STEM_NAMES, role_for_name
 from mixdaemon.files import atomic_write
 

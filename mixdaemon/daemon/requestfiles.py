@@ -291,6 +291,13 @@ class RequestFolder:
         self._dispatch(pending, address, args)
 
     def _dispatch(self, pending: _Pending, address: str, args: list) -> None:
+        # Through the OSC encoding and back, as a UDP request arrives (an embedded NUL ends a string,
+        # odd characters become U+FFFD), so the handler sees the same request either way.
+        try:
+            (message,) = decode(encode(address, args))
+            address, args = message.address, list(message.params)
+        except Exception:  # not an OSC address ("submit" without the slash): dispatch names the problem
+            pass
         status = pending.status
         for reply_address, reply_args in dispatch(self.handler, address, args, pending.client):
             status = self._applied(pending, status, reply_address, reply_args)

@@ -1,6 +1,6 @@
 """The engines an evaluation compares besides the product's own: the anchors every table reports
 (identity: y = x; Matchering 2 run stem by stem), and `engine_for`, which turns an evaluation's
-engine spec into an engine (the product's engines come from mixing.engine.make_engine).
+engine spec into an engine (the product's engines come from mixing.factory.make_engine).
 
 Specs: "identity", "matchering", "match", "neural" (pair "default"), "neural:NAME" (a pair in the
 model store, or a pair file), "param" (predictor "params-default"), "param:NAME".

@@ -13,7 +13,7 @@ from mixdaemon.mixing.normalization import load_statistics
 
 
 def recovery_errors(estimated, true) -> dict[str, float]:
-    """How far an estimated chain (fxchain.StemChain) is from the chain of the draw, per parameter
+    """How far an estimated chain (fx.chain.StemChain) is from the chain of the draw, per parameter
     group: EQ band gains (raw, and offset-free: a common offset is the output gain's job), the EQ
     curve (RMS dB over 40 Hz–16 kHz, offset-free), width (side gain, compared up to 2), pan, and the
     compressor and reverb send as detected on/off."""
@@ -41,7 +41,7 @@ def parameter_recovery(songs_dir: str | Path, predictor, seeds=(0,), stats_path:
     """The param engine's estimates on this protocol's material (x = normalized first half; the
     reference = the draw applied to the normalized second half ("other_half", a reference song's
     situation: other music), or to x itself ("same_content": the draw alone separates x from the
-    reference)) against the draw's own chain (fxchain.chain_from_draw on x), for the refined
+    reference)) against the draw's own chain (fx.chain.chain_from_draw on x), for the refined
     estimate and for the prediction alone. Each error is averaged over the stems where its FX fired
     (compressor and reverb detection over all). single_fx: draws of that effect alone, which
     separates how well it is recovered from how much the other effects confound it.

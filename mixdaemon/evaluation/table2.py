@@ -10,7 +10,7 @@ Protocol, per song of SONGS_DIR (MUSDB18 layout: song/{drums,bass,other,vocals}.
 2. Per stem, one FXmanipulator draw (default probabilities, seeded from the run seed, the song
    name and the stem) is applied to both: gt = manipulated A, ref = the same manipulation of B.
 3. Each engine converts x = normalized A (all four stems) with ref (all four stems) as reference,
-   through its public `convert_song`, as a user's job would (the neural engine FX-normalizes its
+   through the Engine protocol's `convert`, as a user's job would (the neural engine FX-normalizes its
    input again, order "mst_inference", which leaves an already normalized stem nearly unchanged).
    "identity" is y = x, the paper's "input" row, and is always evaluated.
 4. Scores per stem and for the multitrack sum of the four stems: L_MSS(y, gt) on L/R and on M/S
@@ -43,8 +43,8 @@ from mixdaemon.audio.stems import STEM_NAMES, load_song
 from mixdaemon.errors import ConfigError, MixdaemonError
 from mixdaemon.progress import Progress, no_progress
 
-# The CLI builds add_evaluate_parser on every call, so torch and the DSP modules are imported by
-# the functions that use them.
+# `mixdaemon evaluate --help` imports this room's command module only; torch and the DSP modules are
+# imported by the functions that use them.
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _stem_rng(seed: int, song: str, stem: str) -> np.random.Generator:
 
 def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
                 progress: Progress = lambda stage, fraction: None, single_fx: str | None = None) -> list[EvaluationSong]:
-    """The evaluation material of every song (stats: an fxnorm_stats.FxStats); with single_fx, every
+    """The evaluation material of every song (stats: an fx.stats.FxStats); with single_fx, every
     draw is that one effect alone (FXManipulator's single_fx)."""
     from mixdaemon.mixing.effects import FXManipulator
     from mixdaemon.mixing.normalization import normalize_stems

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.audio.dsp import integrated_loudness
+from mixdaemon.audio.dsp import average_spectrum_db, integrated_loudness
 from mixdaemon.audio.io import write_audio
 from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
-from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.fx.chain import FX_PARAMS_NAME, write_fx_params
@@ -63,7 +62,8 @@ def _with_mixture(song: Song) -> dict[str, np.ndarray]:
     return {**song.stems, "mixture": np.sum(list(song.stems.values()), axis=0)}
 
 
-def _spectra(**tracks: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+def spectra_of(**tracks: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{label: {track: average_spectrum_db}} of named groups of tracks (before, after, reference)."""
     return {label: {name: average_spectrum_db(x) for name, x in named.items()} for label, named in tracks.items()}
 
 
@@ -153,7 +153,7 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     if spectra:
         t0 = time.perf_counter()
         progress("measuring spectra", 0.99)
-        measured = _spectra(before=_with_mixture(song), after={**limited, "mixture": mixture},
+        measured = spectra_of(before=_with_mixture(song), after={**limited, "mixture": mixture},
                             reference=_with_mixture(reference))
         timings["spectra"] = time.perf_counter() - t0
     progress("done", 1.0)

@@ -248,8 +248,7 @@ class TensorRTBackend(_GraphBackend):
         from mixdaemon.nets.tensorrt import TrtPlan, ensure_plan, pipeline_profile
 
         plans = {}
-        for graph, model, sha in (("fxencoder", encoder, encoder_sha256), ("mixfxcloner", cloner, cloner_sha256),
-                                  ("mixfxcloner-stream", cloner, cloner_sha256)):
+        for graph, model, sha in pair_graphs(encoder, cloner, encoder_sha256, cloner_sha256):
             if model is None:
                 continue
             profile = pipeline_profile(graph, model.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
@@ -330,9 +329,14 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
 
 # --- building ahead of time: `mixdaemon backends build | list` --------------------------------------
 
+def pair_graphs(encoder, cloner, encoder_sha256: str | None, cloner_sha256: str | None) -> tuple:
+    """(graph name, network, weights hash) of every graph a pair runs as (onnx_export.GRAPHS)."""
+    return ((GRAPHS[0], encoder, encoder_sha256), (GRAPHS[1], cloner, cloner_sha256), (GRAPHS[2], cloner, cloner_sha256))
+
+
 class PhaseLog:
-    """Build progress as a line per phase and per tenth of it, given to `emit` (log.info, print),
-    each line led by `what` when it is not empty."""
+    """Build progress as a line per phase and per tenth of it, led by `what`, given to `emit`
+    (log.info, print)."""
 
     def __init__(self, what: str, emit: Callable[[str], None]):
         self.what, self.emit, self.shown = what, emit, {}
@@ -341,7 +345,7 @@ class PhaseLog:
         tenth = int(fraction * 10)
         if self.shown.get(phase) != tenth:
             self.shown[phase] = tenth
-            self.emit(f"{self.what}: {phase} {100 * fraction:.0f}%" if self.what else f"{phase} {100 * fraction:.0f}%")
+            self.emit(f"{self.what}: {phase} {100 * fraction:.0f}%")
 
 
 def build_artifacts(model: str | None = None, *, store=None, backend: str = "auto", precisions=PRECISIONS,
@@ -354,8 +358,7 @@ def build_artifacts(model: str | None = None, *, store=None, backend: str = "aut
     from mixdaemon.nets.store import load_pair
 
     encoder, cloner, info = load_pair(model or defaults.DEFAULT_MODEL, store=store)
-    graphs = ((GRAPHS[0], encoder, info.encoder.weights_sha256), (GRAPHS[1], cloner, info.cloner.weights_sha256),
-              (GRAPHS[2], cloner, info.cloner.weights_sha256))
+    graphs = pair_graphs(encoder, cloner, info.encoder.weights_sha256, info.cloner.weights_sha256)
     built = [(f"ONNX {graph}", ensure_onnx(graph, net, sha, "fp32", store)) for graph, net, sha in graphs]
     reason = unavailable_reason("tensorrt")
     if reason is not None:
@@ -367,10 +370,10 @@ def build_artifacts(model: str | None = None, *, store=None, backend: str = "aut
     for precision in precisions:
         for graph, net, sha in graphs:
             profile = pipeline_profile(graph, net.config, chunk_seconds=chunk_seconds, batch_size=batch_size)
-            what = f"TensorRT {graph} {precision}"
+            what = f"{graph} {precision}"
             path = ensure_plan(graph, net, sha, profile, precision, store,
                                lambda phase, fraction, w=what: progress(f"{w}: {phase}", fraction))
-            built.append((what, path))
+            built.append((f"TensorRT {what}", path))
     return built, None
 
 

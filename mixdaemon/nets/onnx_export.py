@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mixdaemon import defaults
 from mixdaemon.errors import ConfigError, ModelFileError
 from mixdaemon.files import atomic_path, atomic_write
 from mixdaemon.nets.mst import AUDIO_CHANNELS, ClonerConfig, FXencoder, MixFXcloner
@@ -58,7 +59,7 @@ OPSET = 18
 # files from an older mixdaemon are not reused.
 GRAPH_FORMAT = 2
 GRAPHS = ("fxencoder", "mixfxcloner", "mixfxcloner-stream")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = defaults.PRECISIONS
 CACHE_FOLDER = "cache"
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -317,6 +318,8 @@ def ensure_artifact(path: Path, key: dict, build: Callable[[Path], None], what: 
     started = time.monotonic()
     with atomic_path(path) as partial:
         build(partial)
+        if partial.stat().st_size == 0:  # atomic_path hands the builder an empty file; one left empty is no artifact
+            raise ModelFileError(f"{path}: building the {what} wrote nothing")
     record = {"key": key, "what": what, "bytes": path.stat().st_size,
               "build_seconds": round(time.monotonic() - started, 1),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

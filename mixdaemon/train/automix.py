@@ -34,7 +34,7 @@ from mixdaemon.audio.dsp import WORKING_RATE
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.stems import load_song
 from mixdaemon.errors import ConfigError
-from mixdaemon.files import file_sha256
+from mixdaemon.files import atomic_write, file_sha256
 from mixdaemon.fx.normalization import ReverbNormalization
 from mixdaemon.fx.stats import FxStats
 from mixdaemon.mixing.automix import (
@@ -134,9 +134,10 @@ class MultitrackLibrary:
             target = np.sum(list(stems.values()), axis=0)
         folder_cache = self.cache_dir / folder.name
         folder_cache.mkdir(parents=True, exist_ok=True)
-        np.save(folder_cache / f"inputs_normalized_{NORMALIZE_ORDER}.npy",
-                network_input(normalize_for_automix(stems, stats, seed, reverb=self.reverb)))
-        np.save(folder_cache / TARGET_FILE, np.ascontiguousarray(target.T, dtype=np.float32))
+        with atomic_write(folder_cache / f"inputs_normalized_{NORMALIZE_ORDER}.npy") as f:
+            np.save(f, network_input(normalize_for_automix(stems, stats, seed, reverb=self.reverb)))
+        with atomic_write(folder_cache / TARGET_FILE) as f:
+            np.save(f, np.ascontiguousarray(target.T, dtype=np.float32))
         return length
 
     def _song(self, index: int) -> tuple[np.ndarray, np.ndarray]:

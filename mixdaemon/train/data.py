@@ -124,7 +124,8 @@ class StemLibrary:
         (self.cache_dir / folder.name).mkdir(parents=True, exist_ok=True)
         for stem, audio in normalized.items():
             trimmed = trim_silence(np.clip(audio, -1.0, 1.0).astype(np.float32))
-            np.save(self.cache_dir / folder.name / f"{stem}{self._suffix}", trimmed)
+            with atomic_write(self.cache_dir / folder.name / f"{stem}{self._suffix}") as f:
+                np.save(f, trimmed)
             lengths[stem] = int(len(trimmed))
         return lengths
 

@@ -9,10 +9,10 @@ Two renderers:
   brass, mallets) as block chords, arpeggios or strums, and a phrased lead line — and each stem is
   rendered separately by FluidSynth with the FluidR3 General MIDI soundfont, whose sampled
   instruments have the broad, noisy, evolving spectra of recordings. A share of the vocal stems is
-  the formant-synth voice of `mixdaemon.examples` instead of the soundfont's choir/voice presets,
+  the formant-synth voice of `mixdaemon.audio.examples` instead of the soundfont's choir/voice presets,
   which are the least voice-like part of the soundfont. The soundfont's own reverb and chorus are on
   in a share of the songs (seeded), so the material spans dry and wet sources.
-- "numpy": `mixdaemon.examples.synth_song` at a random tempo: no external program, used by the
+- "numpy": `mixdaemon.audio.examples.synth_song` at a random tempo: no external program, used by the
   tests and wherever FluidSynth is missing.
 
 Everything is seeded: song i of a run with seed s is composed from SeedSequence([s, i]) alone, so

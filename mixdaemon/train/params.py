@@ -38,7 +38,7 @@ from mixdaemon.mixing.param_estimation import (
     ParamPredictor,
     chain_to_unit,
 )
-from mixdaemon.progress import Progress, no_progress
+from mixdaemon.progress import Progress, no_progress, span
 from mixdaemon.train.data import STEMS, StemLibrary, manipulators
 from mixdaemon.train.loop import LOG, TRAIN_STREAM, VALIDATION_STREAM, CsvLog, step_rng
 
@@ -204,12 +204,13 @@ def train_params(cfg: ParamsTrainingConfig, train_library: StemLibrary, validati
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    # Making the examples is most of the time (renders of FXmanipulator draws); the MLP fits in seconds.
     train = make_examples(train_library, cfg.examples, cfg, TRAIN_STREAM, run_dir / EXAMPLES_FILE.format(part="train"),
-                          ir_folder, progress)
+                          ir_folder, span(progress, 0.0, 0.85))
     validation = make_examples(validation_library, cfg.validation_examples, cfg, VALIDATION_STREAM,
-                               run_dir / EXAMPLES_FILE.format(part="validation"), ir_folder, progress)
+                               run_dir / EXAMPLES_FILE.format(part="validation"), ir_folder, span(progress, 0.85, 0.1))
     made = time.perf_counter() - started
-    predictor, metrics = fit_predictor(train, validation, cfg, CsvLog(run_dir / LOG, None), progress)
+    predictor, metrics = fit_predictor(train, validation, cfg, CsvLog(run_dir / LOG, None), span(progress, 0.95, 0.05))
     metrics["seconds_making_examples"] = round(made, 1)
     metrics["seconds_total"] = round(time.perf_counter() - started, 1)
     predictor.metadata["provenance"] = {
@@ -220,6 +221,7 @@ def train_params(cfg: ParamsTrainingConfig, train_library: StemLibrary, validati
         "ir_folder": str(ir_folder) if ir_folder else None,
         "date": time.strftime("%Y-%m-%d", time.gmtime()), **(provenance or {})}
     path = predictor.save(out)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    with atomic_write(run_dir / "metrics.json", "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=1)
     return path, metrics
 

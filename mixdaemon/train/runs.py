@@ -7,12 +7,15 @@ RUN_DIR/log.csv (step, phase, metric, value, seconds); `loop.resume` continues a
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 from mixdaemon.fx.stats import default_stats_path
 from mixdaemon.nets.store import store_dir
-from mixdaemon.progress import Progress, no_progress
+from mixdaemon.progress import Progress, no_progress, span
+
+PREPARING = 0.1  # of a run's progress: normalizing the songs into the cache (slow once, then read back)
 
 
 def training_libraries(songs_dir, val_dir, cache_dir, stats, seed, progress: Progress = no_progress,
@@ -22,6 +25,13 @@ def training_libraries(songs_dir, val_dir, cache_dir, stats, seed, progress: Pro
     from mixdaemon.train.data import StemLibrary, libraries
     return libraries(songs_dir, val_dir, stats or default_stats_path(flavour), cache_dir, seed, progress,
                      library_class=library_class or StemLibrary)
+
+
+def _phases(loop):
+    """(progress of preparing the libraries, the loop settings whose progress is the training's):
+    one bar over the whole run, so that it keeps moving forward."""
+    return (span(loop.progress, 0.0, PREPARING),
+            dataclasses.replace(loop, progress=span(loop.progress, PREPARING, 1.0 - PREPARING)))
 
 
 def _run_and_export(trainer, train, loop, out, export) -> Path:
@@ -42,7 +52,8 @@ def train_encoder(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=N
     from mixdaemon.train.encoder import EncoderTrainer
     from mixdaemon.train.loop import configure_torch, resolve_device
     configure_torch(cfg.seed, threads)
-    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress)
+    preparing, loop = _phases(loop)
+    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, preparing)
     trainer = EncoderTrainer(cfg, train, validation, loop, resolve_device(device), ir_folder)
     trainer.run()
     return trainer.checkpoint_path
@@ -57,7 +68,8 @@ def train_cloner(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=No
     from mixdaemon.train.cloner import ClonerTrainer, export_pair
     from mixdaemon.train.loop import configure_torch, resolve_device
     configure_torch(cfg.seed, threads)
-    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress)
+    preparing, loop = _phases(loop)
+    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, preparing)
     trainer = ClonerTrainer(cfg, train, validation, loop, resolve_device(device), ir_folder)
     return _run_and_export(trainer, train, loop, out, export_pair)
 
@@ -68,15 +80,12 @@ def train_automix(cfg, songs_dir, loop, *, val_dir=None, cache_dir=None, stats=N
     with the original mixes as targets. When the run reaches its last step, the model is written to
     `out` (default: <run_dir>/model.safetensors) and that path returned; the checkpoint path when
     the run stopped early (loop.stop_after)."""
-    from mixdaemon.train.automix import (
-        AutomixTrainer,
-        MultitrackLibrary,
-        export_automix_model,
-    )
+    from mixdaemon.train.automix import AutomixTrainer, MultitrackLibrary, export_automix_model
     from mixdaemon.train.loop import configure_torch, resolve_device
     configure_torch(cfg.seed, threads)
-    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, loop.progress, "fxnorm",
-                                   functools.partial(MultitrackLibrary, ir_folder=cfg.ir_folder))
+    preparing, loop = _phases(loop)
+    train, validation = training_libraries(songs_dir, val_dir, cache_dir, stats, cfg.seed, preparing, "fxnorm",
+                                           functools.partial(MultitrackLibrary, ir_folder=cfg.ir_folder))
     trainer = AutomixTrainer(cfg, train, validation, loop, resolve_device(device))
     return _run_and_export(trainer, train, loop, out, export_automix_model)
 

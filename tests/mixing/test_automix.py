@@ -5,9 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from mixdaemon.audio.dsp import average_spectrum_db
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.mastering import true_peak_dbtp
-from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.cli.main import build_parser
 from mixdaemon.errors import (
     ConfigError,

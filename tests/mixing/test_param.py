@@ -37,9 +37,28 @@ def stem_files(folder):
     return [str(folder / f"{name}.wav") for name in STEM_NAMES]
 
 
+# The ranges a DAW accepts for each setting (ReaEQ, ReaComp, track volume/pan/width).
+DAW_RANGES = {"freq_hz": (10.0, 22000.0), "gain_db": (-48.0, 48.0), "q": (0.05, 20.0), "threshold_db": (-100.0, 0.0),
+              "ratio": (1.0, 100.0), "attack_ms": (0.01, 1000.0), "release_ms": (1.0, 10000.0), "width": (0.0, 8.0),
+              "pan": (-1.0, 1.0), "send_db": (-100.0, 24.0), "room_size": (0.0, 1.0)}
+
+
+def _in_daw_ranges(entry: dict, where: str) -> None:
+    values = [(k, v) for band in entry["eq"] for k, v in band.items() if k != "type"]
+    values += list(entry["compressor"].items()) + [("width", entry["width"]), ("pan", entry["pan"])]
+    values += [(k, v) for k, v in entry["reverb"].items() if v is not None]
+    for key, value in values:
+        low, high = DAW_RANGES[key]
+        assert np.isfinite(value) and low <= value <= high, f"{where}: {key} {value} outside [{low}, {high}]"
+    assert np.isfinite(entry["gain_db"]) and -96.0 <= entry["gain_db"] <= 48.0, where
+
+
 def read_chains(path) -> dict[str, StemChain]:
-    """The chains an fx_params.json describes, read as a DAW script reads them (key by key, in user units)."""
+    """The chains an fx_params.json describes, read as a DAW script reads them (key by key, in user
+    units), each setting inside the range a DAW accepts."""
     stems = json.loads(Path(path).read_text())["stems"]
+    for name, entry in stems.items():
+        _in_daw_ranges(entry, name)
     return {name: StemChain([EqBand(b["type"], b["freq_hz"], b["gain_db"], b["q"]) for b in entry["eq"]],
                             CompressorSettings(**entry["compressor"]), entry["width"], entry["pan"],
                             ReverbSend(**entry["reverb"]), entry["gain_db"])

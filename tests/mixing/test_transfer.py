@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mixdaemon.audio.dsp import integrated_loudness
+from mixdaemon.audio.dsp import average_spectrum_db, integrated_loudness
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.mastering import true_peak_dbtp
-from mixdaemon.audio.metrics import average_spectrum_db
 from mixdaemon.cli.main import main
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.mixing.transfer import transfer
