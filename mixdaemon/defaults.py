@@ -24,6 +24,11 @@ CEILING_DBTP = -1.0           # true-peak ceiling of every written stem and mix
 OUTPUT_SUBTYPE = "PCM_24"
 OUTPUT_SUBTYPES = ("PCM_16", "PCM_24", "PCM_32", "FLOAT")
 SEED = 0
+# What a transfer may move toward the reference (--match), and how far (--amount: 0 = the input,
+# 1 = all the way).
+ASPECTS = ("level", "eq", "dynamics", "width", "space")
+AMOUNT = 1.0
+EVALUATION_SEGMENT_SECONDS = 10.0  # segment length of the raw and unpaired evaluation protocols
 
 OSC_HOST = "127.0.0.1"
 OSC_PORT = 7700

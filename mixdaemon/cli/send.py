@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from mixdaemon import defaults
-from mixdaemon.daemon.osc import COMMANDS, PREFIX, OscClient
+from mixdaemon.cli.transfer import aspect_list, stem_amounts
+from mixdaemon.daemon.osc import COMMANDS, PREFIX, OscClient, format_options
 from mixdaemon.errors import MixdaemonError
 
 
@@ -18,8 +19,12 @@ def _request_for(args) -> tuple[str, list]:
         files = [str(Path(p).absolute()) for p in args.stems]
         reference = str(Path(args.reference).absolute()) if args.reference else ""
         out = str(Path(args.out).absolute()) if args.out else ""
+        options = _job_options(args)
         if len(files) == 1:
-            return f"{PREFIX}/submit", [files[0], reference, out]
+            return f"{PREFIX}/submit", [files[0], reference, out, *([format_options(options)] if options else [])]
+        if options:
+            raise MixdaemonError("send submit: --amount, --stem-amount and --match need one folder or file "
+                                 "(the daemon takes options with /mixdaemon/submit only)")
         return f"{PREFIX}/submit/files", [reference, out, *files]
     if cmd == "automix":
         out = str(Path(args.out).absolute()) if args.out else ""
@@ -40,6 +45,18 @@ def _request_for(args) -> tuple[str, list]:
     if cmd == "subscribe":
         return f"{PREFIX}/subscribe", []
     raise MixdaemonError(f"unknown send command {cmd}")
+
+
+def _job_options(args) -> dict:
+    """The submit options given (osc.parse_options' form); the daemon checks their values."""
+    options: dict = {}
+    if args.amount is not None:
+        options["amount"] = args.amount
+    if args.match is not None:
+        options["match"] = aspect_list(args.match)
+    if args.stem_amount:
+        options["stem_amount"] = stem_amounts(args.stem_amount)
+    return options
 
 
 def _print_message(address: str, params: list) -> None:
@@ -110,6 +127,13 @@ def register(subparsers) -> None:
     s.add_argument("stems", nargs="+", help="a folder of stems, one file, or several stem files")
     s.add_argument("--reference", help="reference file or folder (default: the daemon's default reference)")
     s.add_argument("--out", help="output root (default: the daemon's output root)")
+    s.add_argument("--amount", metavar="A", help="how far this job moves toward the reference, 0 (the input) "
+                                                 "to 1 (all the way) (default: the daemon's [transfer] amount)")
+    s.add_argument("--stem-amount", action="append", default=[], metavar="STEM=A",
+                   help="the amount for one stem, over --amount (repeatable): --stem-amount vocals=0.3")
+    s.add_argument("--match", metavar="ASPECTS",
+                   help=f"what this job moves, comma-separated, of {', '.join(defaults.ASPECTS)} "
+                        "(default: the daemon's [transfer] match)")
     s.add_argument("--wait", action="store_true", help="print progress and wait until the job is done")
     s = cmds.add_parser("automix", help="mix a stems folder with the automix model (no reference)")
     s.add_argument("stems", help="a folder of stems (or one stem file)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from mixdaemon import defaults
 from mixdaemon.cli.progress import ProgressBar
+from mixdaemon.errors import ConfigError
 
 
 def add_transfer_options(p) -> None:
@@ -24,16 +25,44 @@ def add_transfer_options(p) -> None:
     p.add_argument("--separation-dir", help="local folder of demucs models (offline use)")
     p.add_argument("--ceiling", type=float, default=defaults.CEILING_DBTP, help="true-peak ceiling of the outputs, dBTP")
     p.add_argument("--seed", type=int, default=defaults.SEED)
+    p.add_argument("--amount", default=defaults.AMOUNT, metavar="A",
+                   help="how far to move toward the reference: 0 returns the input, 1 (the default) goes all "
+                        "the way, 0.5 halfway")
+    p.add_argument("--stem-amount", action="append", default=[], metavar="STEM=A",
+                   help="the amount for one stem, over --amount (repeatable): --stem-amount vocals=0.3")
+    p.add_argument("--match", default=",".join(defaults.ASPECTS), metavar="ASPECTS",
+                   help=f"what moves toward the reference, comma-separated, of {', '.join(defaults.ASPECTS)} "
+                        "(default: all); e.g. --match level,eq leaves dynamics, width and space alone. The neural "
+                        "engine moves all of them at once")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def aspect_list(text: str) -> list[str]:
+    """--match level,eq → ["level", "eq"]."""
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def stem_amounts(pairs: list[str]) -> dict[str, str]:
+    """--stem-amount vocals=0.3 ... → {"vocals": "0.3"}; the values are checked with the settings."""
+    out = {}
+    for pair in pairs:
+        stem, sep, amount = pair.partition("=")
+        if not sep or not stem.strip() or not amount.strip():
+            raise ConfigError(f"--stem-amount {pair!r}: give STEM=AMOUNT, e.g. vocals=0.3")
+        out[stem.strip()] = amount.strip()
+    return out
+
+
 def settings_from_args(args):
-    from mixdaemon.mixing.settings import TransferSettings
-    return TransferSettings(engine=args.engine, model=args.model, backend=args.backend,
-                            chunk_seconds=args.chunk_seconds, batch_size=args.batch_size, stats=args.stats,
-                            separation_model=args.separation_model, separation_dir=args.separation_dir,
-                            ceiling_dbtp=args.ceiling, seed=args.seed)
+    """The options as TransferSettings, checked as config.toml's [transfer] is: a wrong value is a
+    one-line error naming it."""
+    from mixdaemon.mixing.settings import TransferSettings, validated
+    return validated(TransferSettings, dict(
+        engine=args.engine, model=args.model, backend=args.backend, chunk_seconds=args.chunk_seconds,
+        batch_size=args.batch_size, stats=args.stats, separation_model=args.separation_model,
+        separation_dir=args.separation_dir, ceiling_dbtp=args.ceiling, seed=args.seed, amount=args.amount,
+        stem_amount=stem_amounts(args.stem_amount), match=aspect_list(args.match)))
 
 
 def run_transfer(args, input_path, reference_path, out_dir) -> int:

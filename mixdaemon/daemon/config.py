@@ -29,7 +29,7 @@ from pydantic import (
 
 from mixdaemon import defaults
 from mixdaemon.errors import ConfigError
-from mixdaemon.mixing.settings import AutomixSettings, TransferSettings
+from mixdaemon.mixing.settings import AutomixSettings, TransferSettings, describe_error, key_name
 
 ENV_PREFIX = "MIXDAEMON__"
 # Fields the output pattern may use; see OutputConfig.
@@ -199,25 +199,13 @@ class DaemonConfig(_Section):
         return sorted({r.resolve() for r in roots})
 
 
-def _key_name(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def _describe(error: dict) -> str:
-    key = _key_name(error["loc"])
+    key = key_name(error["loc"])
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"{key}: unknown key (check the spelling; see config.toml in the project for all keys)"
     if error["type"] == "missing":
         return f"{key}: required key is missing"
-    msg = error["msg"].removeprefix("Value error, ")
-    if not error["loc"]:
-        return msg  # a check across keys: its message names them
-    got = error.get("input")
-    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-    return f"{key}: {msg}{shown}"
+    return describe_error(error)
 
 
 def _env_value(raw: str) -> Any:

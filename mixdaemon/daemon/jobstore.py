@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -139,8 +139,27 @@ def job_key(input_hashes: dict[str, str], reference_hashes: dict[str, str], sett
         h.update(f"in {path} {digest}\n".encode())
     for digest in sorted(reference_hashes.values()):
         h.update(f"ref {digest}\n".encode())
-    h.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    h.update(json.dumps(_keyed_settings(settings), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _keyed_settings(settings) -> dict:
+    """The settings as the key hashes them: a setting added since keys were first stored counts
+    only when it differs from its default, so the work done before it existed keeps its key
+    (upgrading does not convert every watched bounce again)."""
+    values = asdict(settings)
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(settings) if f.name in ADDED_SETTINGS}
+    return {name: value for name, value in values.items()
+            if name not in defaults or _comparable(value) != _comparable(defaults[name])}
+
+
+# Settings that job keys did not hash when they were introduced (see _keyed_settings).
+ADDED_SETTINGS = frozenset({"amount", "stem_amount", "match"})
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 # --- the store ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ runs when it arrives).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -92,9 +93,11 @@ class Command:
 COMMANDS: dict[str, Command] = {c.address: c for c in (
     Command(f"{PREFIX}/ping", "cmd_ping", (), (f"{PREFIX}/pong",), "is the daemon there; replies its version"),
     Command(f"{PREFIX}/submit", "cmd_submit",
-            (Arg("stems_path", "text"), Arg("reference_path", "text", optional=True), Arg("out_root", "text", optional=True)),
+            (Arg("stems_path", "text"), Arg("reference_path", "text", optional=True), Arg("out_root", "text", optional=True),
+             Arg("options", "text", optional=True)),
             (f"{PREFIX}/queued",),
-            "convert a stems folder or one file; \"\" or no reference/out: the defaults"),
+            "convert a stems folder or one file; \"\" or no reference/out: the defaults; options: "
+            "\"amount=0.5 match=level,eq stem_amount.vocals=0.3\" (see parse_options)"),
     Command(f"{PREFIX}/submit/files", "cmd_submit_files",
             (Arg("reference_path", "text"), Arg("out_root", "text"), Arg("stem_file", "text", variadic=True)),
             (f"{PREFIX}/queued",), "convert a list of stem files (reference and out may be \"\")"),
@@ -156,6 +159,48 @@ def check_arguments(command: Command, params: list) -> list:
         arg = command.args[min(i, len(command.args) - 1)]
         out.append(_coerce(command, i, arg, value))
     return out
+
+
+# --- a job's options ---------------------------------------------------------------------------
+
+STEM_AMOUNT_PREFIX = "stem_amount."
+
+
+def parse_options(text: str) -> dict:
+    """The options argument of /mixdaemon/submit: `key=value` items separated by spaces or
+    semicolons, of `amount=A` (0..1), `match=ASPECT,ASPECT...` and `stem_amount.STEM=A`:
+
+        "amount=0.5 match=level,eq stem_amount.vocals=0.3"
+        → {"amount": "0.5", "match": ["level", "eq"], "stem_amount": {"vocals": "0.3"}}
+
+    The values stay text here; the daemon checks them as it checks config.toml's [transfer]. Only
+    these keys: a request may choose how far and what moves, not which files the daemon reads."""
+    options: dict = {}
+    for item in re.split(r"[\s;]+", text.strip()):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise OscRequestError(f"options: {item[:80]!r}: give key=value, e.g. amount=0.5")
+        if key == "amount":
+            options["amount"] = value
+        elif key == "match":
+            options["match"] = [a for a in value.split(",") if a]
+        elif key.startswith(STEM_AMOUNT_PREFIX) and len(key) > len(STEM_AMOUNT_PREFIX):
+            options.setdefault("stem_amount", {})[key[len(STEM_AMOUNT_PREFIX):]] = value
+        else:
+            raise OscRequestError(f"options: unknown option {key[:80]!r}; use amount=A, match=ASPECT,... "
+                                  f"or {STEM_AMOUNT_PREFIX}STEM=A")
+    return options
+
+
+def format_options(options: dict) -> str:
+    """The options argument for parse_options' dict (what `mixdaemon send submit --amount` sends)."""
+    items = [f"amount={options['amount']}"] if "amount" in options else []
+    if "match" in options:
+        items.append(f"match={','.join(options['match'])}")
+    items += [f"{STEM_AMOUNT_PREFIX}{stem}={amount}" for stem, amount in options.get("stem_amount", {}).items()]
+    return " ".join(items)
 
 
 # --- encoding ------------------------------------------------------------------------------------

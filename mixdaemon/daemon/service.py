@@ -47,6 +47,7 @@ from mixdaemon.daemon.osc import (
     OscServer,
     Sender,
     Target,
+    parse_options,
 )
 from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_preview
 from mixdaemon.daemon.requestfiles import RequestFolder
@@ -54,6 +55,7 @@ from mixdaemon.daemon.watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
 from mixdaemon.daemon.worker import LocalExecutor
 from mixdaemon.errors import ConfigError, MixdaemonError
 from mixdaemon.files import atomic_write
+from mixdaemon.mixing.settings import TransferSettings, validated
 
 log = logging.getLogger("mixdaemon")
 
@@ -229,9 +231,10 @@ class Daemon:
 
     def submit(self, files: list[Path], reference: Path | None, out_root: Path, *, source: str, folder_name: str,
                reply_to: Target | None = None, retry_failed: bool = True,
-               job_type: str = "transfer") -> tuple[Job, bool]:
+               job_type: str = "transfer", settings: TransferSettings | None = None) -> tuple[Job, bool]:
         """Queue a job (or find the same work already queued, running or done): (job, created).
-        An automix job takes no reference (None). With retry_failed=False (watched bounces), work
+        An automix job takes no reference (None). A transfer job runs with `settings` (a request's
+        options applied) or else the configured ones. With retry_failed=False (watched bounces), work
         that failed before is not queued again (the failed job is returned), nor is finished work
         whose results were deleted since: a user who cleans up the output folder does not want every
         old bounce converted again at the next start. An explicit request (OSC) redoes both."""
@@ -239,7 +242,7 @@ class Daemon:
         if job_type == "automix":
             settings, reference_hashes = self.automix_settings, {}
         else:
-            settings, reference_hashes = self.settings, hash_files(reference_files(reference))
+            settings, reference_hashes = settings or self.settings, hash_files(reference_files(reference))
         key = job_key(input_hashes, reference_hashes, settings, job_type)
         if not retry_failed:
             failed = self.store.find_key(key, ("error",))
@@ -301,8 +304,19 @@ class Daemon:
     def cmd_ping(self, sender: Sender):
         return [(f"{PREFIX}/pong", [__version__])]
 
+    def _settings_with(self, options: str) -> TransferSettings:
+        """The configured transfer settings with a request's options (osc.parse_options) applied,
+        checked as config.toml's [transfer] is. Stem amounts are added to the configured ones."""
+        changes = parse_options(options)
+        if "stem_amount" in changes:
+            changes["stem_amount"] = {**self.settings.stem_amount, **changes["stem_amount"]}
+        try:
+            return validated(TransferSettings, {**asdict(self.settings), **changes})
+        except ConfigError as exc:
+            raise OscRequestError(f"options: {exc}") from None
+
     def _submit_request(self, sender: Sender, files: list[Path], folder: Path, reference: str, out: str,
-                        job_type: str = "transfer"):
+                        job_type: str = "transfer", settings: TransferSettings | None = None):
         out_root = self._allowed(out, "output folder") if out else self.output_root
         ref = None
         if job_type == "transfer":
@@ -321,7 +335,7 @@ class Daemon:
         else:
             source, reply_to = f"osc:{sender[0]}:{sender[1]}", sender
         job, created = self.submit(files, ref, out_root, source=source, folder_name=folder.name, reply_to=reply_to,
-                                   job_type=job_type)
+                                   job_type=job_type, settings=settings)
         replies = [(f"{PREFIX}/queued", [job.id, str(folder)])]
         if created:
             self.osc.notify(f"{PREFIX}/queued", [job.id, str(folder)], exclude=sender)
@@ -337,9 +351,10 @@ class Daemon:
             self._allowed(str(f), "stem file")
         return files, path if path.is_dir() else path.parent
 
-    def cmd_submit(self, sender: Sender, stems: str, reference: str = "", out: str = ""):
+    def cmd_submit(self, sender: Sender, stems: str, reference: str = "", out: str = "", options: str = ""):
+        settings = self._settings_with(options) if options.strip() else None
         files, folder = self._stem_files(stems)
-        return self._submit_request(sender, files, folder, reference, out)
+        return self._submit_request(sender, files, folder, reference, out, settings=settings)
 
     def cmd_automix(self, sender: Sender, stems: str, out: str = ""):
         files, folder = self._stem_files(stems)

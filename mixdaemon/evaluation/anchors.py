@@ -1,9 +1,10 @@
 """The engines an evaluation compares besides the product's own: the anchors every table reports
-(identity: y = x; Matchering 2 run stem by stem), and `engine_for`, which turns an evaluation's
-engine spec into an engine (the product's engines come from mixing.factory.make_engine).
+(identity: y = x; rms: each stem gained to its reference stem's RMS; Matchering 2 run stem by stem),
+and `engine_for`, which turns an evaluation's engine spec into an engine (the product's engines come
+from mixing.factory.make_engine).
 
-Specs: "identity", "matchering", "match", "neural" (pair "default"), "neural:NAME" (a pair in the
-model store, or a pair file), "param" (predictor "params-default"), "param:NAME".
+Specs: "identity", "rms", "matchering", "match", "neural" (pair "default"), "neural:NAME" (a pair in
+the model store, or a pair file), "param" (predictor "params-default"), "param:NAME".
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixdaemon.audio.dsp import rms_match
 from mixdaemon.audio.io import read_audio, write_audio
 from mixdaemon.errors import ConfigError
 from mixdaemon.mixing.engine import Conversion
@@ -29,6 +31,19 @@ class IdentityEngine:
 
     def convert(self, input_stems, reference_stems, progress: Progress = no_progress, reference_b_stems=None):
         return Conversion(dict(input_stems))
+
+
+class RmsEngine:
+    """Each stem gained so that its RMS (whole segment, both channels) equals the reference stem's:
+    level alone, the simplest transfer an engine has to beat."""
+
+    name = "rms"
+    info = {"name": "rms", "kind": "per-stem gain to the reference stem's RMS"}
+    capabilities: frozenset[str] = frozenset()
+
+    def convert(self, input_stems, reference_stems, progress: Progress = no_progress, reference_b_stems=None):
+        return Conversion({name: rms_match(x, reference_stems[name]).astype(np.float32)
+                           for name, x in input_stems.items()})
 
 
 class MatcheringEngine:
@@ -69,7 +84,7 @@ class MatcheringEngine:
         return Conversion(out)
 
 
-ANCHORS = {"identity": IdentityEngine, "matchering": MatcheringEngine}
+ANCHORS = {"identity": IdentityEngine, "rms": RmsEngine, "matchering": MatcheringEngine}
 
 
 def engine_for(spec: str, stats_path: str | Path | None = None, seed: int = 0, backend: str = "torch"):
@@ -79,7 +94,7 @@ def engine_for(spec: str, stats_path: str | Path | None = None, seed: int = 0, b
         return ANCHORS[spec]()
     kind, _, model = spec.partition(":")
     if kind not in ("match", "neural", "param") or (kind == "match" and model):
-        raise ConfigError(f"engine {spec!r}: expected identity, match, matchering, neural, neural:NAME, "
+        raise ConfigError(f"engine {spec!r}: expected identity, rms, match, matchering, neural, neural:NAME, "
                           "param or param:NAME")
     engine = make_engine(TransferSettings(engine=kind, model=model or None, backend=backend,
                                           stats=str(stats_path) if stats_path else None, seed=seed))

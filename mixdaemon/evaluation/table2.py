@@ -32,15 +32,28 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mixdaemon import defaults
-from mixdaemon.audio.stems import STEM_NAMES, load_song
-from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.audio.stems import STEM_NAMES
+from mixdaemon.errors import MixdaemonError
+from mixdaemon.evaluation.songs import (
+    LEVELS,
+    MSS_SCORES,
+    MULTITRACK,
+    build_engines,
+    load_stems,
+    mean_scores,
+    mss_scores,
+    single_blas_thread,
+    song_folders,
+    stem_rng,
+    with_multitrack,
+    with_ratios,
+)
 from mixdaemon.progress import Progress, no_progress
 
 # `mixdaemon evaluate --help` imports this room's command module only; torch and the DSP modules are
@@ -49,7 +62,6 @@ from mixdaemon.progress import Progress, no_progress
 log = logging.getLogger(__name__)
 
 NORMALIZE_ORDER = "mst_training"
-MULTITRACK = "multitrack"
 SCORES = ("lr", "ms", "y_ref", "y_gt")
 PAPER_RATIO = {"lr": 0.982 / 1.222, "ms": 1.274 / 1.620}  # Ψ with Φ_p.s., multitrack (Table 2)
 
@@ -66,22 +78,6 @@ class EvaluationSong:
     draws: dict[str, dict]
 
 
-def song_folders(songs_dir: str | Path) -> list[Path]:
-    """Sub-folders of songs_dir holding all four stem files, sorted by name."""
-    songs_dir = Path(songs_dir)
-    if not songs_dir.is_dir():
-        raise ConfigError(f"{songs_dir}: not a folder of songs")
-    folders = [p for p in sorted(songs_dir.iterdir())
-               if p.is_dir() and all(any(p.glob(f"{stem}.*")) for stem in STEM_NAMES)]
-    if not folders:
-        raise ConfigError(f"{songs_dir}: no song folder with {', '.join(STEM_NAMES)} stems")
-    return folders
-
-
-def _stem_rng(seed: int, song: str, stem: str) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(song.encode()), STEM_NAMES.index(stem)]))
-
-
 def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
                 progress: Progress = lambda stage, fraction: None, single_fx: str | None = None) -> list[EvaluationSong]:
     """The evaluation material of every song (stats: an fx.stats.FxStats); with single_fx, every
@@ -92,7 +88,7 @@ def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
     songs = []
     for i, folder in enumerate(folders):
         progress(f"preparing {folder.name}", i / len(folders))
-        stems = {name: load_song([next(folder.glob(f"{name}.*"))]).stems[name] for name in STEM_NAMES}
+        stems = load_stems(folder)
         half = min(len(x) for x in stems.values()) // 2
         normalized = [{name: np.clip(x, -1.0, 1.0) for name, x in
                        normalize_stems({name: s[part * half:(part + 1) * half] for name, s in stems.items()},
@@ -102,7 +98,7 @@ def build_songs(songs_dir: str | Path, stats, seed: int = 0, ir_folder=None,
         for name in STEM_NAMES:
             manipulator = FXManipulator(name, ir_folder=ir_folder, single_fx=single_fx)
             (gt[name], ref[name]), draws[name] = manipulator.manipulate(
-                [normalized[0][name], normalized[1][name]], _stem_rng(seed, folder.name, name))
+                [normalized[0][name], normalized[1][name]], stem_rng(seed, folder.name, name))
             x[name] = normalized[0][name].astype(np.float32)
         songs.append(EvaluationSong(folder.name, x, gt, ref, draws))
     return songs
@@ -138,19 +134,10 @@ class Embedder:
 
 
 def _scores(y: np.ndarray, gt: np.ndarray, e_y, e_ref, e_gt) -> dict[str, float | None]:
-    from mixdaemon.audio.metrics import embedding_distance, mss_distance
-    return {"lr": mss_distance(y, gt, "lr"), "ms": mss_distance(y, gt, "ms"),
+    from mixdaemon.audio.metrics import embedding_distance
+    return {**mss_scores(y, gt),
             "y_ref": embedding_distance(e_y, e_ref) if e_y is not None and e_ref is not None else None,
             "y_gt": embedding_distance(e_y, e_gt) if e_y is not None and e_gt is not None else None}
-
-
-def _with_multitrack(stems: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**stems, MULTITRACK: sum(stems[name] for name in STEM_NAMES)}
-
-
-def _mean(values: list[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
 
 
 def score_engine(engine, songs: list[EvaluationSong], embedder: Embedder,
@@ -159,8 +146,8 @@ def score_engine(engine, songs: list[EvaluationSong], embedder: Embedder,
     per_song = {}
     for i, song in enumerate(songs):
         progress(song.name, i / len(songs))
-        y = _with_multitrack(engine.convert(song.x, song.ref).stems)
-        gt, ref = _with_multitrack(song.gt), _with_multitrack(song.ref)
+        y = with_multitrack(engine.convert(song.x, song.ref).stems)
+        gt, ref = with_multitrack(song.gt), with_multitrack(song.ref)
         per_song[song.name] = {k: _scores(y[k], gt[k], embedder(y[k]), embedder.cached(ref[k], (song.name, "ref", k)),
                                           embedder.cached(gt[k], (song.name, "gt", k)))
                                for k in (*STEM_NAMES, MULTITRACK)}
@@ -170,15 +157,10 @@ def score_engine(engine, songs: list[EvaluationSong], embedder: Embedder,
 def summarize(per_song: dict[str, dict[str, dict]], baseline: dict[str, dict[str, dict]]) -> dict:
     """Means over songs (multitrack) and songs × stems (stem), per stem name, and the L_MSS ratios
     to the identity row (ratio of the means)."""
-    summary = {}
-    for level in (MULTITRACK, "stem"):
-        keys = [MULTITRACK] if level == MULTITRACK else list(STEM_NAMES)
-        means = {s: _mean([per_song[song][k][s] for song in per_song for k in keys]) for s in SCORES}
-        base = {s: _mean([baseline[song][k][s] for song in baseline for k in keys]) for s in ("lr", "ms")}
-        means.update({f"ratio_{s}": means[s] / base[s] if base[s] else None for s in ("lr", "ms")})
-        summary[level] = means
-    summary["per_stem"] = {k: {s: _mean([per_song[song][k][s] for song in per_song]) for s in ("lr", "ms")}
-                           for k in STEM_NAMES}
+    cases, baseline_cases = list(per_song.values()), list(baseline.values())
+    summary = {level: with_ratios(mean_scores(cases, keys, SCORES), mean_scores(baseline_cases, keys, MSS_SCORES))
+               for level, keys in LEVELS.items()}
+    summary["per_stem"] = {k: mean_scores(cases, (k,), MSS_SCORES) for k in STEM_NAMES}
     return summary
 
 
@@ -186,21 +168,16 @@ def evaluate(songs_dir: str | Path, engines: list[str], *, seed: int = 0, stats_
              embedding_model: str | None = defaults.DEFAULT_MODEL, ir_folder=None, backend: str = "torch",
              progress: Progress = no_progress) -> dict:
     """Run the protocol of the module docstring; returns the report (JSON-serialisable)."""
-    from threadpoolctl import threadpool_limits
-    # numpy's BLAS only serves small dot products in the DSP here; its idle threads spinning
-    # against torch's made the FX stages several times slower on a busy machine
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_blas_thread():
         return _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, backend, progress)
 
 
 def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, backend, progress) -> dict:
-    from mixdaemon.evaluation.anchors import engine_for
     from mixdaemon.mixing.normalization import default_stats_path, load_statistics
-    engines = ["identity"] + [e for e in dict.fromkeys(engines) if e != "identity"]
     stats_path = Path(stats_path) if stats_path else default_stats_path("mst")
     stats = load_statistics(stats_path)
     embedder = Embedder(embedding_model)
-    built = [engine_for(spec, stats_path, seed, backend) for spec in engines]
+    built = build_engines(engines, stats_path, seed, backend)
     songs = build_songs(songs_dir, stats, seed, ir_folder, lambda stage, f: progress(stage, 0.2 * f))
     report = {"protocol": "MST Table 2 (ALGORITHMS.md §7): x = FX-normalized first half, gt = manipulated x, "
                           "ref = the same manipulation of the normalized second half",
@@ -209,15 +186,15 @@ def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, 
               "songs": {s.name: {"seconds_per_segment": len(s.x["drums"]) / 44100.0, "draws": s.draws} for s in songs},
               "engines": {}}
     per_engine: dict[str, dict] = {}
-    for e, (spec, engine) in enumerate(zip(engines, built)):
+    for e, (spec, engine) in enumerate(built.items()):
         started = time.perf_counter()
         per_engine[spec] = score_engine(engine, songs, embedder, lambda name, f, e=e: progress(
-            f"{spec}: {name}", 0.2 + 0.8 * (e + f) / len(engines)))
+            f"{spec}: {name}", 0.2 + 0.8 * (e + f) / len(built)))
         report["engines"][spec] = {"info": dict(engine.info),
                                    "seconds": round(time.perf_counter() - started, 2), "songs": per_engine[spec]}
         if engine.info.get("refused"):
             report["engines"][spec]["failures"] = list(engine.info["refused"])
-    for spec in engines:
+    for spec in built:
         report["engines"][spec]["summary"] = summarize(per_engine[spec], per_engine["identity"])
     progress("done", 1.0)
     return report

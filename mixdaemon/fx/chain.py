@@ -18,7 +18,8 @@ Implementation choices (deviations from "pedalboard everywhere", on purpose):
   estimator fits EQ settings through their exact analytic response (`eq_response_db`), and scipy's
   cascade is faster than five pedalboard filters.
 - The compressor is the project's one compressor, dsp.compress (§1.3: peak detector, smoothed gain
-  reduction, hard knee, channels independent), which FX normalization and the FXmanipulator use.
+  reduction, hard knee, channels independent), which FX normalization and the FXmanipulator use;
+  the chain's stage settles its detector on the stem's opening first (CompressorStage).
   A heavy compressor changes a stem's spectrum as well as its dynamics (a fast one on bass adds
   harmonics): the FXmanipulator's compressor alone moves the real bass stems' spectral shape by
   4.9 dB RMS (benchmarks/bench_param_engine.py --sections ceiling). The EQ estimate takes out the
@@ -53,6 +54,8 @@ BAND_KINDS = ("low_shelf", "peak", "peak", "peak", "high_shelf")
 SHELF_Q = 0.707
 REVERB_DAMPING = 0.5
 DEFAULT_ROOM_SIZE = 0.6  # what an impulse-response reverb of the FXmanipulator maps to [U→R]
+
+PRIME_SECONDS = 0.25  # five times the longest attack the param engine sets: the detector has settled
 
 # A draw's side/mid ratio is unbounded when it moves (nearly) all energy to the side; 8 is 18 dB
 # more side than mid, beyond any width the param engine estimates (mixing/param_estimation.py).
@@ -160,12 +163,20 @@ class EqStage:
 
 
 class CompressorStage:
+    """dsp.compress with its detector settled first on the stem's opening PRIME_SECONDS played
+    backwards (then dropped): a stem that starts mid-note starts at the gain reduction the compressor
+    has a moment later, not at none — from rest, its first attack time would pass uncompressed, a
+    burst as loud as the gain reduction once the output gain makes up for it. A stem that starts
+    from silence is compressed as from rest."""
+
     def __init__(self, settings: CompressorSettings, sr: int):
         self.settings, self.sr = settings, sr
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         s = self.settings
-        return dsp.compress(x, s.threshold_db, s.ratio, s.attack_ms, s.release_ms, self.sr, time_axis=-1)
+        lead = min(int(PRIME_SECONDS * self.sr), x.shape[-1] - 1)
+        primed = np.concatenate([x[:, lead:0:-1], x], axis=-1)
+        return dsp.compress(primed, s.threshold_db, s.ratio, s.attack_ms, s.release_ms, self.sr, time_axis=-1)[:, lead:]
 
 
 class StereoStage:

@@ -6,7 +6,8 @@ Per stem, all level-independent except `level_db`:
 - spectral shape: mean power in SPECTRUM_BANDS log-spaced bands (40 Hz–16 kHz), dB re the level;
 - level: power of the non-silent 50-ms blocks, dB;
 - dynamics: the 10/50/90/99th percentiles of the 50-ms block levels re the level, and the median
-  block crest factor (peak re RMS in a block; fast compression lowers it);
+  block crest factor (peak re RMS in a block; fast compression lowers it); block_dynamics_db adds
+  the peak-to-level ratio (not a predictor input) for the compressor search;
 - stereo: side/mid energy ratio in three bands (< 300 Hz, 300 Hz–3 kHz, > 3 kHz) and the right/left
   energy ratio, dB.
 
@@ -97,6 +98,29 @@ def gain_to_level(x: np.ndarray, target_db: float, limit_db: float, rounds: int 
     return gain_db
 
 
+def _block_dynamics(x: np.ndarray, levels: np.ndarray, keep: np.ndarray, level: float) -> np.ndarray:
+    """The percentiles of the audible block levels re `level`, their median crest factor, and the
+    sample peak of the audible blocks re `level` (dB)."""
+    n = (x.shape[0] // BLOCK) * BLOCK
+    block_peaks = np.max(np.abs(np.asarray(x[:n], dtype=np.float32).reshape(-1, BLOCK * 2)), axis=1)[keep]
+    peaks_db = 2.0 * _db(block_peaks.astype(np.float64))
+    return np.concatenate([np.percentile(levels[keep], PERCENTILES) - level, [np.median(peaks_db - levels[keep])],
+                           [peaks_db.max() - level]])
+
+
+def block_dynamics_db(x: np.ndarray) -> tuple[float, np.ndarray]:
+    """(gated level, dynamics) of a (n, 2) stem from its 50-ms blocks alone, without a spectrum, so
+    that a search can measure every trial: the dynamics are StemFeatures.dynamics_db followed by the
+    peak-to-level ratio (sample peak re the gated level). Silence gives (−120, zeros)."""
+    x = np.asarray(x)
+    levels = block_levels_db(x)
+    keep = audible_blocks(levels)
+    if not keep.any():
+        return -120.0, np.zeros(len(PERCENTILES) + 2)
+    level = _gated_level(levels, keep)
+    return level, _block_dynamics(x, levels, keep, level)
+
+
 def measure(x: np.ndarray) -> StemFeatures:
     """The features of a (n, 2) stem (silence gives a flat, neutral description). Spectra use at
     most MAX_FRAMES frames spread evenly over the stem: long-term averages need no more."""
@@ -106,10 +130,7 @@ def measure(x: np.ndarray) -> StemFeatures:
     if not keep.any() or x.shape[0] < N_FFT:
         return StemFeatures(np.zeros(SPECTRUM_BANDS), -120.0, np.zeros(len(PERCENTILES) + 1), np.full(3, -40.0), 0.0)
     level = _gated_level(levels, keep)
-    n = (x.shape[0] // BLOCK) * BLOCK
-    block_peaks = np.max(np.abs(np.asarray(x[:n], dtype=np.float32).reshape(-1, BLOCK * 2)), axis=1)[keep]
-    crest = 2.0 * _db(block_peaks.astype(np.float64)) - levels[keep]
-    dynamics = np.concatenate([np.percentile(levels[keep], PERCENTILES) - level, [np.median(crest)]])
+    dynamics = _block_dynamics(x, levels, keep, level)[:-1]
 
     frames = frame_signal(x, N_FFT, N_FFT)  # (frames, 2, N_FFT) strided view
     if frames.shape[0] > MAX_FRAMES:

@@ -8,10 +8,11 @@ from mixdaemon.mixing.settings import TransferSettings
 
 
 def make_engine(settings: TransferSettings) -> Engine:
-    """The engine settings.engine names, with settings.model (or the engine's shipped default)."""
+    """The engine settings.engine names, with settings.model (or the engine's shipped default) and
+    the user's controls (settings.controls(): amount, per-stem amounts, the aspects that move)."""
     if settings.engine == "match":
         from mixdaemon.mixing.match import MatchingEngine
-        return MatchingEngine(seed=settings.seed)
+        return MatchingEngine(controls=settings.controls())
     if settings.engine == "neural":
         from mixdaemon.mixing.neural import NeuralEngine
         return NeuralEngine.from_settings(settings)

@@ -1,42 +1,88 @@
-"""The matching engine: no model, only measurement. It is both the baseline every neural result is
-compared with and a fast fallback that always works.
+"""The matching engine: no model, only measurement. Per stem it measures the reference stem and moves
+the input stem toward it, one aspect after the other (fx/matching.py):
 
-FX normalization moves a stem to the *average* mixing style of a dataset, described by statistics
-(EQ curve, onset-peak dynamics, mid-energy fraction, loudness). Measured on one reference song
-instead of a dataset, the same statistics describe *that song's* style; normalizing the input stems
-with them moves each input stem toward its reference stem: same smoothed spectrum, dynamics no wider
-than the reference's (the compressor only compresses), same stereo width, same loudness, hence the
-same balance between stems.
+    eq (smoothed long-term spectrum) → dynamics (level distributions over phrases and notes, then
+    peaks) 
+    → width (side/mid ratio and right/left balance) → level (integrated loudness, last)
+
+Each step measures the input as the previous steps left it, so each moves its own feature and the
+level step lands the stem exactly at the reference stem's loudness: the balance between the stems is
+the reference's. The user's controls (mixing/settings.py's Controls) choose which aspects move and
+how far (`amount` scales every step: 0 returns the input). "space" has no step here: the match
+engine neither adds nor removes reverb (the param engine's chain has a reverb send).
+
+A stem whose reference stem is silent (or absent) keeps its sound. Stems run in a thread pool: the
+FFTs and the gain-envelope kernel release the GIL.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from mixdaemon.fx.fit import fit_songs
-from mixdaemon.fx.normalization import normalize_stems
+from mixdaemon.fx import matching
 from mixdaemon.mixing.engine import Conversion
+from mixdaemon.mixing.settings import Controls
 from mixdaemon.progress import Progress, no_progress
 
-ORDER = "mst_training"  # eq → compression → imager → loudness
+SILENT_RMS_DBFS = -60.0  # a reference stem quieter than this has no style to copy
+
+
+def _rms_dbfs(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float32).ravel()
+    return float(10.0 * np.log10(max(np.dot(x, x) / max(x.size, 1), 1e-20)))
+
+
+def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
+               aspects: frozenset[str] = frozenset(Controls().aspects)) -> np.ndarray:
+    """x moved toward the reference stem in `aspects`, by `amount`; x itself when there is nothing to
+    move toward (silent input or reference) or amount is 0."""
+    x = np.asarray(x, dtype=np.float32)
+    if amount <= 0.0 or not np.any(x) or _rms_dbfs(reference) < SILENT_RMS_DBFS:
+        return x
+    y = x
+    reference_lufs = matching.loudness_lufs(reference)  # measured once: the peak and level steps use it
+    if "eq" in aspects:
+        curve = matching.EqCurve.between(matching.smoothed_spectrum_db(matching.long_term_spectrum(y)),
+                                         matching.smoothed_spectrum_db(matching.long_term_spectrum(reference)))
+        y = curve.scaled(amount)(y)
+    if "dynamics" in aspects:
+        for detector in (matching.PHRASE, matching.NOTE):
+            level_map = matching.LevelMap.between(y, reference, detector)
+            if level_map is not None:
+                y = level_map.scaled(amount)(y)
+        y = matching.PeakCeiling(matching.peak_to_loudness_db(reference, reference_lufs)).scaled(amount)(y)
+    if "width" in aspects:
+        y = matching.StereoMatch.between(matching.frame_covariances(y), matching.frame_covariances(reference)).scaled(amount)(y)
+    if "level" in aspects:
+        gain_db = matching.loudness_gain_db(matching.loudness_lufs(y), reference_lufs)
+        y = y * np.float32(10.0 ** (amount * gain_db / 20.0))
+    return y
 
 
 class MatchingEngine:
     name = "match"
-    info = {"name": "match", "kind": "feature matching (FX normalization toward the reference's statistics)"}
+    info = {"name": "match", "kind": "feature matching: EQ, dynamics, width and loudness measured on the reference stems"}
     capabilities: frozenset[str] = frozenset()
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    def __init__(self, controls: Controls | None = None, workers: int = 2):
+        self.controls = controls or Controls()
+        self.workers = workers
 
     def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
                 progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
-        progress("measuring reference", 0.05)
-        stats = fit_songs({"reference": reference_stems}, flavour="mst", seed=self.seed, require_all=False)
-        # A stem with no usable reference (silent or absent there) keeps its input sound.
-        matched = {name: x for name, x in input_stems.items() if name in stats.stems and np.any(x)}
-        result = dict(input_stems)
-        if matched:
-            result.update(normalize_stems(
-                matched, stats, order=ORDER, seed=self.seed,
-                progress=lambda label, fraction: progress(f"matching {label.split(':')[0]}", 0.2 + 0.75 * fraction)))
-        return Conversion({name: np.asarray(x, dtype=np.float32) for name, x in result.items()})
+        names = list(input_stems)
+        done: list[str] = []
+
+        def one(name: str) -> np.ndarray:
+            reference = reference_stems.get(name)
+            x = np.asarray(input_stems[name], dtype=np.float32)
+            y = x if reference is None else match_stem(x, reference, self.controls.amount_for(name),
+                                                       self.controls.aspects)
+            done.append(name)
+            progress(f"matching {name}", 0.05 + 0.9 * len(done) / len(names))
+            return y
+
+        progress("measuring the reference", 0.05)
+        with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+            return Conversion(dict(zip(names, pool.map(one, names))))

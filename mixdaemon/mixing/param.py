@@ -4,16 +4,32 @@ pan, reverb send, gain) that moves the input stem toward the reference stem, and
 Unlike the neural engine it works on the input stems as given (no FX normalization first), so the
 same settings, applied to the original tracks in a DAW (fx_params.json and
 integrations/reaper/mixdaemon_apply_fx_params.lua), reproduce the conversion up to the DAW's own
-EQ/compressor curves and the job's final limiter. Estimation is mixing/param_estimation.py's
-estimate_chain (prediction + bounded refinement); the output gain is set last so that each rendered stem has the
-reference stem's gated level, which keeps the balance between stems.
+EQ/compressor curves and the job's final limiter.
 
-Stems run in a thread pool (`workers`): the heavy parts (FFTs, scipy's biquads, pedalboard) release
-the GIL.
+Per stem:
+1. Estimation (mixing/param_estimation.py's estimate_chain): a predicted first guess, refined
+   against the reference stem's own features on an excerpt, with a fixed amount of work; only the
+   stages of the aspects the user's controls move (mixing/settings.py's Controls: "eq" → EQ,
+   "dynamics" → compressor, "width" → width and pan, "space" → reverb send) are estimated, the
+   others stay at identity.
+2. Amount: the chain is scaled toward identity by the stem's amount a (Controls.amount_for): EQ
+   gains × a, compressor ratio 1 + (r − 1)·a at the same threshold, width 1 + (w − 1)·a, pan × a,
+   reverb send + 20·log10(a) dB (off at a = 0). a = 0 returns the input itself.
+3. Output gain ("level"), last: the gain that brings the rendered stem's gated level to the
+   reference stem's (fx/features.py's gain_to_level), which keeps the balance between stems — but
+   never more than MAX_BOOST_OVER_SONG_DB above the input's own level plus the median over the
+   song's stems of (reference level − input level), so that a stem far quieter than its part in the
+   reference (a near-silent bleed track, say) is not raised by tens of dB on its own — then × a.
+   Without "level" the gain stays 0 dB.
+The conversion's chains (fx_params.json) are the chains applied, gains included.
+
+Stems run in a thread pool (`workers`): the heavy parts (FFTs, scipy's biquads, the numba
+compressor, pedalboard) release the GIL.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -21,55 +37,75 @@ from mixdaemon.defaults import DEFAULT_PREDICTOR
 from mixdaemon.fx import chain as fxchain
 from mixdaemon.fx import features as fxfeatures
 from mixdaemon.mixing.engine import FX_PARAMS, Conversion
-from mixdaemon.mixing.param_estimation import ParamPredictor, estimate_chain
+from mixdaemon.mixing.param_estimation import REFINED_ASPECTS, ParamPredictor, estimate_chain
+from mixdaemon.mixing.settings import Controls
 from mixdaemon.progress import Progress, no_progress
 
 SILENT_PEAK = 1e-3  # −60 dBFS: the neural engine's rule for a reference stem with no style to copy
-MAX_GAIN_DB = 36.0
+MAX_GAIN_DB = 48.0
+MAX_BOOST_OVER_SONG_DB = 12.0
+
+
+def controlled_chain(chain: fxchain.StemChain, amount: float) -> fxchain.StemChain:
+    """The chain scaled toward identity by `amount` (step 2 of the module docstring); gain_db kept."""
+    if amount >= 1.0:
+        return chain
+    compressor = replace(chain.compressor, ratio=1.0 + (chain.compressor.ratio - 1.0) * amount) \
+        if chain.compressor.active and amount > 0.0 else fxchain.CompressorSettings()
+    reverb = replace(chain.reverb, send_db=chain.reverb.send_db + 20.0 * np.log10(amount)) \
+        if chain.reverb.active and amount > 0.0 else fxchain.ReverbSend()
+    return replace(chain, eq=[replace(band, gain_db=band.gain_db * amount) for band in chain.eq],
+                   compressor=compressor, width=1.0 + (chain.width - 1.0) * amount, pan=chain.pan * amount,
+                   reverb=reverb)
 
 
 class ParamEngine:
     name = "param"
     capabilities = frozenset({FX_PARAMS})
 
-    def __init__(self, predictor: ParamPredictor, *, workers: int = 2):
+    def __init__(self, predictor: ParamPredictor, *, controls: Controls | None = None, workers: int = 2):
         self.predictor = predictor
+        self.controls = controls or Controls()
         self.workers = workers
         self.info = {"name": "param", "kind": "interpretable FX chain per stem (EQ, compressor, width, pan, "
-                                              "reverb send, gain), predicted then refined",
+                                              "reverb send, gain), predicted then refined against the reference",
                      "predictor": str(predictor.path) if predictor.path else None,
                      "predictor_sha256": predictor.sha256}
 
     @classmethod
     def from_settings(cls, settings) -> "ParamEngine":
-        """settings.model names the predictor (a file, or a name in the model store); default
-        params-default."""
-        return cls(ParamPredictor.load(settings.model or DEFAULT_PREDICTOR))
+        """settings.model names the predictor (a file, or a name in the model store; default
+        params-default); settings.controls() what moves and how far."""
+        return cls(ParamPredictor.load(settings.model or DEFAULT_PREDICTOR), controls=settings.controls())
 
-    def convert_stem(self, x: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, fxchain.StemChain]:
-        """(converted stem, its chain); a silent input or reference stem keeps its sound (identity chain)."""
-        if np.max(np.abs(reference)) < SILENT_PEAK or not np.any(x):
-            return np.asarray(x, dtype=np.float32), fxchain.StemChain()
-        reference_features = fxfeatures.measure(reference)
-        chain = estimate_chain(self.predictor, x, reference,
-                               reference_features=reference_features).chain
-        unscaled = fxchain.render(x, chain)
-        chain.gain_db = fxfeatures.gain_to_level(unscaled, reference_features.level_db, MAX_GAIN_DB)
-        return (unscaled * np.float32(fxchain.dsp.db_to_amp(chain.gain_db))), chain
+    def render_stem(self, name: str, x: np.ndarray, reference: np.ndarray | None
+                    ) -> tuple[np.ndarray, fxchain.StemChain, tuple[float, float] | None]:
+        """(x through its chain without the output gain, that chain, (the input's gated level, the
+        reference stem's) or None where the gain stays 0 dB). A stem with no reference, a silent
+        input or reference stem, or an amount of 0 keeps its sound (identity chain)."""
+        amount = self.controls.amount_for(name)
+        x = np.asarray(x, dtype=np.float32)
+        if reference is None or amount <= 0.0 or np.max(np.abs(reference)) < SILENT_PEAK or not np.any(x):
+            return x, fxchain.StemChain(), None
+        x_features, reference_features = fxfeatures.measure(x), fxfeatures.measure(reference)
+        aspects = REFINED_ASPECTS & self.controls.aspects
+        chain = fxchain.StemChain()
+        if aspects:
+            chain = controlled_chain(estimate_chain(self.predictor, x, reference, x_features=x_features,
+                                                    reference_features=reference_features, aspects=aspects).chain,
+                                     amount)
+        levels = (x_features.level_db, reference_features.level_db) if self.controls.moves("level") else None
+        return fxchain.render(x, chain), chain, levels
 
     def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
                 progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
-        """The converted stems and the chain per stem (fx.chain.StemChain); a stem without a
+        """The converted stems and the chain applied to each (fx.chain.StemChain); a stem without a
         reference stem keeps its sound."""
         names = list(input_stems)
         done = []
 
         def one(name):
-            reference = reference_stems.get(name)
-            if reference is None:
-                result = (np.asarray(input_stems[name], dtype=np.float32), fxchain.StemChain())
-            else:
-                result = self.convert_stem(input_stems[name], reference)
+            result = self.render_stem(name, input_stems[name], reference_stems.get(name))
             done.append(name)
             progress(f"estimating and rendering {name}", 0.05 + 0.9 * len(done) / len(names))
             return result
@@ -77,4 +113,16 @@ class ParamEngine:
         progress("estimating FX chains", 0.05)
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             results = dict(zip(names, pool.map(one, names)))
-        return Conversion({n: results[n][0] for n in names}, {n: results[n][1] for n in names})
+        shifts = [reference - level for level, reference in
+                  (levels for _, _, levels in results.values() if levels is not None)]
+        highest_shift = float(np.median(shifts)) + MAX_BOOST_OVER_SONG_DB if shifts else 0.0
+        stems, chains = {}, {}
+        for name, (rendered, chain, levels) in results.items():
+            gain_db = 0.0
+            if levels is not None:
+                level, reference = levels
+                target = level + min(reference - level, highest_shift)
+                gain_db = fxfeatures.gain_to_level(rendered, target, MAX_GAIN_DB) * self.controls.amount_for(name)
+            chains[name] = replace(chain, gain_db=gain_db)
+            stems[name] = rendered * np.float32(fxchain.dsp.db_to_amp(gain_db)) if gain_db else rendered
+        return Conversion(stems, chains)

@@ -5,25 +5,35 @@ a learned first guess, then a short refinement against the reference's features.
    FXmanipulator draws, whose parameters are known) maps fx/features.py's pair_vector(input,
    reference) to the chain's settings, encoded as PREDICTED_SLOTS (each scaled to [0, 1]). The
    compressor threshold is predicted relative to the input's level, so inputs at any level work.
-2. Refinement, bounded in cost — a fixed number of evaluations on a fixed-length excerpt, not a
-   clock, so results do not depend on machine load (ALGORITHMS.md has no counterpart; our design [U→R]):
-   - EQ: least squares of the EQ's analytic response (fx/chain.py's eq_response_db, averaged per band)
-     against the spectral-shape difference reference − input, offset-free (level is the gain's
-     job), with a weak pull toward the prediction (frequencies and Qs of near-flat bands are
-     otherwise undetermined);
-   - compressor: a coordinate search over threshold and ratio around a predicted compressor,
-     rendering a few seconds of the EQ'd input (fx/features.py's excerpt) and comparing the dynamics
-     features' change with the reference's;
-   - width, pan and reverb send: kept as predicted. (A least-squares fit of width and pan to the
-     reference's side/mid and right/left ratios made the recovery of drawn settings worse: the
-     reference's side energy also holds its reverb, and its content differs from the input's.)
+2. Refinement against the reference stem itself (an inference-time search, as in ST-ITO, over the
+   chain's own parameters), bounded in cost: a fixed number of renders of a fixed-length excerpt of
+   the input (fx/features.py's excerpt), not a clock, so results do not depend on machine load
+   (ALGORITHMS.md has no counterpart; our design [U→R]). Only the stages of the aspects asked for
+   are estimated; the others stay at identity.
+   - EQ: least squares of the EQ's analytic response (fx/chain.py's eq_response_db, averaged per
+     band) against the spectral-shape difference reference − input, smoothed over about an octave
+     and offset-free (level is the gain's job); band gains held toward 0 dB within ±EQ_FIT_GAIN_DB,
+     frequencies and Qs weakly toward the prediction, so that content differences between songs
+     are not EQ'd and no band piles up at its limit.
+   - compressor: a grid and coordinate search (search_compressor) over threshold (relative to the
+     EQ'd excerpt's level), ratio, attack and release, rendering the EQ'd excerpt and comparing its
+     block dynamics (fx/features.py's block_dynamics_db) with those of the reference's excerpt
+     (measured alike, since percentiles of an excerpt and of a whole stem differ). "Off" unless the
+     reference is less dynamic and a compressor moves the dynamics toward it; no setting that
+     raises the crest or peak-to-level ratio or turns the level down by more than
+     MAX_GAIN_REDUCTION_DB.
+   - reverb send: the predicted one where the predictor is sure, at most MAX_SEND_DB (choose_reverb).
    - EQ again, against what the rest of the chain does to the spectrum: render the excerpt through
      the whole chain, take away the EQ's own response, and refit the EQ to the shape change less
      that coloration (fit_eq_with_coloration). A heavy compressor adds harmonics and a reverb has
      its own tone; fitted to the whole change, the EQ took the blame for both.
-   - gain: set by the engine after rendering, so the stem's gated level equals the reference's.
-   Each stage starts at the prediction (the refit at the previous fit, still held toward the
-   prediction) and only moves where its objective improves.
+   - width and pan, last: solved on channel covariances of the excerpt through EQ, compressor and
+     reverb so that the side/mid and right/left energy ratios become the reference's
+     (fit_width_and_pan), each target shifted by how much the excerpt's ratio differs from the whole
+     input's. The reverb's share of the side energy is the chain's own, rendered, so the width
+     does not take the blame for it.
+   - gain: set by the engine after rendering (mixing/param.py), so the stem's gated level equals
+     the reference's.
 """
 from __future__ import annotations
 
@@ -169,15 +179,36 @@ class ParamPredictor:
 
 # --- refinement -----------------------------------------------------------------------------------------
 
+REFINED_ASPECTS = frozenset({"eq", "dynamics", "width", "space"})  # the output gain ("level") is the engine's
+
 _SUBPOINTS = 4  # frequencies per spectrum band at which the EQ response is averaged
 _EQ_GRID_HZ = np.geomspace(fxfeatures.BAND_EDGES_HZ[0], fxfeatures.BAND_EDGES_HZ[-1],
                           fxfeatures.SPECTRUM_BANDS * _SUBPOINTS + 1)
 _EQ_GRID_HZ = np.sqrt(_EQ_GRID_HZ[:-1] * _EQ_GRID_HZ[1:])
-# Residuals are in dB per spectrum band; a weight w makes a move of 0.1 (3 dB of gain, or a tenth of
-# a band's frequency range in log scale) cost like a 0.1·w dB misfit in one band. The reference's
-# spectrum differs from the input's in content as well as in EQ, so the fit may only leave the
-# prediction where many bands agree.
-EQ_PRIOR_WEIGHT = 20.0
+
+# The EQ fit. Residuals are in dB per spectrum band. The reference's spectrum differs from the
+# input's in content (other notes, other instruments) as well as in EQ, so the target is smoothed
+# over about an octave (SHAPE_SMOOTHING over the 0.27-octave bands) and every band gain is pulled
+# toward 0 dB (a gain of g dB costs like a g·EQ_GAIN_PRIOR_PER_DB dB misfit in one band) within
+# ±EQ_FIT_GAIN_DB: a boost must be wanted by several bands, and no band sits at its limit because
+# one song's bass plays lower than the other's. A frequency or Q is held toward the prediction with
+# EQ_PRIOR_WEIGHT (a move of 0.1 of its log range costs like a 0.1·EQ_PRIOR_WEIGHT dB misfit): those of
+# near-flat bands are otherwise undetermined.
+EQ_FIT_GAIN_DB = 14.0
+EQ_GAIN_PRIOR_PER_DB = 0.6
+EQ_PRIOR_WEIGHT = 1.0
+SHAPE_SMOOTHING = np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0
+
+_EQ_GAIN_AT = np.array([PREDICTED_SLOTS[i].name.endswith("gain_db") for i in _EQ_SLOTS])
+_GAIN_SPAN_DB = EQ_GAIN_DB[1] - EQ_GAIN_DB[0]
+_EQ_LOW = np.where(_EQ_GAIN_AT, 0.5 - EQ_FIT_GAIN_DB / _GAIN_SPAN_DB, 0.0)
+_EQ_HIGH = np.where(_EQ_GAIN_AT, 0.5 + EQ_FIT_GAIN_DB / _GAIN_SPAN_DB, 1.0)
+
+
+def smoothed_shape_db(shape_db: np.ndarray) -> np.ndarray:
+    """A spectral shape (or a difference of two) smoothed over neighbouring bands, edges held."""
+    half = len(SHAPE_SMOOTHING) // 2
+    return np.convolve(np.pad(shape_db, half, mode="edge"), SHAPE_SMOOTHING, mode="valid")
 
 
 def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
@@ -188,10 +219,12 @@ def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
 
 def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
            start: list[fxchain.EqBand] | None = None) -> list[fxchain.EqBand]:
-    """EQ bands whose per-band response best matches target_db up to a constant, weakly held at the
-    EQ slots of `unit`; the search starts there, or at `start` (a previous fit: fewer steps)."""
+    """EQ bands whose per-band response best matches target_db up to a constant, gains held toward
+    0 dB within ±EQ_FIT_GAIN_DB, frequencies and Qs toward the EQ slots of `unit`; the search starts
+    flat at those frequencies and Qs, or at `start` (a previous fit: fewer steps)."""
     prior = unit[_EQ_SLOTS]
-    first = prior if start is None else chain_to_unit(fxchain.StemChain(eq=start), 0.0)[_EQ_SLOTS]
+    first = np.where(_EQ_GAIN_AT, 0.5, prior) if start is None \
+        else chain_to_unit(fxchain.StemChain(eq=start), 0.0)[_EQ_SLOTS]
 
     def bands_of(u):
         full = unit.copy()
@@ -200,44 +233,110 @@ def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
 
     def residuals(u):
         error = band_response_db(bands_of(u)) - target_db
-        return np.concatenate([error - error.mean(), EQ_PRIOR_WEIGHT * (u - prior)])
+        return np.concatenate([error - error.mean(), EQ_GAIN_PRIOR_PER_DB * _GAIN_SPAN_DB * (u[_EQ_GAIN_AT] - 0.5),
+                               EQ_PRIOR_WEIGHT * (u[~_EQ_GAIN_AT] - prior[~_EQ_GAIN_AT])])
 
-    fit = least_squares(residuals, first, bounds=(0.0, 1.0), max_nfev=max_evaluations, x_scale=0.1)
+    fit = least_squares(residuals, np.clip(first, _EQ_LOW, _EQ_HIGH), bounds=(_EQ_LOW, _EQ_HIGH),
+                        max_nfev=max_evaluations, x_scale=0.1)
     return bands_of(fit.x)
 
 
-def _dynamics_error(y: np.ndarray, target: np.ndarray) -> float:
-    return float(np.sum((fxfeatures.measure(y).dynamics_db - target) ** 2))
+# The compressor search. Its objective is fx/features.py's block_dynamics_db (block-level percentiles
+# 10/50/90/99 re the level, median block crest, peak-to-level ratio), weighted absolute differences
+# to the target: the quieter blocks are mostly the music's gaps and its density, which no compressor
+# changes without pumping, so they count least. A compressor whose attack lets transients through
+# while it turns the body down raises the crest and peak-to-level ratios: a setting that raises
+# either by more than PEAK_RISE_TOLERANCE_DB is not taken, nor one that turns the stem's gated level
+# down by more than MAX_GAIN_REDUCTION_DB (a squashed stem, and a make-up gain of tens of dB).
+# Settings stay within the SEARCH ranges, the threshold relative to the stem's own level.
+DYNAMICS_WEIGHTS = np.array([0.1, 0.25, 0.5, 1.0, 1.0, 1.0])
+# How dynamic a stem is, for the on/off decision: the features in DYNAMICS_WEIGHTS' weighting,
+# signed by how a compressor moves them (the lower percentiles up re the level, the rest down).
+COMPRESSION_DIRECTIONS = np.array([-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]) * DYNAMICS_WEIGHTS
+_NOT_RAISED = np.array([4, 5])                 # crest, peak-to-level
+PEAK_RISE_TOLERANCE_DB = 0.5
+MAX_GAIN_REDUCTION_DB = 12.0
+COMPRESSOR_MIN_IMPROVEMENT = 0.1  # the compressor turns on only if it removes this share of the error
+THRESHOLD_SEARCH_RE_LEVEL_DB = (-12.0, 12.0)
+RATIO_SEARCH = (1.5, 20.0)
+ATTACK_SEARCH_MS = (0.2, 50.0)
+RELEASE_SEARCH_MS = (30.0, 500.0)
+_GRID_THRESHOLDS_RE_LEVEL_DB = (-6.0, 2.0, 10.0)
+_GRID_RATIOS = (2.0, 5.0, 20.0)
+_GRID_ATTACK_MS, _GRID_RELEASE_MS = 0.5, 100.0
+# Coordinate rounds after the grid: (threshold ± dB, ratio ×/÷, attack ×/÷, release ×/÷); a step of
+# None leaves that setting alone in the round.
+_COORDINATE_ROUNDS = ((3.0, 1.5, 3.0, 2.5), (1.5, 1.22, None, None))
 
 
-def search_compressor(start: fxchain.CompressorSettings, planar_excerpt_eq: np.ndarray,
-                      target: np.ndarray) -> fxchain.CompressorSettings:
-    """Coordinate search over threshold, then ratio, around a predicted active compressor for the
-    dynamics features `target` of the compressed excerpt. Its cost is bounded by construction (nine
-    compressor passes over an excerpt of fixed length, whatever the song's length) rather than by a
-    clock, so the same input gives the same settings on any machine at any load. Whether to
-    compress at all stays the predictor's call: on validation draws it detects a fired compressor
-    far more reliably than the dynamics features of a few seconds do. The excerpt comes channel-first
-    ((2, n) float64, as the chain's stages take it)."""
+def dynamics_error(planar: np.ndarray, target: np.ndarray) -> float:
+    """How far a channel-first excerpt's block dynamics are from `target` (DYNAMICS_WEIGHTS, dB)."""
+    return float(np.sum(DYNAMICS_WEIGHTS * np.abs(fxfeatures.block_dynamics_db(planar.T)[1] - target)))
+
+
+def search_compressor(dry: np.ndarray, target: np.ndarray,
+                      predicted: fxchain.CompressorSettings) -> fxchain.CompressorSettings:
+    """The compressor that moves the block dynamics of `dry` (the EQ'd excerpt, channel-first (2, n)
+    float64) closest to `target`, or none. It is off when the target is not less dynamic than `dry`
+    (COMPRESSION_DIRECTIONS: there is no expander in the chain), and when the best one found
+    removes less than COMPRESSOR_MIN_IMPROVEMENT of the error.
+    The search is a fixed budget of compressor passes over the excerpt (a 3×3 grid of thresholds
+    re the level and ratios, the predicted compressor brought into the ranges, then
+    _COORDINATE_ROUNDS), so the same input gives the same settings on any machine at any load."""
+    level, current = fxfeatures.block_dynamics_db(dry.T)
+    if COMPRESSION_DIRECTIONS @ target >= COMPRESSION_DIRECTIONS @ current:
+        return fxchain.CompressorSettings()
+
+    def bounded(threshold_db, ratio, attack_ms, release_ms):
+        low, high = THRESHOLD_SEARCH_RE_LEVEL_DB
+        return fxchain.CompressorSettings(float(np.clip(threshold_db, level + low, min(level + high, -0.5))),
+                                          float(np.clip(ratio, *RATIO_SEARCH)), float(np.clip(attack_ms, *ATTACK_SEARCH_MS)),
+                                          float(np.clip(release_ms, *RELEASE_SEARCH_MS)))
+
     def error_of(setting):
-        stage = fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE)
-        return _dynamics_error(stage(planar_excerpt_eq).T, target)
+        compressed_level, features = fxfeatures.block_dynamics_db(
+            fxchain.CompressorStage(setting, fxchain.dsp.WORKING_RATE)(dry).T)
+        if np.any(features[_NOT_RAISED] > current[_NOT_RAISED] + PEAK_RISE_TOLERANCE_DB) \
+                or compressed_level < level - MAX_GAIN_REDUCTION_DB:
+            return np.inf
+        return float(np.sum(DYNAMICS_WEIGHTS * np.abs(features - target)))
 
-    if not start.active:
-        return start
-    best, best_error = start, error_of(start)
-    candidates = [("threshold_db", best.threshold_db + d) for d in (-12.0, -6.0, -3.0, 3.0, 6.0, 12.0)]
-    candidates += [("ratio", best.ratio * f) for f in (0.5, 2.0)]
-    for key, value in candidates:
-        if key == "threshold_db":
-            value = float(np.clip(value, -90.0, -0.5))
-        else:
-            value = float(np.clip(value, 1.5, 40.0))
-        trial = replace(best, **{key: value})
-        trial_error = error_of(trial)
-        if trial_error < best_error:
-            best, best_error = trial, trial_error
-    return best
+    candidates = [bounded(level + t, r, _GRID_ATTACK_MS, _GRID_RELEASE_MS)
+                  for t in _GRID_THRESHOLDS_RE_LEVEL_DB for r in _GRID_RATIOS]
+    if predicted.active:
+        candidates.append(bounded(predicted.threshold_db, predicted.ratio, predicted.attack_ms, predicted.release_ms))
+    errors = [error_of(c) for c in candidates]
+    best, best_error = candidates[int(np.argmin(errors))], min(errors)
+    for threshold_step, *factors in _COORDINATE_ROUNDS:
+        moves = [(threshold_step, 1.0, 1.0, 1.0), (-threshold_step, 1.0, 1.0, 1.0)]
+        for k, factor in enumerate(factors):
+            if factor is not None:
+                up = [1.0, 1.0, 1.0]
+                up[k] = factor
+                moves += [(0.0, *up), (0.0, *(1.0 / f for f in up))]
+        for dt, fr, fa, fl in moves:
+            trial = bounded(best.threshold_db + dt, best.ratio * fr, best.attack_ms * fa, best.release_ms * fl)
+            trial_error = error_of(trial)
+            if trial_error < best_error:
+                best, best_error = trial, trial_error
+    if best_error < (1.0 - COMPRESSOR_MIN_IMPROVEMENT) * dynamics_error(dry, target):
+        return best
+    return fxchain.CompressorSettings()
+
+
+# The reverb send: the predictor's, since a send cannot be measured off a reference of other music
+# (its side energy and tails are also the music's), but only where the predictor is sure (a send
+# predicted below SEND_UNSURE_BELOW_DB, within 10 dB of its "off" decision, is off), and never above
+# MAX_SEND_DB.
+SEND_UNSURE_BELOW_DB = -25.0
+MAX_SEND_DB = -6.0
+
+
+def choose_reverb(predicted: fxchain.ReverbSend) -> fxchain.ReverbSend:
+    """The predicted send within the limits above, or none."""
+    if not predicted.active or predicted.send_db < SEND_UNSURE_BELOW_DB:
+        return fxchain.ReverbSend()
+    return replace(predicted, send_db=min(predicted.send_db, MAX_SEND_DB))
 
 
 # Rounds of "render, measure what the rest of the chain did to the spectrum, refit the EQ to the
@@ -267,28 +366,101 @@ def fit_eq_with_coloration(unit: np.ndarray, chain: fxchain.StemChain, shape_cha
     return eq
 
 
+# Width and pan. Width is the side gain (mid kept), so the side/mid energy ratio moves by width²; pan
+# is the balance, moving the right/left ratio. Both are solved on 2×2 channel covariances of the
+# excerpt — dry (through EQ and compressor) and the reverb's wet signal — with no audio pass per
+# step: STEREO_STEPS rounds of "scale the side gain by the side/mid error, the right/left gain ratio
+# by the right/left error" (each exact for its own ratio, the two nearly independent). The JUCE
+# reverb reads only L+R, which the width keeps, so the wet signal is rendered again only once the
+# pan is known. An input with no side signal (below MONO_BELOW_DB) cannot be widened.
+WIDTH_RANGE = (1e-3, 2.5)  # 1e-3 (−60 dB of side) is mono; the steps scale the width, so it stays above 0
+PAN_LIMIT = 0.8
+MONO_BELOW_DB = -35.0
+STEREO_FLOOR_DB = -60.0
+STEREO_STEPS = 8
+_PAN_RERENDER_ABOVE = 0.05
+
+
+def stereo_ratios_db(covariance: np.ndarray) -> np.ndarray:
+    """(side/mid, right/left) energy ratios in dB of a signal with this 2×2 channel covariance, each
+    at least STEREO_FLOOR_DB."""
+    ll, rr, lr = covariance[0, 0], covariance[1, 1], covariance[0, 1]
+    floor = 10.0 ** (STEREO_FLOOR_DB / 10.0) * max(ll + rr, 1e-30)
+    side, mid = max(ll + rr - 2.0 * lr, floor), max(ll + rr + 2.0 * lr, floor)
+    return 10.0 * np.log10(np.array([side / mid, max(rr, floor) / max(ll, floor)]))
+
+
+def _pan_of_gain_ratio(right_over_left: float) -> float:
+    """The balance pan whose right/left gain ratio this is (fx/chain.py's balance_gains inverted)."""
+    pan = 1.0 - 1.0 / right_over_left if right_over_left >= 1.0 else right_over_left - 1.0
+    return float(np.clip(pan, -PAN_LIMIT, PAN_LIMIT))
+
+
+def fit_width_and_pan(dry: np.ndarray, reverb: fxchain.ReverbSend, target_db: np.ndarray,
+                      widen: bool) -> tuple[float, float]:
+    """(width, pan) that give the excerpt `dry` (channel-first) followed by the reverb send the
+    stereo ratios target_db (stereo_ratios_db's); width stays 1 unless `widen`."""
+    def wet_of(pan):
+        if not reverb.active:
+            return np.zeros_like(dry)
+        panned = fxchain.StereoStage(1.0, pan)(dry)
+        return fxchain.ReverbSendStage(reverb, fxchain.dsp.WORKING_RATE)(panned) - panned
+
+    def solve(wet, width, pan):
+        c_dd, c_dw, c_ww = dry @ dry.T, dry @ wet.T, wet @ wet.T
+        for _ in range(STEREO_STEPS):
+            a = fxchain.StereoStage(width, pan).matrix
+            error = target_db - stereo_ratios_db(a @ c_dd @ a.T + a @ c_dw + c_dw.T @ a.T + c_ww)
+            if widen:
+                width = float(np.clip(width * 10.0 ** (error[0] / 20.0), *WIDTH_RANGE))
+            left, right = fxchain.balance_gains(pan)
+            pan = _pan_of_gain_ratio(right / left * 10.0 ** (error[1] / 20.0))
+        return width, pan
+
+    width, pan = solve(wet_of(0.0), 1.0, 0.0)
+    if reverb.active and abs(pan) > _PAN_RERENDER_ABOVE:
+        width, pan = solve(wet_of(pan), width, pan)
+    return width, pan
+
+
+def _covariance(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.T @ x
+
+
 class Estimate(NamedTuple):
     chain: fxchain.StemChain
     predicted: fxchain.StemChain
 
 
 def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarray,
-                   refine: bool = True, x_features: fxfeatures.StemFeatures | None = None,
-                   reference_features: fxfeatures.StemFeatures | None = None) -> Estimate:
+                   x_features: fxfeatures.StemFeatures | None = None,
+                   reference_features: fxfeatures.StemFeatures | None = None,
+                   aspects: frozenset[str] = REFINED_ASPECTS) -> Estimate:
     """The chain for input stem x toward the reference stem (gain_db still 0: the engine sets it
-    after rendering); refine=False keeps the predicted compressor and skips the coloration refit
-    (one EQ fit, a few ms, instead of three fits and the excerpt's renders)."""
+    after rendering), the stages of `aspects` ("eq", "dynamics", "width", "space") estimated, the
+    others left at identity; and the predicted chain (module docstring, step 2)."""
     fx = x_features or fxfeatures.measure(x)
     fr = reference_features or fxfeatures.measure(reference)
     unit = predictor.predict(fxfeatures.pair_vector(fx, fr))[0]
     predicted = chain_from_unit(unit, fx.level_db)
-    shape_change = fr.shape_db - fx.shape_db
-    chain = replace(predicted, eq=fit_eq(unit, shape_change))
-    if refine:
-        part = np.asarray(fxfeatures.excerpt(x), dtype=np.float64)
-        part_features = fxfeatures.measure(part)
-        part_eq = fxchain.run_stages(fxchain.StemChain(eq=chain.eq).stages(), np.ascontiguousarray(part.T))
-        target = part_features.dynamics_db + (fr.dynamics_db - fx.dynamics_db)
-        chain.compressor = search_compressor(chain.compressor, part_eq, target)
-        chain.eq = fit_eq_with_coloration(unit, chain, shape_change, part, part_features)
+    part = np.asarray(fxfeatures.excerpt(x), dtype=np.float64)
+    reference_part = fxfeatures.excerpt(reference)
+    planar = np.ascontiguousarray(part.T)
+    chain = fxchain.StemChain()
+    shape_change = smoothed_shape_db(fr.shape_db - fx.shape_db)
+    if "eq" in aspects:
+        chain.eq = fit_eq(unit, shape_change)
+    if "dynamics" in aspects:
+        chain.compressor = search_compressor(fxchain.run_stages(chain.stages(), planar),
+                                             fxfeatures.block_dynamics_db(reference_part)[1], predicted.compressor)
+    if "space" in aspects:
+        chain.reverb = choose_reverb(predicted.reverb)
+    if "eq" in aspects:
+        chain.eq = fit_eq_with_coloration(unit, chain, shape_change, part, fxfeatures.measure(part))
+    if "width" in aspects:
+        dry = fxchain.run_stages(replace(chain, reverb=fxchain.ReverbSend()).stages(), planar)
+        part_ratios = stereo_ratios_db(_covariance(part))
+        target = stereo_ratios_db(_covariance(reference)) + part_ratios - stereo_ratios_db(_covariance(x))
+        chain.width, chain.pan = fit_width_and_pan(dry, chain.reverb, target, widen=part_ratios[0] > MONO_BELOW_DB)
     return Estimate(chain, predicted)

@@ -147,7 +147,10 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
         outputs[name] = str(path)
     fx_params = None
     if conversion.chains is not None:
-        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, conversion.chains, engine.info))
+        # The controls beside the engine: whoever applies the chains sees how far they were asked
+        # to move (amount, stem_amount) and which aspects they were allowed to move (match).
+        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, conversion.chains,
+                                        {**engine.info, **settings.controls().as_dict()}))
     timings["write"] = time.perf_counter() - t0
     measured = {}
     if spectra:

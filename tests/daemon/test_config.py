@@ -17,8 +17,10 @@ def test_example_config_is_valid_and_documents_every_key():
     assert config.watch and config.watch[0].path.is_absolute()
     text = (REPO / "config.toml").read_text()
     for key in ("settle_seconds", "stale_seconds", "marker", "scan_on_start", "state_dir", "log_file", "max_attempts",
-                "allowed_roots", "pattern", "reply_host", "reply_port", "device", "ab_seconds", "ceiling_dbtp"):
+                "allowed_roots", "pattern", "reply_host", "reply_port", "device", "ab_seconds", "ceiling_dbtp",
+                "amount", "match", "[transfer.stem_amount]"):
         assert key in text, key
+    assert config.transfer.amount == 1.0 and config.transfer.match == ("level", "eq", "dynamics", "width", "space")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -28,6 +30,12 @@ def test_example_config_is_valid_and_documents_every_key():
     ({"output": {"pattern": "a/{job_id}"}}, "output.pattern: must be a single visible folder name"),
     ({"settle_seconds": "soon"}, "settle_seconds: Input should be a valid number"),
     ({"transfer": {"engine": "magic"}}, "transfer.engine: Input should be 'match', 'neural' or 'param'"),
+    ({"transfer": {"amount": 1.5}}, "transfer.amount: Input should be less than or equal to 1 (got 1.5)"),
+    ({"transfer": {"amount": "all"}}, "transfer.amount: Input should be a valid number"),
+    ({"transfer": {"match": []}}, "transfer.match: choose at least one of level, eq, dynamics, width, space"),
+    ({"transfer": {"match": "level"}}, "transfer.match: Input should be a list (got 'level')"),
+    ({"transfer": {"match": ["level", "reverb"]}},
+     "transfer.match[1]: Input should be 'level', 'eq', 'dynamics', 'width' or 'space' (got 'reverb')"),
     ({"osc": {"reply_host": "127.0.0.1"}}, "reply_host is set but reply_port is not"),
     ({"output": {"root": "/tmp/mdtest"}, "watch": [{"path": "/tmp/mdtest/bounces"}]},
      "output.root (/tmp/mdtest) is, or contains, watch[0].path"),
@@ -38,6 +46,33 @@ def test_bad_config_is_an_error_that_names_the_key(tmp_path, data, message):
         load_config(path, environ={})
     assert str(err.value).startswith(str(path))
     assert message in str(err.value)
+
+
+def test_the_controls_of_transfer_jobs_validate(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[transfer]\namount = 0.5\nmatch = ["eq", "level"]\n[transfer.stem_amount]\nvocals = 0.25\n')
+    transfer = load_config(path, environ={}).transfer
+    assert transfer.amount == 0.5 and transfer.stem_amount == {"vocals": 0.25}
+    assert transfer.match == ("level", "eq")  # one order, whatever the file's: the same job key
+    controls = transfer.controls()
+    assert controls.amount_for("vocals") == 0.25 and controls.amount_for("bass") == 0.5
+    assert controls.moves("eq") and not controls.moves("dynamics")
+    transfer = load_config(path, environ={"MIXDAEMON__TRANSFER__MATCH": '["width"]'}).transfer
+    assert transfer.match == ("width",)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("voice = 0.5", "transfer.stem_amount: 'voice' is not a stem; use drums, bass, other, vocals"),
+    ("vocals = -0.5", "transfer.stem_amount.vocals: Input should be greater than or equal to 0 (got -0.5)"),
+    ("vocals = \"half\"", "transfer.stem_amount.vocals: Input should be a valid number"),
+])
+def test_a_bad_stem_amount_names_its_key(tmp_path, table, message):
+    path = tmp_path / "config.toml"
+    path.write_text(f"[transfer.stem_amount]\n{table}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(err.value)
 
 
 def test_unreadable_toml_names_the_file(tmp_path):

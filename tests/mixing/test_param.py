@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,15 @@ from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.errors import MixdaemonError, ModelFileError
 from mixdaemon.evaluation.recovery import parameter_recovery, recovery_errors
 from mixdaemon.fx import features as fxfeatures
-from mixdaemon.fx.chain import CompressorSettings, EqBand, ReverbSend, StemChain, render
+from mixdaemon.fx.chain import CompressorSettings, EqBand, ReverbSend, StemChain, default_eq, render
 from mixdaemon.fx.features import gated_level_db
-from mixdaemon.mixing.param import ParamEngine
+from mixdaemon.mixing.param import MAX_BOOST_OVER_SONG_DB, ParamEngine, controlled_chain
 from mixdaemon.mixing.param_estimation import (
     ParamPredictor,
     fit_eq,
     fit_eq_with_coloration,
 )
-from mixdaemon.mixing.settings import TransferSettings
+from mixdaemon.mixing.settings import Controls, TransferSettings
 from mixdaemon.mixing.transfer import transfer
 
 
@@ -150,7 +151,11 @@ def test_drawn_settings_are_recovered_on_held_out_real_stems(predictor, real_ste
     assert refined["eq_curve_rms_db"] <= 3.5            # EQ curve within 3.5 dB RMS (offset-free)
     assert refined["eq_gain_offset_free_abs_db"] <= 4.0  # band gains within 4 dB on average
     assert refined["eq_curve_rms_db"] < report["predicted"]["eq_curve_rms_db"]  # refinement helps
-    assert refined["compressor_detected"] >= 0.75 and refined["reverb_detected"] >= 0.75
+    # The compressor is not scored against the draw: it turns on only where it moves the dynamics
+    # toward the reference, and the FXmanipulator's heavy compressors (thresholds down to −80 dBFS,
+    # ratios up to 40, RMS-matched) often leave a reference peakier than its input, which no
+    # compressor of ours reproduces (the tests below check the rule on constructed references).
+    assert refined["reverb_detected"] >= 0.75
 
 
 @pytest.mark.parametrize("name", ["bass", "drums"])
@@ -170,3 +175,152 @@ def test_the_eq_is_not_blamed_for_a_heavy_compressors_harmonics(predictor, real_
 
     assert curve_rms(fit_eq(unit, fr.shape_db - fx.shape_db)) > 3.0   # the whole change, blamed on the EQ
     assert curve_rms(fit_eq_with_coloration(unit, chain, fr.shape_db - fx.shape_db, x, fx)) < 1.0
+
+
+# --- refinement against the reference, and the user's controls ----------------------------------------
+
+def _segment(real_stems, song, name, seconds=8.0):
+    return read_audio(real_stems / song / f"{name}.wav").samples[44100 * 2:int(44100 * (2 + seconds))]
+
+
+def _side_mid_db(y):
+    y = np.asarray(y, dtype=np.float64)
+    return 10 * np.log10(np.sum((y[:, 0] - y[:, 1]) ** 2) / np.sum((y[:, 0] + y[:, 1]) ** 2))
+
+
+def _shape_distance_db(y, reference):
+    return float(np.sqrt(np.mean((fxfeatures.measure(y).shape_db - fxfeatures.measure(reference).shape_db) ** 2)))
+
+
+def _dynamics_distance_db(y, reference):
+    """Distance of the 50-ms block-level percentiles 50/90/99 re the gated level (one measure of how
+    even a stem is; a compressor moves them together)."""
+    return float(np.abs(fxfeatures.block_dynamics_db(y)[1][1:4] - fxfeatures.block_dynamics_db(reference)[1][1:4]).sum())
+
+
+def _converted(predictor, x, reference, name="other", controls=None):
+    conversion = ParamEngine(predictor, controls=controls).convert({name: x}, {name: reference})
+    return conversion.stems[name], conversion.chains[name]
+
+
+def test_a_quieter_reference_turns_the_stem_down(predictor, real_stems):
+    x = _segment(real_stems, "song_a", "other")
+    reference = x * np.float32(10 ** (-10 / 20))
+    y, _ = _converted(predictor, x, reference)
+    assert abs(gated_level_db(y) - gated_level_db(reference)) < 0.3
+
+
+def test_a_brighter_reference_makes_the_stem_brighter(predictor, real_stems):
+    x = _segment(real_stems, "song_a", "other")
+    reference = render(x, StemChain(eq=default_eq()[:4] + [EqBand("high_shelf", 4000.0, 8.0)]))
+    y, chain = _converted(predictor, x, reference)
+    assert _shape_distance_db(y, reference) < 0.25 * _shape_distance_db(x, reference)
+    assert chain.eq[-1].gain_db > 3.0 and all(abs(b.gain_db) < 14.0 for b in chain.eq)  # a treble boost, no band at its limit
+
+
+def test_a_narrower_reference_narrows_the_stem(predictor, real_stems):
+    x = _segment(real_stems, "song_a", "other")
+    reference = render(x, StemChain(width=0.3))
+    y, chain = _converted(predictor, x, reference)
+    assert abs(_side_mid_db(y) - _side_mid_db(reference)) < 0.1 * abs(_side_mid_db(x) - _side_mid_db(reference))
+    assert chain.width == pytest.approx(0.3, abs=0.05)
+
+
+@pytest.mark.parametrize("song, name", [("song_a", "vocals"), ("song_b", "bass"), ("song_c", "other")])
+def test_a_more_compressed_reference_is_matched_by_compressing(predictor, real_stems, song, name):
+    x = _segment(real_stems, song, name)
+    reference = render(x, StemChain(compressor=CompressorSettings(gated_level_db(x) - 6.0, 6.0, 1.0, 100.0)))
+    y, chain = _converted(predictor, x, reference, name)
+    assert chain.compressor.active
+    assert _dynamics_distance_db(y, reference) < 0.5 * _dynamics_distance_db(x, reference)
+
+
+@pytest.mark.parametrize("song, name", [("song_a", "bass"), ("song_b", "vocals"), ("song_c", "drums")])
+def test_a_more_dynamic_reference_leaves_the_compressor_off(predictor, real_stems, song, name):
+    # the input is the reference compressed: the chain has no expander, so nothing moves it back
+    reference = _segment(real_stems, song, name)
+    x = render(reference, StemChain(compressor=CompressorSettings(gated_level_db(reference) - 6.0, 6.0, 1.0, 100.0)))
+    _, chain = _converted(predictor, x, reference, name)
+    assert not chain.compressor.active
+
+
+def test_amount_zero_returns_the_input_itself(predictor, real_stems):
+    stems = {name: _segment(real_stems, "song_a", name, 5.0) for name in ("bass", "other")}
+    references = {name: _segment(real_stems, "song_b", name, 5.0) for name in ("bass", "other")}
+    conversion = ParamEngine(predictor, controls=Controls(amount=0.0)).convert(stems, references)
+    for name in stems:
+        np.testing.assert_array_equal(conversion.stems[name], stems[name])
+        assert conversion.chains[name] == StemChain()
+    # a per-stem amount overrides the song's
+    conversion = ParamEngine(predictor, controls=Controls(stem_amount={"bass": 0.0})).convert(stems, references)
+    np.testing.assert_array_equal(conversion.stems["bass"], stems["bass"])
+    assert conversion.chains["other"] != StemChain()
+
+
+def test_matching_only_the_level_scales_the_input_by_one_constant(predictor, real_stems):
+    x, reference = _segment(real_stems, "song_a", "vocals", 5.0), _segment(real_stems, "song_b", "vocals", 5.0)
+    y, chain = _converted(predictor, x, reference, "vocals", Controls(aspects=frozenset({"level"})))
+    assert chain == StemChain(gain_db=chain.gain_db) and abs(chain.gain_db) > 3.0
+    np.testing.assert_allclose(y, x * np.float32(10 ** (chain.gain_db / 20)), rtol=1e-5, atol=1e-7)
+    assert gated_level_db(y) == pytest.approx(gated_level_db(reference), abs=0.3)
+
+
+def test_an_aspect_left_out_stays_at_identity(predictor, real_stems):
+    x, reference = _segment(real_stems, "song_a", "drums", 5.0), _segment(real_stems, "song_c", "drums", 5.0)
+    _, chain = _converted(predictor, x, reference, "drums", Controls(aspects=frozenset({"eq", "width"})))
+    assert not chain.compressor.active and not chain.reverb.active and chain.gain_db == 0.0
+    assert any(abs(b.gain_db) > 1.0 for b in chain.eq) and chain.width != 1.0
+
+
+def test_the_amount_scales_the_chain_toward_identity(predictor, real_stems):
+    chain = StemChain([EqBand("low_shelf", 100.0, 6.0), EqBand("peak", 500.0, -4.0, 1.0), EqBand("peak", 2000.0, 2.0, 1.0),
+                       EqBand("peak", 5000.0, 0.0, 1.0), EqBand("high_shelf", 8000.0, -8.0)],
+                      CompressorSettings(-30.0, 5.0, 2.0, 100.0), width=2.0, pan=0.4, reverb=ReverbSend(-10.0, 0.7))
+    half = controlled_chain(chain, 0.5)
+    assert [b.gain_db for b in half.eq] == [3.0, -2.0, 1.0, 0.0, -4.0]
+    assert (half.compressor.threshold_db, half.compressor.ratio) == (-30.0, 3.0)
+    assert (half.width, half.pan) == (1.5, 0.2) and half.reverb.send_db == pytest.approx(-10.0 - 6.0206, abs=1e-3)
+    assert controlled_chain(chain, 0.0) == StemChain(eq=[replace(b, gain_db=0.0) for b in chain.eq])
+    # the engine applies (and reports) exactly that: the amount-1 chain scaled, the gain then × amount
+    x, reference = _segment(real_stems, "song_a", "other", 5.0), _segment(real_stems, "song_c", "other", 5.0)
+    _, full = _converted(predictor, x, reference)
+    y, applied = _converted(predictor, x, reference, controls=Controls(amount=0.5))
+    expected = controlled_chain(full, 0.5)
+    assert applied.eq == expected.eq and applied.compressor == expected.compressor
+    assert (applied.width, applied.pan, applied.reverb) == (expected.width, expected.pan, expected.reverb)
+    np.testing.assert_allclose(y, render(x, applied), rtol=1e-5, atol=1e-6)
+
+
+def test_a_quiet_input_with_a_loud_reference_has_no_burst_at_its_start(predictor, real_stems):
+    # A stem that sounds from its first sample, 40 dB down, toward a loud, compressed version of
+    # itself: the chain compresses and makes up tens of dB. A compressor started from rest would let
+    # the first attack time through at the full make-up gain.
+    source = _segment(real_stems, "song_a", "other", 6.0)
+    reference = render(source, StemChain(compressor=CompressorSettings(gated_level_db(source) - 10.0, 8.0, 1.0, 100.0),
+                                         gain_db=10.0))
+    x = source * np.float32(0.01)
+    y, chain = _converted(predictor, x, reference)
+    assert chain.compressor.active and chain.gain_db > 20.0
+    window = 441  # 10 ms
+
+    def gain_db(k):  # the chain's gain in window k, peak to peak
+        part = slice(k * window, (k + 1) * window)
+        return 20 * np.log10(np.abs(y[part]).max() / np.abs(x[part]).max())
+
+    later = np.median([gain_db(k) for k in range(5, 100)])
+    assert max(gain_db(k) for k in range(5)) < later + 1.5          # the first 50 ms: no louder than later
+    assert np.abs(y[:2205]).max() <= np.abs(y[2205:]).max()
+
+
+def test_a_near_silent_stem_is_not_raised_far_above_the_songs_level_change(predictor, real_stems):
+    names = ("drums", "bass", "other", "vocals")
+    stems = {name: _segment(real_stems, "song_a", name, 5.0) for name in names}
+    stems["vocals"] = stems["vocals"] * np.float32(10 ** (-40 / 20))     # a bleed track, 40 dB down
+    references = {name: _segment(real_stems, "song_b", name, 5.0) for name in names}
+    y = ParamEngine(predictor).convert(stems, references).stems
+    shifts = [gated_level_db(references[n]) - gated_level_db(stems[n]) for n in names]
+    raised = gated_level_db(y["vocals"]) - gated_level_db(stems["vocals"])
+    assert raised == pytest.approx(np.median(shifts) + MAX_BOOST_OVER_SONG_DB, abs=0.3)
+    assert raised < shifts[-1] - 20.0                                     # far below what the reference asked
+    for name in names[:3]:                                                 # the others land on the reference's level
+        assert gated_level_db(y[name]) == pytest.approx(gated_level_db(references[name]), abs=0.3)
