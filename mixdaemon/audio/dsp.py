@@ -34,6 +34,13 @@ def peak(x: np.ndarray) -> float:
     return float(np.max(np.abs(x))) if x.size else 0.0
 
 
+def rms_dbfs(x: np.ndarray) -> float:
+    """RMS level over the whole signal and all channels, in dBFS (-inf for silence)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    power = float(np.dot(x, x)) / max(x.size, 1)
+    return 10.0 * np.log10(power) if power > 0 else float("-inf")
+
+
 def rms_match(y: np.ndarray, x: np.ndarray, measure: slice = slice(None)) -> np.ndarray:
     """Scale y to x's RMS over the whole segment and all channels (ALGORITHMS.md §2.1), measured
     over the samples `measure` selects (the whole signal by default)."""

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, rms_dbfs
 from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.evaluation import pedalboard_chain
 from mixdaemon.evaluation.songs import (
@@ -51,7 +51,6 @@ from mixdaemon.evaluation.songs import (
     mean_scores,
     mss_scores,
     peak_trim_db,
-    rms_dbfs,
     seconds_span,
     single_blas_thread,
     song_folders,

@@ -50,13 +50,6 @@ def stem_rng(seed: int, song: str, stem: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(song.encode()), STEM_NAMES.index(stem)]))
 
 
-def rms_dbfs(x: np.ndarray) -> float:
-    """RMS level over the whole signal and both channels, in dBFS (-inf for silence)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    power = float(np.dot(x, x)) / max(x.size, 1)
-    return 10.0 * np.log10(power) if power > 0 else float("-inf")
-
-
 def peak_trim_db(stem_sets: list[dict[str, np.ndarray]], peak_dbtp: float = REFERENCE_PEAK_DBTP) -> float:
     """The gain (dB, never above 0) that brings the sum of the four stems of every set to peak_dbtp
     true peak or below: one gain for all, so the balance of the stems and the sets is kept."""

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, rms_dbfs
 from mixdaemon.audio.stems import STEM_NAMES
 from mixdaemon.errors import ConfigError
 from mixdaemon.evaluation import pedalboard_chain
@@ -54,7 +54,6 @@ from mixdaemon.evaluation.songs import (
     mean,
     mean_scores,
     peak_trim_db,
-    rms_dbfs,
     seconds_span,
     single_blas_thread,
     song_folders,

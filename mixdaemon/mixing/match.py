@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from mixdaemon.audio.dsp import rms_dbfs
 from mixdaemon.fx import matching
 from mixdaemon.mixing.engine import Conversion
 from mixdaemon.mixing.settings import Controls
@@ -28,17 +29,12 @@ from mixdaemon.progress import Progress, no_progress
 SILENT_RMS_DBFS = -60.0  # a reference stem quieter than this has no style to copy
 
 
-def _rms_dbfs(x: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float32).ravel()
-    return float(10.0 * np.log10(max(np.dot(x, x) / max(x.size, 1), 1e-20)))
-
-
 def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
                aspects: frozenset[str] = frozenset(Controls().aspects)) -> np.ndarray:
     """x moved toward the reference stem in `aspects`, by `amount`; x itself when there is nothing to
     move toward (silent input or reference) or amount is 0."""
     x = np.asarray(x, dtype=np.float32)
-    if amount <= 0.0 or not np.any(x) or _rms_dbfs(reference) < SILENT_RMS_DBFS:
+    if amount <= 0.0 or not np.any(x) or rms_dbfs(reference) < SILENT_RMS_DBFS:
         return x
     y = x
     reference_lufs = matching.loudness_lufs(reference)  # measured once: the peak and level steps use it
