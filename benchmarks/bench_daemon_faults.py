@@ -2,7 +2,7 @@
 random and malformed OSC packets. It counts daemon crashes, lost jobs, jobs processed twice and
 partial outputs; the goal is zero of each.
 
-    .venv/bin/python benchmarks/bench_daemon_faults.py                 # all three parts
+    .venv/bin/python benchmarks/bench_daemon_faults.py                 # all four parts
     .venv/bin/python benchmarks/bench_daemon_faults.py --parts files --json files.json
 
 Parts:
@@ -17,6 +17,11 @@ Parts:
   osc    N random or malformed OSC packets (random bytes, mutated and truncated messages, wrong
          argument types and counts, odd bundles, huge strings, paths outside the allowed roots);
          the daemon must answer, log no internal error, stay up, and convert a bounce afterwards.
+  probes one reproducible scenario per fault found by probing (issue F1–F12: planted symlinks and
+         FIFOs, staging-name collisions, a lost lock, a deleted database, forged replies, disk
+         full...), from probes_store.py, probes_inputs.py and probes_requests.py. Each counts
+         files outside the roots read or written, user files deleted or replaced, lost or doubled
+         jobs and silent worker deaths (all must be 0), and records the one-line reason given.
 
 The daemon runs as a real subprocess (`python -m mixdaemon serve --config ...`, as a user starts
 it) with the "match" engine; OSC goes through the package's client (daemon/osc.py).
@@ -24,129 +29,28 @@ it) with the "match" engine; OSC goes through the package's client (daemon/osc.p
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
-import os
 import random
-import sqlite3
 import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from daemon_harness import Daemon, PartialOutputWatch, job_rows, start, write_config
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from mixdaemon.audio.examples import make_example, synth_song
 from mixdaemon.audio.io import resample
 from mixdaemon.daemon.osc import COMMANDS, PREFIX, OscClient
-from mixdaemon.daemon.watcher import wav_header_is_final
 
 REPO = Path(__file__).resolve().parents[1]
 STEMS = ("drums", "bass", "other", "vocals")
 RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 176400, 192000)
-
-
-# --- the daemon, its output folder ---------------------------------------------------------------
-
-def write_config(work: Path, reply_port: int, reference: Path, **extra) -> Path:
-    """work/config.toml: watch work/watch, results in work/out, state in work/state (a config's
-    paths are relative to its folder), an OS-chosen OSC port, notifications to reply_port."""
-    (work / "watch").mkdir(parents=True, exist_ok=True)
-    top = {"settle_seconds": 0.3, "stale_seconds": 2.0, "reference": str(reference), "state_dir": "state", **extra}
-    lines = [f"{key} = {json.dumps(value)}" for key, value in top.items()]
-    lines += ['[[watch]]', 'path = "watch"', "[output]", 'root = "out"',
-              "[osc]", 'host = "127.0.0.1"', "port = 0", f"reply_port = {reply_port}"]
-    (work / "config.toml").write_text("\n".join(lines) + "\n")
-    return work / "config.toml"
-
-
-class Daemon:
-    """`python -m mixdaemon serve --config CONFIG` as a subprocess; its log in CONFIG's folder."""
-
-    def __init__(self, config: Path):
-        self.state = config.parent / "state"
-        with open(config.parent / "daemon.stderr", "ab") as err:
-            self.process = subprocess.Popen([sys.executable, "-m", "mixdaemon", "serve", "--config", str(config)],
-                                            cwd=REPO, stdout=err, stderr=err)
-        self.address: tuple[str, int] | None = None
-
-    def serving(self) -> bool:
-        """Whether it serves: its daemon.json (written once OSC is bound) names its pid."""
-        try:
-            info = json.loads((self.state / "daemon.json").read_text())
-        except (OSError, ValueError):
-            return False
-        if info.get("pid") != self.process.pid:
-            return False
-        self.address = (info["osc_host"], info["osc_port"])
-        return True
-
-    def wait_serving(self, timeout: float = 120.0) -> "Daemon":
-        deadline = time.monotonic() + timeout
-        while not self.serving():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not start (exit status {self.process.poll()}); "
-                                   f"see {self.state.parent / 'daemon.stderr'}")
-            time.sleep(0.05)
-        return self
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        self.process.terminate()
-        return self.process.wait(20)
-
-
-class PartialOutputWatch:
-    """Looks at the output root every 2 ms from a thread and records every visible entry that is
-    not a whole result: a folder whose manifest.json names outputs that are all there, with final
-    WAV headers, and its report."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.violations: list[str] = []
-        self._whole: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _judge(self, folder: Path) -> str | None:
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return "no readable manifest.json"
-        files = [Path(p).name for p in manifest["outputs"].values()] + ["report.png"]
-        missing = [n for n in files if not (folder / n).is_file()]
-        unfinished = [n for n in files if n.endswith(".wav") and n not in missing and not wav_header_is_final(folder / n)]
-        return f"missing {missing}, unfinished {unfinished}" if missing or unfinished else None
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                names = [n for n in os.listdir(self.root) if not n.startswith(".") and n not in self._whole]
-            except OSError:
-                names = []
-            for name in names:
-                problem = self._judge(self.root / name)
-                if problem is None:
-                    self._whole.add(name)
-                else:
-                    self.violations.append(f"{name}: {problem}")
-            time.sleep(0.002)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
 
 
 def _wav(x: np.ndarray, subtype: str = "PCM_24") -> bytes:
@@ -238,24 +142,11 @@ def file_cases(seconds: float, rng: np.random.Generator) -> list[dict]:
     return cases
 
 
-def _jobs(state_dir: Path) -> list[dict]:
-    db = sqlite3.connect(state_dir / "jobs.sqlite3")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY id")]
-    finally:
-        db.close()
-
-
-def _start(work: Path, listener: OscClient, reference: Path, **extra) -> Daemon:
-    return Daemon(write_config(work, listener.port, reference, **extra)).wait_serving()
-
-
 def run_files(work: Path, reference: Path, seconds: float, rng, timeout: float) -> dict:
     cases = file_cases(seconds, rng)
     listener = OscClient()  # the daemon's reply target: it sends, nobody reads
     monitor = PartialOutputWatch(work / "out")
-    proc = _start(work, listener, reference, stale_seconds=1.0)
+    proc = start(work, listener, reference, stale_seconds=1.0)
     t0 = time.monotonic()
     for case in cases:
         folder = work / "watch" / case["name"]
@@ -265,7 +156,7 @@ def run_files(work: Path, reference: Path, seconds: float, rng, timeout: float) 
     by_folder: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.alive():
-        jobs = _jobs(work / "state") if (work / "state" / "jobs.sqlite3").exists() else []
+        jobs = job_rows(work / "state") if (work / "state" / "jobs.sqlite3").exists() else []
         by_folder = {j["source"].removeprefix("watch:"): j for j in jobs}
         if len(by_folder) >= len(cases) and all(j["state"] in ("done", "error") for j in jobs):
             break
@@ -345,13 +236,13 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
         proc.kill()
         # Recovery runs before the daemon serves, so a "running" job seen while serving is this
         # instance's: the kill landed mid-job.
-        running = [j["id"] for j in _jobs(work / "state") if j["state"] == "running"] if serving else []
+        running = [j["id"] for j in job_rows(work / "state") if j["state"] == "running"] if serving else []
         phase = "start-up" if not serving else ("mid-job" if running else "idle or grouping")
         kill_log.append({"cycle": cycle, "moment": moment, "phase": phase, "running_job": running[0] if running else None})
-    proc = _start(work, listener, reference, **extra)
+    proc = start(work, listener, reference, **extra)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.alive():
-        jobs = _jobs(work / "state")
+        jobs = job_rows(work / "state")
         if len(jobs) >= len(bounces) and all(j["state"] in ("done", "error") for j in jobs):
             break
         time.sleep(0.5)
@@ -361,7 +252,7 @@ def run_kills(work: Path, reference: Path, kills: int, seconds: float, rng: rand
     time.sleep(0.5)
     monitor.stop()
     listener.close()
-    jobs = _jobs(work / "state")
+    jobs = job_rows(work / "state")
     by_folder: dict[str, list] = {}
     for j in jobs:
         by_folder.setdefault(j["source"].removeprefix("watch:"), []).append(j)
@@ -483,7 +374,7 @@ def _osc_string(s: str) -> bytes:
 
 def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: float) -> dict:
     client = OscClient()  # sends the packets, and is the daemon's reply target
-    proc = _start(work, client, reference)
+    proc = start(work, client, reference)
     client.target = proc.address
     packets = osc_packets(n, rng, list(COMMANDS))
     kinds: dict[str, int] = {}
@@ -532,9 +423,33 @@ def run_osc(work: Path, reference: Path, n: int, rng: random.Random, seconds: fl
             "seconds": round(elapsed, 1)}
 
 
+# Each probe module lists its scenarios as (name, scenario); a scenario runs in its own empty work
+# folder with the shared reference and returns a dict holding every count in PROBE_COUNTS (each
+# must be 0), "reason" (the one line the daemon gave for a refused input, or None) and "passed".
+PROBE_MODULES = ("probes_store", "probes_inputs", "probes_requests")
+PROBE_COUNTS = ("outside_read", "outside_written", "user_files_lost", "jobs_lost", "jobs_doubled",
+                "silent_worker_deaths")
+
+
+def run_probes(work: Path, reference: Path, only: set[str]) -> dict:
+    results = {}
+    for module_name in PROBE_MODULES:
+        for name, scenario in importlib.import_module(module_name).SCENARIOS:
+            if only and name not in only:
+                continue
+            folder = work / name
+            folder.mkdir(parents=True)
+            results[name] = outcome = scenario(folder, reference)
+            print(f"{name}: {'passed' if outcome['passed'] else 'FAILED'} "
+                  + " ".join(f"{k}={outcome[k]}" for k in PROBE_COUNTS if outcome[k])
+                  + (f" — {outcome['reason']}" if outcome.get("reason") else ""), flush=True)
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="files,kills,osc")
+    p.add_argument("--parts", default="files,kills,osc,probes")
+    p.add_argument("--probes", default="", help="comma-separated probe names to run (default: all)")
     p.add_argument("--kills", type=int, default=50)
     p.add_argument("--packets", type=int, default=10000)
     p.add_argument("--seconds", type=float, default=1.0, help="length of the generated stems")
@@ -555,11 +470,15 @@ def main(argv=None) -> int:
     if "osc" in parts:
         results["osc"] = run_osc(work / "osc", reference, args.packets, random.Random(args.seed), args.seconds)
         print(json.dumps({"osc": results["osc"]}, indent=1), flush=True)
+    if "probes" in parts:
+        results["probes"] = run_probes(work / "probes", reference, set(filter(None, args.probes.split(","))))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"work folder: {work}")
     bad = sum(r.get("daemon_crashes", 0) + r.get("lost_jobs", 0) + r.get("partial_outputs", 0) + r.get("processed_twice", 0)
-              + len(r.get("unexpected_outcomes", [])) + r.get("internal_errors_logged", 0) for r in results.values())
+              + len(r.get("unexpected_outcomes", [])) + r.get("internal_errors_logged", 0)
+              for part, r in results.items() if part != "probes")
+    bad += sum(not outcome["passed"] for outcome in results.get("probes", {}).values())
     return 1 if bad else 0
 
 

@@ -29,6 +29,9 @@ SEED = 0
 ASPECTS = ("level", "eq", "dynamics", "width", "space")
 AMOUNT = 1.0
 EVALUATION_SEGMENT_SECONDS = 10.0  # segment length of the raw and unpaired evaluation protocols
+# The largest input file the daemon reads (4 GiB: a plain WAV cannot be larger, and 4 GiB of RF64
+# or FLAC is hours of audio); a larger one is refused before it is hashed or read.
+MAX_INPUT_BYTES = 4 * 2**30
 
 OSC_HOST = "127.0.0.1"
 OSC_PORT = 7700

@@ -6,14 +6,22 @@ files, ONNX graphs, TensorRT plans, caches, checkpoints, reports, reply files) g
 whole, and temporary files, are written directly. The bytes go to a hidden
 partial file created exclusively beside the destination, are flushed to disk, and the partial file
 is renamed over the destination. A reader sees the old file or the whole new one, never half of it,
-and a crash leaves at worst a hidden `.NAME.*.part` file behind.
+and a crash leaves at worst a hidden `.NAME.*.part` file behind. A write that fails (a full disk, a
+read-only file system) raises an OSError naming the destination, even through a writer that hides
+the file's error (soundfile reports a short write as a bare AssertionError).
+
+A finished folder is moved into place with `rename_no_replace`, which never replaces what stands at
+the destination (a plain rename would silently replace an empty folder).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -81,10 +89,59 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+class _WriteErrors:
+    """A file that remembers the first OSError its write() raised: libsndfile calls write() from C
+    through soundfile, which swallows the error and reports a short write instead."""
+
+    def __init__(self, file: IO):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
-    """Yield an open partial file (mode "wb" or "w"); renamed over `path` as `atomic_path` does."""
+    """Yield an open partial file (mode "wb" or "w"); renamed over `path` as `atomic_path` does.
+    A failed write raises OSError(errno, strerror, path), whatever the writer made of it."""
     with atomic_path(path) as partial:
-        with open(partial, mode, encoding=encoding if "b" not in mode else None) as f:
-            yield f
-            f.flush()
+        with open(partial, mode, encoding=encoding if "b" not in mode else None) as raw:
+            f = _WriteErrors(raw)
+            try:
+                yield f
+                f.flush()
+            except Exception as exc:
+                failed = f.error or (exc if isinstance(exc, OSError) and exc.filename is None else None)
+                if failed is None:
+                    raise
+                raise OSError(failed.errno, failed.strerror, os.fspath(path)) from exc
+
+
+# renameat2(2) with RENAME_NOREPLACE (Linux 3.15, glibc 2.28): the kernel refuses to replace the
+# destination, atomically. Where it is missing, a check before the rename leaves a window of
+# microseconds in which an entry appearing at the destination could be replaced.
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def rename_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename src to dst; FileExistsError if anything (a file, a folder, even an empty one, or a
+    link) stands at dst."""
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS):  # EINVAL: a file system without the flag
+            raise OSError(code, os.strerror(code), os.fspath(dst))
+    if os.path.lexists(dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
+    os.rename(src, dst)

@@ -7,7 +7,7 @@
 --   file  request files: <requests folder>/<name>.request, answered by the daemon in
 --         <name>.reply, which a deferred loop polls. Needs nothing installed.
 --   auto  (default) osc when LuaSocket loads, otherwise file.
--- The file format is described in mixdaemon/requests.py, the OSC address space in
+-- The file format is described in mixdaemon/daemon/requestfiles.py, the OSC address space in
 -- integrations/osc/ADDRESS_SPACE.md. Both transports turn the daemon's messages into the same
 -- status table: {state, job_id, percent, stage, message, manifest, reply, reply_args}.
 --
@@ -326,6 +326,7 @@ local function file_transport()
     local request_path, reply_path = M.join(dir, name .. ".request"), M.join(dir, name .. ".reply")
     local lines = {"mixdaemon-request 1", "address=" .. M.escape(address)}
     for _, value in ipairs(args) do lines[#lines + 1] = "arg=" .. M.escape(value) end
+    lines[#lines + 1] = "end"  -- the daemon reads a request only once its last line is there
     write_new_file(request_path, table.concat(lines, "\n") .. "\n")
     local sent, read_at, status = now(), 0, {state = "sent"}
     local request = {}
@@ -363,7 +364,7 @@ local function load_socket()
   return ok and type(socket) == "table" and socket.udp and socket or nil
 end
 
--- A status after one OSC message; the same rules as mixdaemon/requests.py apply_message (every
+-- A status after one OSC message; the same rules as mixdaemon/daemon/requestfiles.py apply_message (every
 -- message on a request's socket is about that request).
 local function apply_message(status, request, address, args)
   local out = {}

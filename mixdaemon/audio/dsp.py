@@ -82,9 +82,20 @@ def block_loudness(x: np.ndarray, window_s: float, hop_s: float, sr: int = WORKI
         return np.zeros(0)
     # float32 filtering (relative error ~1e-6, far below 0.01 LU) at half the cost of float64
     weighted = signal.sosfilt(k_weighting(sr).astype(np.float32), x.astype(np.float32, copy=False), axis=0)
-    energy = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", weighted, weighted), dtype=np.float64)])
-    starts = np.arange(0, x.shape[0] - window + 1, hop)
-    power = np.maximum(energy[starts + window] - energy[starts], 0.0) / window
+    power_per_sample = np.einsum("ij,ij->i", weighted, weighted)
+    if window % hop == 0:
+        # whole hops: sum each hop once, then each window is a run of window/hop hop sums (a
+        # cumulative sum over hops, not over samples: a song's worth of float64 prefix sums is the
+        # slow part otherwise)
+        n_hops = x.shape[0] // hop
+        hop_energy = power_per_sample[:n_hops * hop].reshape(n_hops, hop).sum(axis=1, dtype=np.float64)
+        energy = np.concatenate([[0.0], np.cumsum(hop_energy)])
+        per_window = window // hop
+        power = np.maximum(energy[per_window:] - energy[:-per_window], 0.0) / window
+    else:
+        energy = np.concatenate([[0.0], np.cumsum(power_per_sample, dtype=np.float64)])
+        starts = np.arange(0, x.shape[0] - window + 1, hop)
+        power = np.maximum(energy[starts + window] - energy[starts], 0.0) / window
     return -0.691 + 10.0 * np.log10(power + 1e-30)
 
 
@@ -100,6 +111,13 @@ def integrated_loudness(x: np.ndarray, sr: int = WORKING_RATE) -> float:
     relative_gate = -0.691 + 10.0 * np.log10(np.mean(power)) + RELATIVE_GATE_LU
     kept = power[blocks > relative_gate]
     return float(-0.691 + 10.0 * np.log10(np.mean(kept)))
+
+
+def loudness_lufs(x: np.ndarray, sr: int = WORKING_RATE) -> float:
+    """Integrated loudness with silence (or a signal shorter than one block) read as the absolute
+    gate, ABSOLUTE_GATE_LUFS: a number every table, gain and distance can use."""
+    value = integrated_loudness(x, sr)
+    return value if np.isfinite(value) and value > ABSOLUTE_GATE_LUFS else ABSOLUTE_GATE_LUFS
 
 
 def lufs_norm(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:

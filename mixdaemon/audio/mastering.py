@@ -145,7 +145,12 @@ def limit_linked(stems: dict[str, np.ndarray], ceiling_dbtp: float = TRUE_PEAK_C
         # in parallel, since the oversampling filter releases the GIL
         signals = [np.sum(list(stems.values()), axis=0), *stems.values()]
         with ThreadPoolExecutor(max_workers=min(len(signals), os.cpu_count() or 1)) as pool:
-            return np.max(list(pool.map(lambda s: true_peak_envelope(s, above=target), signals)), axis=0)
+            envelopes = pool.map(lambda s: true_peak_envelope(s, above=target), signals)
+            # a running maximum: stacking five song-long float64 envelopes first costs more than the max
+            out = next(envelopes)
+            for env in envelopes:
+                np.maximum(out, env, out=out)
+            return out
 
     env = envelope()
     if env.max() > ceiling:

@@ -4,7 +4,13 @@ A job's life: queued → running → done | error | cancelled. The store is the 
 and survives crashes (WAL journal, synchronous=FULL): on start, jobs left "running" by a dead daemon
 go back to the queue (daemon/worker.py), finished ones stay finished. Each claim of a job counts an
 attempt before any work starts, so a job that kills the daemon `max_attempts` times is failed
-instead of crash-looping.
+instead of crash-looping. A running job's staging folder is recorded here (its path before it is
+created, its inode once it is), so that recovery removes that folder and nothing else.
+
+Every database failure (a corrupt page, a full disk, a database deleted while the daemon runs) is
+a JobStoreError naming the database file, in one line. The store remembers which file it opened
+(device and inode) and, once that file is no longer the one at its path, refuses new jobs: they
+would be recorded in a file that no longer exists and forgotten at the next start.
 
 Two job types: "transfer" (style transfer toward a reference) and "automix" (the stems mixed by the
 automix network; no reference, writes mix.wav).
@@ -15,6 +21,7 @@ running or done returns that job.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,12 +31,14 @@ import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from mixdaemon.audio.io import is_audio_file
-from mixdaemon.audio.stems import list_audio_files
+from mixdaemon.audio.stems import is_reference_name
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.files import file_sha256
+from mixdaemon.mixing.settings import AutomixSettings, TransferSettings
 
 log = logging.getLogger("mixdaemon.jobstore")
 
@@ -63,6 +72,12 @@ class Job:
     started: float | None = None
     finished: float | None = None
     job_type: str = "transfer"  # "transfer" | "automix"
+    staging: str | None = None        # the running job's staging folder, recorded before it is created
+    staging_inode: str | None = None  # "device:inode" of that folder once the worker created it
+
+
+class JobStoreError(MixdaemonError):
+    """The job database failed: corrupt, unreadable, full, or no longer the file at its path."""
 
 
 @dataclass
@@ -92,37 +107,43 @@ def hash_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     return out
 
 
-def reference_files(reference: str | os.PathLike) -> list[Path]:
-    """The files a reference consists of: itself, or the audio files of a reference folder."""
-    reference = Path(reference)
-    if reference.is_dir():
-        files = sorted(p for p in reference.iterdir() if p.is_file() and is_audio_file(p))
-        if not files:
-            raise MixdaemonError(f"{reference}: reference folder holds no WAV/FLAC/AIFF files")
-        return files
-    if not reference.exists():
-        raise MixdaemonError(f"{reference}: reference not found")
-    return [reference]
+def _audio_entries(folder: Path, skip_references: bool) -> list[Path]:
+    """A folder's audio-named entries that are not folders (hidden ones left out; reference.* ones
+    too when listing stems), sorted. A FIFO or a link among them is listed, for Roots to refuse."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise MixdaemonError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    return sorted(p for p in entries if is_audio_file(p) and not (skip_references and is_reference_name(p))
+                  and not p.is_dir())
 
 
-def input_files(stems: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """A stems folder's audio files (hidden and reference.* files left out), or the given files."""
+def reference_files(reference: str | os.PathLike, roots: Roots) -> list[Path]:
+    """The real paths of the files a reference consists of: itself, or the audio files of a
+    reference folder; each one a regular file inside the roots (Roots.entry, Roots.file)."""
+    real = roots.entry(reference, "reference")
+    if not real.is_dir():
+        return [real]
+    files = [roots.file(p, "reference file") for p in _audio_entries(real, skip_references=False)]
+    if not files:
+        raise MixdaemonError(f"{reference}: reference folder holds no WAV/FLAC/AIFF files")
+    return files
+
+
+def input_files(stems: str | os.PathLike | Iterable[str | os.PathLike], roots: Roots) -> list[Path]:
+    """The real paths of a stems folder's audio files (hidden and reference.* files left out), or
+    of the given files; each one a regular file inside the roots (Roots.entry, Roots.file)."""
     if isinstance(stems, (str, os.PathLike)):
-        p = Path(stems)
-        if p.is_dir():
-            files = list_audio_files(p)
-            if not files:
-                raise MixdaemonError(f"{p}: no WAV/FLAC/AIFF stems found in this folder")
-            return [f.absolute() for f in files]
-        if not p.exists():
-            raise MixdaemonError(f"{p}: no such file or folder")
-        return [p.absolute()]
-    files = [Path(f).absolute() for f in stems]
+        real = roots.entry(stems, "stems")
+        if not real.is_dir():
+            return [real]
+        files = [roots.file(p, "stem file") for p in _audio_entries(real, skip_references=True)]
+        if not files:
+            raise MixdaemonError(f"{stems}: no WAV/FLAC/AIFF stems found in this folder")
+        return files
+    files = [roots.file(f, "stem file") for f in stems]
     if not files:
         raise MixdaemonError("no input files given")
-    for f in files:
-        if not f.is_file():
-            raise MixdaemonError(f"{f}: no such file")
     return files
 
 
@@ -186,7 +207,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    job_type TEXT NOT NULL DEFAULT 'transfer'
+    job_type TEXT NOT NULL DEFAULT 'transfer',
+    staging TEXT,
+    staging_inode TEXT
 );
 -- At most one live job per key: the database itself refuses duplicates. (A finished key may be
 -- done again, but only once its results are gone: JobStore.add.)
@@ -195,6 +218,28 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _JSON_FIELDS = ("inputs", "settings", "input_hashes", "reference_hashes", "outputs")
+# Columns added since the first schema, with their definitions (older databases gain them on open).
+_ADDED_COLUMNS = {"job_type": "TEXT NOT NULL DEFAULT 'transfer'", "staging": "TEXT", "staging_inode": "TEXT"}
+_SETTINGS_TYPES = {"transfer": TransferSettings, "automix": AutomixSettings}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _move_aside_orphan_journal(path: Path) -> None:
+    """A -wal/-shm file without its database belongs to a database that was deleted: SQLite would
+    replay its pages onto the new, empty database. Moved aside (never deleted), and said so."""
+    for suffix in ("-wal", "-shm"):
+        journal = path.with_name(path.name + suffix)
+        if journal.exists():
+            aside = journal.with_name(f"{journal.name}.orphaned-{int(time.time())}")
+            os.rename(journal, aside)
+            log.warning("%s: left by a job database that was deleted; moved aside to %s", journal, aside.name)
 
 
 class JobStore:
@@ -203,23 +248,54 @@ class JobStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._lost: str | None = None  # why new jobs are refused, once the file is gone or replaced
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A new database: the worker adopts the results already in the output root (worker.recover).
+            self.created = not self.path.exists()
+            if self.created:
+                _move_aside_orphan_journal(self.path)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "job_type" not in columns:  # a database from before job types: every job in it is a transfer
-                self._db.execute("ALTER TABLE jobs ADD COLUMN job_type TEXT NOT NULL DEFAULT 'transfer'")
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in columns:  # an older database (before job types every job was a transfer)
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
         except sqlite3.DatabaseError as exc:
-            raise MixdaemonError(f"{self.path}: job database unusable ({exc}); move it away to start afresh") from None
+            raise JobStoreError(f"{self.path}: job database unusable ({exc}); move it away to start afresh") from None
+        except OSError as exc:
+            raise JobStoreError(f"{exc.filename or self.path}: cannot open the job database "
+                                f"({exc.strerror or exc})") from None
+        self._identity = _identity(self.path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held by this thread; any SQLite failure becomes one JobStoreError line."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"{self.path}: job database failed ({exc})") from None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def on_disk(self) -> bool:
+        """Whether the database file this store opened is still the one at its path. The first time
+        it is not (deleted, or replaced by another file), that is logged once; from then on new jobs
+        are refused (add), while the jobs already in it still run and report."""
+        with self._lock:
+            if self._lost is None and _identity(self.path) != self._identity:
+                self._lost = (f"{self.path}: the job database was deleted or replaced while the daemon ran; "
+                              "new jobs are refused until the daemon is restarted (results already written "
+                              "are found again from their manifests at the next start)")
+                log.error("%s", self._lost)
+            return self._lost is None
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
@@ -229,29 +305,29 @@ class JobStore:
         return Job(**data)
 
     def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._locked() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job(row) if row else None
 
     def find_key(self, key: str, states: Iterable[str] = STATES) -> Job | None:
         """The newest job with this key in one of `states`."""
         states = tuple(states)
         marks = ",".join("?" * len(states))
-        with self._lock:
-            row = self._db.execute(f"SELECT * FROM jobs WHERE key = ? AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
-                                   (key, *states)).fetchone()
+        with self._locked() as db:
+            row = db.execute(f"SELECT * FROM jobs WHERE key = ? AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
+                             (key, *states)).fetchone()
         return self._job(row) if row else None
 
     def list(self, states: Iterable[str] = STATES) -> list[Job]:
         states = tuple(states)
         marks = ",".join("?" * len(states))
-        with self._lock:
-            rows = self._db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        with self._locked() as db:
+            rows = db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states).fetchall()
         return [self._job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        with self._locked() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         out = dict.fromkeys(STATES, 0)
         out.update({state: n for state, n in rows})
         return out
@@ -259,36 +335,71 @@ class JobStore:
     def add(self, job: Job, redo_if_results_gone: bool = True) -> tuple[Job, bool]:
         """Insert a queued job; (job, True). If its key is queued or running, or done (with its
         result folder still there, unless redo_if_results_gone is False), that job instead;
-        (existing, False)."""
+        (existing, False). Refused (JobStoreError) once the database file is lost (on_disk)."""
+        if not self.on_disk():
+            raise JobStoreError(self._lost)
         with self._lock:
             existing = self.find_key(job.key, ("queued", "running", "done"))
             results_there = existing is not None and existing.out_dir and Path(existing.out_dir).is_dir()
             if existing is not None and (existing.state != "done" or results_there or not redo_if_results_gone):
                 return existing, False
-            values = asdict(job)
-            values.pop("id")
-            values.update(state="queued", created=time.time())
-            for name in _JSON_FIELDS:
-                values[name] = json.dumps(values[name])
-            cols = ", ".join(values)
-            cur = self._db.execute(f"INSERT INTO jobs ({cols}) VALUES ({', '.join('?' * len(values))})",
-                                   tuple(values.values()))
-            return self.get(cur.lastrowid), True
+            return self._insert(job, state="queued", created=time.time()), True
+
+    def adopt_result(self, manifest_path: Path) -> Job | None:
+        """A result folder's manifest (written by this daemon, or one that shared the output root)
+        as a done job, so that its work is not done again: the job it names, with its key computed
+        from the contents and settings the manifest records. None if the manifest is not one of ours
+        or its key is already known."""
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if manifest.get("generator") != "mixdaemon":
+                return None
+            job_type = manifest.get("job_type", "transfer")
+            settings = _SETTINGS_TYPES[job_type](**manifest["settings"])
+            input_hashes = {i["path"]: i["sha256"] for i in manifest["inputs"]}
+            reference = manifest.get("reference") or {"path": "", "files": []}
+            reference_hashes = {f["path"]: f["sha256"] for f in reference["files"]}
+            key = job_key(input_hashes, reference_hashes, settings, job_type)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # not a manifest this version can read: the folder is left as it is
+        with self._lock:
+            if self.find_key(key, ("queued", "running", "done")) is not None:
+                return None
+            folder = manifest_path.parent
+            return self._insert(Job(id=0, key=key, state="done", inputs=list(input_hashes),
+                                    reference=reference["path"], out_root=str(folder.parent),
+                                    settings=asdict(settings), source=manifest.get("source", ""),
+                                    folder_name=Path(next(iter(input_hashes), "")).parent.name,
+                                    input_hashes=input_hashes, reference_hashes=reference_hashes,
+                                    out_dir=str(folder), manifest=str(manifest_path),
+                                    outputs=manifest.get("outputs", {}), job_type=job_type),
+                                state="done", created=time.time(), finished=time.time())
+
+    def _insert(self, job: Job, **values) -> Job:
+        row = asdict(job)
+        row.pop("id")
+        row.update(values)
+        for name in _JSON_FIELDS:
+            row[name] = json.dumps(row[name])
+        with self._locked() as db:
+            cur = db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                             tuple(row.values()))
+        return self.get(cur.lastrowid)
 
     def claim_next(self) -> Job | None:
         """Atomically move the oldest queued job to running and count the attempt."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+                row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
                 if row is None:
-                    self._db.execute("COMMIT")
+                    db.execute("COMMIT")
                     return None
-                self._db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ? WHERE id = ?",
-                                 (time.time(), row[0]))
-                self._db.execute("COMMIT")
+                db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, started = ? WHERE id = ?",
+                           (time.time(), row[0]))
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
             return self.get(row[0])
 
@@ -296,9 +407,9 @@ class JobStore:
         for name in _JSON_FIELDS:
             if name in values:
                 values[name] = json.dumps(values[name])
-        with self._lock:
+        with self._locked() as db:
             sets = ", ".join(f"{k} = ?" for k in values)
-            self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
             return self.get(job_id)
 
     def set_state(self, job_id: int, state: str, *, only_from: Iterable[str] | None = None, **values) -> bool:
@@ -316,29 +427,24 @@ class JobStore:
             only_from = tuple(only_from)
             where += f" AND state IN ({','.join('?' * len(only_from))})"
             params += list(only_from)
-        with self._lock:
-            cur = self._db.execute(f"UPDATE jobs SET {sets} WHERE {where}", (*values.values(), *params))
+        with self._locked() as db:
+            cur = db.execute(f"UPDATE jobs SET {sets} WHERE {where}", (*values.values(), *params))
             return cur.rowcount == 1
 
-    def out_roots(self) -> list[Path]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT out_root FROM jobs").fetchall()
-        return [Path(r[0]) for r in rows]
-
     def get_setting(self, name: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        with self._locked() as db:
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
     def set_setting(self, name: str, value: str | None) -> None:
-        with self._lock:
+        with self._locked() as db:
             if value is None:
-                self._db.execute("DELETE FROM settings WHERE name = ?", (name,))
+                db.execute("DELETE FROM settings WHERE name = ?", (name,))
             else:
-                self._db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
+                db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
 
     def settings_with_prefix(self, prefix: str) -> dict[str, str]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, value FROM settings WHERE name LIKE ? ESCAPE '\\'",
-                                    (prefix.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
+        with self._locked() as db:
+            rows = db.execute("SELECT name, value FROM settings WHERE name LIKE ? ESCAPE '\\'",
+                              (prefix.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
         return {name[len(prefix):]: value for name, value in rows}

@@ -15,10 +15,16 @@ as a LocalClient whose messages are handed over in-process rather than sent.
 
 Bundles are accepted and their messages handled in order; their time tags are ignored (a request
 runs when it arrives).
+
+Requests that read input files (submit, submit/files, automix, reference: Command.reads_files) are
+served off the receive thread, one at a time in the order they came, by the server's file-request
+thread: hashing a large bounce takes seconds, and ping, status and cancel are answered meanwhile. A
+packet holding one of them is served whole there, its messages in order.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import socket
 import socketserver
@@ -42,6 +48,7 @@ PREFIX = "/mixdaemon"
 NO_JOB = "-"  # the job-id argument of an error that belongs to no job
 MAX_JOB_ID = 2**31 - 1  # an OSC int32; larger numbers (int64, floats, digit strings) are no job
 MAX_REASON_CHARS = 1500  # keeps every reply well inside one UDP datagram
+MAX_WAITING_FILE_REQUESTS = 256  # packets of file-reading requests waiting; beyond, a "busy" error reply
 Target = tuple[str, int]  # a UDP client: (host, port)
 Message = tuple[str, list]  # (address, arguments)
 
@@ -88,6 +95,7 @@ class Command:
     args: tuple[Arg, ...]
     replies: tuple[str, ...]  # the addresses that answer it (besides /mixdaemon/error)
     summary: str
+    reads_files: bool = False  # lists and hashes input files: served on the file-request thread
 
 
 COMMANDS: dict[str, Command] = {c.address: c for c in (
@@ -97,16 +105,18 @@ COMMANDS: dict[str, Command] = {c.address: c for c in (
              Arg("options", "text", optional=True)),
             (f"{PREFIX}/queued",),
             "convert a stems folder or one file; \"\" or no reference/out: the defaults; options: "
-            "\"amount=0.5 match=level,eq stem_amount.vocals=0.3\" (see parse_options)"),
+            "\"amount=0.5 match=level,eq stem_amount.vocals=0.3\" (see parse_options)", reads_files=True),
     Command(f"{PREFIX}/submit/files", "cmd_submit_files",
             (Arg("reference_path", "text"), Arg("out_root", "text"), Arg("stem_file", "text", variadic=True)),
-            (f"{PREFIX}/queued",), "convert a list of stem files (reference and out may be \"\")"),
+            (f"{PREFIX}/queued",), "convert a list of stem files (reference and out may be \"\")", reads_files=True),
     Command(f"{PREFIX}/automix", "cmd_automix", (Arg("stems_path", "text"), Arg("out_root", "text", optional=True)),
-            (f"{PREFIX}/queued",), "mix a stems folder (or one stem file) with the automix model; no reference"),
+            (f"{PREFIX}/queued",), "mix a stems folder (or one stem file) with the automix model; no reference",
+            reads_files=True),
     Command(f"{PREFIX}/reference", "cmd_reference",
             (Arg("path_or_folder", "text"), Arg("path", "text", optional=True)),
             (f"{PREFIX}/reference/ok",),
-            "one argument: set the default reference (\"\" clears); two: the reference for a watch folder"),
+            "one argument: set the default reference (\"\" clears); two: the reference for a watch folder",
+            reads_files=True),
     Command(f"{PREFIX}/status", "cmd_status", (Arg("job_id", "job", optional=True),),
             (f"{PREFIX}/status/reply", f"{PREFIX}/status/summary"), "one job's state, or counts of all jobs"),
     Command(f"{PREFIX}/cancel", "cmd_cancel", (Arg("job_id", "job"),), (f"{PREFIX}/cancelled",),
@@ -137,8 +147,8 @@ def _coerce(command: Command, index: int, arg: Arg, value: Any) -> Any:
             number = value
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
-        elif isinstance(value, str) and value.strip().isdigit():
-            number = int(value.strip())
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            number = int(value.strip())  # isdigit alone takes "²", which int() refuses
         if number is not None and 0 <= number <= MAX_JOB_ID:
             return number
     want = "a string" if arg.kind == "text" else f"a job id (an integer from 0 to {MAX_JOB_ID})"
@@ -205,14 +215,19 @@ def format_options(options: dict) -> str:
 
 # --- encoding ------------------------------------------------------------------------------------
 
+def printable(text: str) -> str:
+    """text as valid UTF-8, for a reply or the job database: file names that are not valid UTF-8
+    reach Python as lone surrogates; they are shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def encode(address: str, args: list | tuple = ()) -> bytes:
     builder = OscMessageBuilder(address=address)
     for value in args:
         if isinstance(value, Path):
             value = str(value)
         if isinstance(value, str):
-            # File names that are not valid UTF-8 reach Python as lone surrogates; show them as U+FFFD.
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            value = printable(value)
         elif isinstance(value, float) and value != value:  # NaN has no place in a reply
             value = 0.0
         builder.add_arg(value)
@@ -318,17 +333,33 @@ class OscServer:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="mixdaemon-osc", daemon=True)
+        # Packets of file-reading requests, (messages, sender), for the file-request thread; None stops it.
+        self._file_requests: queue.Queue = queue.Queue(maxsize=MAX_WAITING_FILE_REQUESTS)
+        self._file_thread = threading.Thread(target=self._serve_file_requests, name="mixdaemon-osc-files",
+                                             daemon=True)
 
     @property
     def address(self) -> Target:
         return self._server.server_address[:2]
 
     def start(self) -> None:
+        self._file_thread.start()
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop receiving; the file request being served may finish (up to `timeout` seconds), those
+        still waiting are answered with an error."""
         if self._thread.is_alive():
             self._server.shutdown()
+        if self._file_thread.is_alive():
+            while True:
+                try:
+                    _, sender = self._file_requests.get_nowait()
+                except queue.Empty:
+                    break
+                self.error(sender, NO_JOB, "the daemon is stopping; the request was not served")
+            self._file_requests.put(None)
+            self._file_thread.join(timeout)
         self._server.server_close()
 
     def send(self, target: Sender, address: str, args: list | tuple = ()) -> None:
@@ -371,9 +402,28 @@ class OscServer:
             _refusals.warning("malformed OSC packet from %s (%d bytes): %s", describe(sender), len(data), exc)
             self.error(sender, NO_JOB, f"malformed OSC packet ({len(data)} bytes): {str(exc)[:200]}")
             return
+        if any(getattr(COMMANDS.get(m.address), "reads_files", False) for m in messages):
+            try:
+                self._file_requests.put_nowait((messages, sender))
+            except queue.Full:
+                _refusals.warning("request from %s refused: %d file requests are waiting", describe(sender),
+                                  MAX_WAITING_FILE_REQUESTS)
+                self.error(sender, NO_JOB, f"busy: {MAX_WAITING_FILE_REQUESTS} requests that read files are "
+                                           "waiting already; send it again shortly")
+            return
+        self._serve(messages, sender)
+
+    def _serve(self, messages: list[OscMessage], sender: Target) -> None:
         for message in messages:
             for reply_address, reply_args in dispatch(self.handler, message.address, list(message.params), sender):
                 self.send(sender, reply_address, reply_args)
+
+    def _serve_file_requests(self) -> None:
+        while (item := self._file_requests.get()) is not None:
+            try:
+                self._serve(*item)
+            except Exception:  # dispatch answers every request's failure; this thread must not die of a send
+                log.exception("serving a file request from %s failed", describe(item[1]))
 
 
 # --- the client ----------------------------------------------------------------------------------

@@ -2,18 +2,28 @@
 script has no sockets), as files in a folder.
 
 A client writes `<name>.request` into the requests folder (`<state_dir>/requests`), atomically: it
-writes another name first and renames it. UTF-8, one `key=value` per line:
+writes another name first (one that does not end in `.request`, or starts with a dot) and renames
+it. UTF-8, one `key=value` per line, and a last line `end`:
 
     mixdaemon-request 1
     address=/mixdaemon/submit
     arg=/home/me/Music/Song/mixdaemon/renders/Song-20261122-101500
     arg=/home/me/Music/Refs/ref.wav
     arg=/home/me/Music/Song/mixdaemon
+    end
 
 `address` is a request address of integrations/osc/ADDRESS_SPACE.md; each `arg` line is one
 argument, in order, as a string (job ids too: the daemon reads "12" as job 12). In values a
 backslash, newline, carriage return and tab are written as two characters each: `\\\\`, `\\n`,
 `\\r`, `\\t`.
+
+The `end` line is what makes a request whole: a file without it is still being written (by a
+client that writes in place) and is left alone until it has it; one that stays without it for
+`answer_seconds` is answered with an error. A request is read only when it is a regular file of at
+most 64 KiB at its name in the folder: a link (wherever it leads), a FIFO, a device or a larger file
+is refused with an error reply without reading it (and without blocking), so is a file that is not
+UTF-8 or not in this format. Each request is taken once: served, or answered with one error reply,
+never read again while its name stays (a client may reuse a name after removing the request).
 
 The bridge, inside the daemon, hands each request to the daemon's command handler through the same
 dispatch as a UDP request (daemon/osc.py), so a request file is served exactly like an OSC request
@@ -35,13 +45,16 @@ atomically (files.atomic_write) at every change:
 `ok`, `warning` or `error`. `message=` holds the reason of an error or a warning; `reply=` and
 `reply_arg=` the last OSC message that changed the state. A request that has a reply file has been
 sent and is never sent again. The client deletes both files when it is done with them; finished
-pairs older than a week are removed when the bridge starts.
+pairs older than a week are removed when the bridge starts. What a reply file says comes from the
+daemon's own handling only: the bridge has no socket that a reply or a notification could come in
+from, and a link planted at a reply's name is replaced, never written through.
 
 A submitted job is followed through its notifications: the bridge hears every job notification in
 the daemon's process, so it follows a job that someone else submitted first as well. After a
 restart, an unfinished submission's job is asked for with /mixdaemon/status once and followed from
-there. Every message reaches a reply file as a UDP client would receive it (encoded and decoded:
-float32 numbers, U+FFFD for names that are not UTF-8). The REAPER scripts' OSC client
+there (a pair the bridge cannot read then is reported in the log and skipped). Every message
+reaches a reply file as a UDP client would receive it (encoded and decoded: float32 numbers, U+FFFD
+for names that are not UTF-8). The REAPER scripts' OSC client
 (integrations/reaper/mixdaemon_common.lua) turns the same messages into the same states.
 """
 from __future__ import annotations
@@ -56,8 +69,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixdaemon.daemon.confine import read_small_file
 from mixdaemon.daemon.jobstore import MANIFEST_NAME
-from mixdaemon.daemon.osc import PREFIX, LocalClient, decode, dispatch, encode
+from mixdaemon.daemon.osc import COMMANDS, PREFIX, LocalClient, check_arguments, decode, dispatch, encode
+from mixdaemon.errors import MixdaemonError
 from mixdaemon.files import atomic_write
 
 log = logging.getLogger("mixdaemon.requestfiles")
@@ -65,7 +80,10 @@ log = logging.getLogger("mixdaemon.requestfiles")
 REQUEST_SUFFIX = ".request"
 REPLY_SUFFIX = ".reply"
 REQUEST_HEADER = "mixdaemon-request 1"
+REQUEST_END = "end"
 REPLY_HEADER = "mixdaemon-reply 1"
+MAX_REQUEST_BYTES = 64 * 1024  # a request names a few paths; a larger file is no request (nor a reply)
+LOG_QUOTE_CHARS = 200  # what of a request's text a log line quotes
 FINAL_STATES = ("done", "error", "cancelled", "ok", "warning")
 
 _SUBMITS = (f"{PREFIX}/submit", f"{PREFIX}/submit/files", f"{PREFIX}/automix")
@@ -85,18 +103,35 @@ def unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(1)), text)
 
 
+def quoted(text: str) -> str:
+    """text for a log line: at most LOG_QUOTE_CHARS characters of it, and its length if cut."""
+    return text if len(text) <= LOG_QUOTE_CHARS else f"{text[:LOG_QUOTE_CHARS]}… ({len(text)} characters)"
+
+
+def being_written(text: str) -> bool:
+    """Whether a request file's text may still grow into a request: it lacks the final `end` line,
+    and what is there of its first line does not contradict the header (junk is refused at once)."""
+    lines = text.rstrip("\n").split("\n")
+    if lines[-1].rstrip("\r") == REQUEST_END:
+        return False
+    first = lines[0].rstrip("\r")
+    return first == REQUEST_HEADER if len(lines) > 1 or text.endswith("\n") else REQUEST_HEADER.startswith(first)
+
+
 def parse_request(text: str) -> tuple[str, list[str]]:
-    """(address, args) of a request file's text; ValueError naming what is wrong."""
-    lines = [line.rstrip("\r") for line in text.split("\n")]
+    """(address, args) of a request file's whole text; ValueError naming what is wrong."""
+    lines = [line.rstrip("\r") for line in text.rstrip("\n").split("\n")]
     if lines[0].strip() != REQUEST_HEADER:
         raise ValueError(f"the first line must be '{REQUEST_HEADER}'")
+    if len(lines) < 2 or lines[-1] != REQUEST_END:
+        raise ValueError(f"the last line must be '{REQUEST_END}' (the request is not whole)")
     address, args = None, []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[1:-1], start=2):
         if not line.strip():
             continue
         key, sep, value = line.partition("=")
         if not sep or key not in ("address", "arg"):
-            raise ValueError(f"line {number} ({line[:60]!r}): expected address=... or arg=...")
+            raise ValueError(f"line {number} ({line[:60]!r}): expected address=..., arg=... or {REQUEST_END}")
         if key == "address":
             address = unescape(value)
         else:
@@ -187,12 +222,17 @@ class RequestFolder:
         self.folder = Path(folder)
         self.handler = handler
         self.scan_seconds = scan_seconds
-        self.answer_seconds = answer_seconds  # a request with no answer in this time fails
+        self.answer_seconds = answer_seconds  # a request with no answer (or no end) in this time fails
         self.keep_seconds = keep_seconds
         self._pending: list[_Pending] = []
         # What the daemon sends, from any of its threads, for the bridge's thread to apply in order:
         # (the request it is for, or None for a job notification; address; args).
         self._inbox: queue.SimpleQueue[tuple[_Pending | None, str, list]] = queue.SimpleQueue()
+        # Requests served or refused in this run, by name: each is taken once, whatever happens to
+        # its reply file (one that cannot be written must not make the request be read again).
+        self._taken: set[str] = set()
+        # Requests still being written: name → (hash of what is there, since when it is so).
+        self._unfinished: dict[str, tuple[int, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mixdaemon-requests", daemon=True)
 
@@ -218,10 +258,9 @@ class RequestFolder:
         while not self._stop.is_set():
             try:
                 self._receive(self.scan_seconds)
-                for name in self._new_requests():
-                    self._serve(name)
+                self._scan()
                 self._check_unanswered()
-            except Exception:  # one odd file or message must not stop the bridge
+            except Exception:  # a bug of the bridge's own: logged, and the bridge goes on
                 log.exception("request files: unexpected error; continuing")
                 self._stop.wait(self.scan_seconds)
 
@@ -233,40 +272,114 @@ class RequestFolder:
     def _reply_path(self, name: str) -> Path:
         return self.folder / f"{name}{REPLY_SUFFIX}"
 
-    def _write(self, name: str, status: dict) -> None:
-        with atomic_write(self._reply_path(name), "w", encoding="utf-8") as f:
-            f.write(format_reply(status))
-
-    def _new_requests(self) -> list[str]:
+    def _write(self, name: str, status: dict) -> bool:
+        """Write the reply file (atomically: a planted link at its name is replaced, never written
+        through); False, logged, where it cannot be written."""
         try:
-            names = sorted(e.name[:-len(REQUEST_SUFFIX)] for e in os.scandir(self.folder)
-                           if e.name.endswith(REQUEST_SUFFIX) and not e.name.startswith("."))
+            with atomic_write(self._reply_path(name), "w", encoding="utf-8") as f:
+                f.write(format_reply(status))
+            return True
+        except OSError as exc:
+            log.error("request %s: cannot write its reply %s (%s); the request is dropped",
+                      quoted(name), quoted(str(self._reply_path(name))), exc.strerror or exc)
+            return False
+
+    def _names(self, suffix: str) -> set[str]:
+        try:
+            return {e.name[:-len(suffix)] for e in os.scandir(self.folder)
+                    if e.name.endswith(suffix) and not e.name.startswith(".")}
         except OSError:
-            return []
-        return [n for n in names if not self._reply_path(n).exists()]
+            return set()
+
+    def _read_request(self, name: str) -> tuple[str, list[str]] | None:
+        """(address, args) of a whole request; None while it is still being written. Raises
+        FileNotFoundError where it is gone, MixdaemonError or ValueError (one line) for a file that
+        is not a request this daemon reads."""
+        data = read_small_file(self._request_path(name), MAX_REQUEST_BYTES, "request file")
+        text = data.decode("utf-8")
+        if not being_written(text):
+            self._unfinished.pop(name, None)
+            return parse_request(text)
+        now, seen = time.monotonic(), self._unfinished.get(name)
+        if seen is None or seen[0] != hash(data):
+            self._unfinished[name] = (hash(data), now)  # it grows: the writer is at work
+        elif now - seen[1] > self.answer_seconds:
+            self._unfinished.pop(name)
+            raise ValueError(f"no final '{REQUEST_END}' line after {self.answer_seconds:g} s: write the request "
+                             f"under another name and rename it to {name}{REQUEST_SUFFIX} once it is whole")
+        return None
+
+    def _scan(self) -> None:
+        names = self._names(REQUEST_SUFFIX)
+        self._taken &= names  # a name whose request was removed may come again
+        for gone in self._unfinished.keys() - names:
+            del self._unfinished[gone]
+        for name in sorted(names - self._taken):
+            if os.path.lexists(self._reply_path(name)):  # sent before, by an earlier run
+                self._taken.add(name)
+            else:
+                self._take(name)
+
+    def _take(self, name: str) -> None:
+        """Serve a new request, or answer it with one error reply; either way only once."""
+        path = self._request_path(name)
+        try:
+            request = self._read_request(name)
+        except FileNotFoundError:
+            return  # its client removed it since the listing
+        except MixdaemonError as exc:  # a link, a FIFO, a device, too large: refused unread
+            self._refuse(name, str(exc))
+            return
+        except ValueError as exc:  # not UTF-8, not in the format
+            self._refuse(name, f"{path}: not a request file this daemon reads ({exc})")
+            return
+        if request is None:
+            return
+        self._taken.add(name)
+        try:
+            self._serve(name, *request)
+        except Exception as exc:  # a bug: this request fails, once; the others are served
+            log.exception("request %s: failed", quoted(name))
+            self._pending = [p for p in self._pending if p.name != name]
+            self._write(name, {"state": "error", "message": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _refuse(self, name: str, message: str) -> None:
+        self._taken.add(name)
+        log.warning("request %s refused: %s", quoted(name), quoted(message))
+        self._write(name, {"state": "error", "message": message})
 
     def _resume(self) -> None:
         """After a restart: follow the jobs of unfinished submissions again (by asking their
-        status); fail other unanswered requests; remove finished pairs older than keep_seconds."""
-        now = time.time()
-        for reply in sorted(self.folder.glob(f"*{REPLY_SUFFIX}")):
-            name = reply.name[:-len(REPLY_SUFFIX)]
+        status); fail other unanswered requests; remove finished pairs older than keep_seconds. A
+        pair that cannot be read or resumed is reported and skipped: it never keeps the daemon from
+        starting."""
+        for name in sorted(self._names(REPLY_SUFFIX)):
             try:
-                status = parse_reply(reply.read_text(encoding="utf-8"))
-                address, args = parse_request(self._request_path(name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if status.get("state") in FINAL_STATES:
-                if now - reply.stat().st_mtime > self.keep_seconds:
-                    reply.unlink(missing_ok=True)
-                    self._request_path(name).unlink(missing_ok=True)
-            elif address in _FOLLOWS_JOB and status.get("job_id", "").isdigit():
-                status["job_id"] = int(status["job_id"])
-                pending = self._follow(_Pending(name, address, time.monotonic(), status=status))
-                self._dispatch(pending, _STATUS, [status["job_id"]])
-            else:
-                status.update(state="error", message="the daemon stopped before answering; send the request again")
-                self._write(name, status)
+                self._resume_one(name)
+            except FileNotFoundError:
+                continue  # a reply without its request: the client is done with it
+            except (MixdaemonError, ValueError, OSError) as exc:
+                log.warning("request %s: cannot resume it, skipped: %s", quoted(name), quoted(str(exc)))
+            except Exception:  # a bug of the bridge's own: logged; the daemon starts all the same
+                log.exception("request %s: cannot resume it, skipped", quoted(name))
+
+    def _resume_one(self, name: str) -> None:
+        reply = self._reply_path(name)
+        status = parse_reply(read_small_file(reply, MAX_REQUEST_BYTES, "reply file").decode("utf-8"))
+        if status.get("state") in FINAL_STATES:
+            if time.time() - os.lstat(reply).st_mtime > self.keep_seconds:
+                reply.unlink(missing_ok=True)
+                self._request_path(name).unlink(missing_ok=True)
+            return
+        address, _ = self._read_request(name) or (None, None)
+        job_id = _job_id(status.get("job_id"))
+        if address in _FOLLOWS_JOB and job_id is not None:
+            status["job_id"] = job_id
+            pending = self._follow(_Pending(name, address, time.monotonic(), status=status))
+            self._dispatch(pending, _STATUS, [job_id])
+        else:
+            status.update(state="error", message="the daemon stopped before answering; send the request again")
+            self._write(name, status)
 
     # -- serving --
 
@@ -276,18 +389,14 @@ class RequestFolder:
         self._pending.append(pending)
         return pending
 
-    def _serve(self, name: str) -> None:
-        path = self._request_path(name)
-        try:
-            address, args = parse_request(path.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self._write(name, {"state": "error", "message": f"{path}: not a request file this daemon reads ({exc})"})
+    def _serve(self, name: str, address: str, args: list[str]) -> None:
+        pending = _Pending(name, address, time.monotonic())
+        if address == _CANCEL:
+            pending.status["job_id"] = _job_id(args[0] if args else None)  # its end is confirmed later
+        if not self._write(name, pending.status):  # from now on it counts as sent, even after a restart
             return
-        pending = self._follow(_Pending(name, address, time.monotonic()))
-        if address == _CANCEL and args and args[0].strip().isdigit():
-            pending.status["job_id"] = int(args[0])  # a running job's cancellation is confirmed later
-        self._write(name, pending.status)  # from now on it counts as sent, even after a restart
-        log.info("request %s: %s %s", name, address, " ".join(args))
+        self._follow(pending)
+        log.info("request %s: %s %s", quoted(name), quoted(address), quoted(" ".join(args)))
         self._dispatch(pending, address, args)
 
     def _dispatch(self, pending: _Pending, address: str, args: list) -> None:
@@ -332,11 +441,10 @@ class RequestFolder:
         if status == pending.status:
             return
         pending.status = status
-        if not self._request_path(pending.name).exists():  # the client gave up and removed it
+        if not os.path.lexists(self._request_path(pending.name)):  # the client gave up and removed it
             self._pending.remove(pending)
             return
-        self._write(pending.name, status)
-        if status["state"] in FINAL_STATES:
+        if not self._write(pending.name, status) or status["state"] in FINAL_STATES:
             self._pending.remove(pending)
 
     def _check_unanswered(self) -> None:
@@ -349,3 +457,11 @@ class RequestFolder:
             if now - pending.sent > patience:
                 self._update(pending, {**pending.status, "state": "error",
                                        "message": f"the daemon did not answer {pending.address} within {patience:g} s"})
+
+
+def _job_id(value: Any) -> int | None:
+    """A job id as the daemon reads one in a request (osc's rule for a job argument), or None."""
+    try:
+        return check_arguments(COMMANDS[_CANCEL], [value])[0]
+    except MixdaemonError:
+        return None

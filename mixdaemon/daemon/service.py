@@ -9,7 +9,7 @@
 Jobs are style transfers toward a reference, or automix jobs (the stems mixed by the automix model,
 no reference): from watch folders configured with job_type = "automix", or /mixdaemon/automix.
 
-One daemon per state folder (a lock file enforces it). The state folder holds jobs.sqlite3, the log,
+One daemon per state folder (a lock on the folder itself enforces it). The state folder holds jobs.sqlite3, the log,
 requests/ (the request files) and daemon.json (pid and the OSC address actually bound, so that
 tools can find a daemon started with port 0). SIGTERM and SIGINT stop it gracefully: no new jobs,
 the running job is interrupted at its next progress point and queued again for the next start.
@@ -30,10 +30,12 @@ from mixdaemon import __version__
 from mixdaemon.audio.io import is_audio_file
 from mixdaemon.audio.stems import STEM_NAMES, is_reference_name
 from mixdaemon.daemon.config import DaemonConfig
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.jobstore import (
     Job,
     JobEvent,
     JobStore,
+    JobStoreError,
     hash_files,
     input_files,
     job_key,
@@ -48,6 +50,7 @@ from mixdaemon.daemon.osc import (
     Sender,
     Target,
     parse_options,
+    printable,
 )
 from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_preview
 from mixdaemon.daemon.requestfiles import RequestFolder
@@ -72,7 +75,8 @@ def setup_logging(config: DaemonConfig) -> None:
         handler.close()
     try:
         config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(config.log_path, encoding="utf-8")
+        # backslashreplace: a line naming a non-UTF-8 file name is logged, not dropped with a traceback
+        file_handler = logging.FileHandler(config.log_path, encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise ConfigError(f"log_file: cannot write {config.log_path} ({exc.strerror or exc})") from None
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,10 +97,6 @@ def _target(text: str | None) -> Target | None:
     return host, int(port)
 
 
-def _under(path: Path, roots: list[Path]) -> bool:
-    return any(path == r or r in path.parents for r in roots)
-
-
 class Daemon:
     """The running daemon's state; its cmd_* methods answer the OSC commands (osc.COMMANDS), each
     called with the request's sender (a UDP address, or a request file's LocalClient)."""
@@ -105,11 +105,11 @@ class Daemon:
         self.config = config
         self.settings = config.transfer
         self.automix_settings = config.automix
-        self.roots = config.roots()
+        self.roots = Roots(config.roots())
         self.output_root = config.output.root
         self._check_paths()
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = self._take_lock()
+        self._lock_fds = self._take_lock()
         self.store = JobStore(config.database_path)
         self.executor = LocalExecutor(self.store, config.output.pattern, self._on_job_event,
                                       max_attempts=config.max_attempts)
@@ -122,7 +122,7 @@ class Daemon:
         self.watcher = BounceWatcher([w.path for w in config.watch], self._on_bounce,
                                      settle_seconds=config.settle_seconds, stale_seconds=config.stale_seconds,
                                      marker=config.marker, ignore=[self.output_root, config.state_dir],
-                                     scan_on_start=config.scan_on_start)
+                                     scan_on_start=config.scan_on_start, allowed=self.roots)
         self.player = Player(config.playback.device)
         self._cancel_requesters: dict[int, Sender] = {}
         self._awaiting_reference: set[Path] = set()
@@ -143,19 +143,32 @@ class Daemon:
         except OSError as exc:
             raise ConfigError(f"output.root: cannot create {self.output_root} ({exc.strerror or exc})") from None
 
-    def _take_lock(self):
-        path = self.config.state_dir / "daemon.lock"
-        f = open(path, "a+")
+    def _take_lock(self) -> list[int]:
+        """Lock the state folder for this daemon, on descriptors held open until stop().
+
+        The lock that counts is on the state folder itself: a lock file can be deleted (and a second
+        daemon then locked a new file of the same name and ran on the same jobs), but a folder that
+        holds the database and the log cannot be removed while the daemon runs. daemon.lock is
+        locked as well because daemons before this one lock only that file: an older and a newer
+        daemon on one state folder also exclude each other."""
+        fds: list[int] = []
+        targets = ((self.config.state_dir, os.O_RDONLY | os.O_DIRECTORY),
+                   (self.config.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)))
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            raise ConfigError(f"state_dir: another mixdaemon is already running with {self.config.state_dir}; "
-                              "stop it or give this one another state_dir") from None
-        return f
+            for path, flags in targets:
+                fds.append(os.open(path, flags | os.O_CLOEXEC, 0o644))
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise ConfigError(f"state_dir: another mixdaemon is already running with {self.config.state_dir}; "
+                                  "stop it or give this one another state_dir") from None
+            raise ConfigError(f"state_dir: cannot lock {path} ({exc.strerror or exc})") from None
+        return fds
 
     def start(self) -> None:
-        self.executor.recover(extra_roots=[self.output_root])
+        self.executor.recover(result_roots=[self.output_root])
         self.osc.start()
         self.executor.start()
         self.watcher.start()
@@ -176,7 +189,8 @@ class Daemon:
         self.executor.stop(timeout=10.0)
         (self.config.state_dir / "daemon.json").unlink(missing_ok=True)
         self.store.close()
-        self._lock_file.close()
+        for fd in self._lock_fds:
+            os.close(fd)
         log.info("stopped")
 
     # -- references --
@@ -221,10 +235,11 @@ class Daemon:
         for p in entries:
             if p.name.startswith("."):
                 continue
-            if p.is_file() and is_audio_file(p) and is_reference_name(p):
-                return p
-            if p.is_dir() and p.name.lower() == REFERENCE_FOLDER:
-                return p
+            if p.is_dir():
+                if p.name.lower() == REFERENCE_FOLDER:
+                    return p
+            elif is_audio_file(p) and is_reference_name(p):
+                return p  # a link out, a FIFO, a dangling link too: submit refuses it, naming it
         return None
 
     # -- submitting jobs --
@@ -237,12 +252,18 @@ class Daemon:
         options applied) or else the configured ones. With retry_failed=False (watched bounces), work
         that failed before is not queued again (the failed job is returned), nor is finished work
         whose results were deleted since: a user who cleans up the output folder does not want every
-        old bounce converted again at the next start. An explicit request (OSC) redoes both."""
-        input_hashes = hash_files(files)
+        old bounce converted again at the next start. An explicit request (OSC) redoes both.
+
+        Every stem and reference file passes the confinement check (Roots) before it is hashed, and
+        the job holds their real paths, wherever they came from."""
+        source, folder_name = printable(source), printable(folder_name)  # a non-UTF-8 folder name: still text
+        files = input_files(files, self.roots)
         if job_type == "automix":
-            settings, reference_hashes = self.automix_settings, {}
+            settings, ref_files = self.automix_settings, []
         else:
-            settings, reference_hashes = settings or self.settings, hash_files(reference_files(reference))
+            reference = self.roots.entry(reference, "reference")
+            settings, ref_files = settings or self.settings, reference_files(reference, self.roots)
+        input_hashes, reference_hashes = hash_files(files), hash_files(ref_files)
         key = job_key(input_hashes, reference_hashes, settings, job_type)
         if not retry_failed:
             failed = self.store.find_key(key, ("error",))
@@ -261,6 +282,10 @@ class Daemon:
         return job, created
 
     def _on_bounce(self, bounce: Bounce) -> None:
+        """Queue a complete bounce (the watcher calls this). A bounce refused for its inputs or its
+        reference is logged and notified, and looked at again once it changes. Any other failure (the
+        job database, a full disk, a bug) is notified and raised: the watcher logs it and hands the
+        bounce on again later, so that it is not lost."""
         source = f"watch:{bounce.folder}"
         job_type = self.config.job_type_for(bounce.watch_root)
         try:
@@ -269,10 +294,15 @@ class Daemon:
                                            folder_name=bounce.folder.name, retry_failed=False, job_type=job_type)
             else:
                 job, created = self._submit_bounce(bounce, source)
-        except MixdaemonError as exc:
-            log.error("%s", exc)
-            self.osc.notify(f"{PREFIX}/error", [NO_JOB, " ".join(str(exc).split())])
-            return
+        except Exception as exc:
+            if isinstance(exc, MixdaemonError) and not isinstance(exc, JobStoreError):
+                log.error("%s", exc)
+                self.osc.notify(f"{PREFIX}/error", [NO_JOB, " ".join(str(exc).split())])
+                return
+            reason = str(exc) if isinstance(exc, MixdaemonError) else f"internal error: {type(exc).__name__}: {exc}"
+            self.osc.notify(f"{PREFIX}/error", [NO_JOB, f"{bounce.folder}: not queued yet, the watcher tries again "
+                                                        f"later: {' '.join(reason.split())}"])
+            raise
         if created:
             self.osc.notify(f"{PREFIX}/queued", [job.id, str(bounce.folder)])
         else:
@@ -292,15 +322,6 @@ class Daemon:
 
     # -- OSC commands --
 
-    def _allowed(self, text: str, what: str) -> Path:
-        if not text or not os.path.isabs(text) or "\x00" in text:
-            raise OscRequestError(f"{what} {text[:200]!r}: give an absolute path")
-        path = Path(text).resolve()
-        if not _under(path, self.roots):
-            raise OscRequestError(f"{what} {text[:200]}: refused, outside the allowed roots "
-                                  f"({', '.join(map(str, self.roots))}); add it to allowed_roots in the config")
-        return path
-
     def cmd_ping(self, sender: Sender):
         return [(f"{PREFIX}/pong", [__version__])]
 
@@ -317,15 +338,13 @@ class Daemon:
 
     def _submit_request(self, sender: Sender, files: list[Path], folder: Path, reference: str, out: str,
                         job_type: str = "transfer", settings: TransferSettings | None = None):
-        out_root = self._allowed(out, "output folder") if out else self.output_root
+        out_root = self.roots.folder_or_new(out, "output folder") if out else self.output_root
         ref = None
-        if job_type == "transfer":
-            ref = self._allowed(reference, "reference") if reference else self.reference_for(folder)
+        if job_type == "transfer":  # submit checks the reference as it checks the stems
+            ref = Path(reference) if reference else self.reference_for(folder)
             if ref is None:
                 raise OscRequestError("no reference given and no default reference set; pass one, or send "
                                       "/mixdaemon/reference PATH first")
-            if not ref.exists():
-                raise OscRequestError(f"reference {ref}: not found")
         try:
             out_root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -344,12 +363,11 @@ class Daemon:
         return replies
 
     def _stem_files(self, stems: str) -> tuple[list[Path], Path]:
-        """(the stem files of an allowed folder or file, the folder they are in)."""
-        path = self._allowed(stems, "stems")
-        files = input_files(path)
-        for f in files:  # a link inside an allowed folder must not lead out of it
-            self._allowed(str(f), "stem file")
-        return files, path if path.is_dir() else path.parent
+        """(the real paths of the stem files of a folder or file inside the roots, the folder they
+        are in)."""
+        files = input_files(stems, self.roots)
+        folder = self.roots.entry(stems, "stems")
+        return files, folder if folder.is_dir() else folder.parent
 
     def cmd_submit(self, sender: Sender, stems: str, reference: str = "", out: str = "", options: str = ""):
         settings = self._settings_with(options) if options.strip() else None
@@ -361,14 +379,14 @@ class Daemon:
         return self._submit_request(sender, files, folder, "", out, job_type="automix")
 
     def cmd_submit_files(self, sender: Sender, reference: str, out: str, *stems: str):
-        files = input_files([self._allowed(s, "stem file") for s in stems])
+        files = input_files(stems, self.roots)
         return self._submit_request(sender, files, files[0].parent, reference, out)
 
     def cmd_reference(self, sender: Sender, first: str, second: str | None = None):
-        folder, ref_text = (None, first) if second is None else (self._allowed(first, "folder"), second)
+        folder, ref_text = (None, first) if second is None else (self.roots.folder_or_new(first, "folder"), second)
         if ref_text:
-            ref = self._allowed(ref_text, "reference")
-            reference_files(ref)  # exists and holds audio, or a clear error now rather than per job
+            ref = self.roots.entry(ref_text, "reference")  # stored as its real path; checked again at each use
+            reference_files(ref, self.roots)  # holds audio, each file inside the roots: a clear error now, not per job
         else:
             ref = None
         name = _DEFAULT_REFERENCE if folder is None else f"{_FOLDER_REFERENCE}{folder}"

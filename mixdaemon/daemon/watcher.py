@@ -11,6 +11,11 @@ stems are grouped by that folder, and the bounce is handed on only once it is co
   inconsistent for `stale_seconds` is handed on anyway, and the job fails with a "truncated" reason;
 - if a marker name is configured, a file of that name exists in the folder.
 
+Only files inside the allowed roots are opened: a stem linked to a file outside them, or a FIFO
+named like a WAV, is not read here; the bounce is handed on and the daemon refuses it, naming the
+file (daemon/confine.py). A bounce that could not be handed on (the job database failed, a full
+disk) is handed on again later, after 1 s, 2 s, 4 s... up to 5 minutes, until it is.
+
 Not bounces: hidden files and folders (names starting with "."), the output root and the state
 folder, folders named `reference` (a reference beside stems), and folders holding a mixdaemon
 manifest (results, should they end up under a watch folder). A bounce whose files did not change
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -35,11 +41,14 @@ from watchdog.observers import Observer
 
 from mixdaemon.audio.io import is_audio_file, wav_layout
 from mixdaemon.audio.stems import is_reference_name
+from mixdaemon.daemon.confine import ConfinementError, Roots
 from mixdaemon.daemon.jobstore import MANIFEST_NAME
 
 log = logging.getLogger("mixdaemon.watcher")
 
 REFERENCE_FOLDER = "reference"
+RETRY_MAX_SECONDS = 300.0  # the longest wait before a bounce that could not be handed on is tried again
+_MANIFEST_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ def wav_header_is_final(path: Path) -> bool:
 
 def _snapshot(folder: Path, marker: str | None) -> dict[str, tuple[int, int]]:
     """{name: (size, mtime_ns)} of the folder's visible audio files (and the marker), plus the
-    reference folder's files under "reference/<name>"."""
+    reference folder's files under "reference/<name>". A FIFO or a dangling link named like audio
+    counts too (its own lstat): the daemon refuses it by name rather than converting the rest."""
     out: dict[str, tuple[int, int]] = {}
     try:
         entries = list(os.scandir(folder))
@@ -82,8 +92,8 @@ def _snapshot(folder: Path, marker: str | None) -> dict[str, tuple[int, int]]:
         if e.name.startswith("."):
             continue
         try:
-            if e.is_file() and (is_audio_file(Path(e.name)) or e.name == marker):
-                st = e.stat()
+            if not e.is_dir() and (is_audio_file(Path(e.name)) or e.name == marker):
+                st = e.stat() if os.path.exists(e.path) else e.stat(follow_symlinks=False)
                 out[e.name] = (st.st_size, st.st_mtime_ns)
             elif e.is_dir() and e.name.lower() == REFERENCE_FOLDER:
                 for r in os.scandir(e.path):
@@ -96,28 +106,43 @@ def _snapshot(folder: Path, marker: str | None) -> dict[str, tuple[int, int]]:
 
 
 def _is_result_folder(folder: Path) -> bool:
+    """Whether the folder holds a mixdaemon manifest: a regular file, not a link or a FIFO (which
+    would block the watcher), of a manifest's size."""
     try:
-        return json.loads((folder / MANIFEST_NAME).read_text()).get("generator") == "mixdaemon"
+        fd = os.open(folder / MANIFEST_NAME, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > _MANIFEST_MAX_BYTES:
+                return False
+            return json.loads(f.read()).get("generator") == "mixdaemon"
     except (OSError, ValueError, AttributeError):
         return False
 
 
 class _Activity:
-    __slots__ = ("last_event", "last_change", "snapshot")
+    __slots__ = ("last_event", "last_change", "snapshot", "failures", "retry_at")
 
     def __init__(self, now: float):
         self.last_event = now
         self.last_change = now
         self.snapshot: dict | None = None
+        self.failures = 0      # hand-ons of this snapshot that raised
+        self.retry_at = 0.0    # not handed on again before this (monotonic) time
 
 
 class BounceWatcher:
-    """Watches folders and calls on_bounce(Bounce) from its scanner thread when a bounce is complete."""
+    """Watches folders and calls on_bounce(Bounce) from its scanner thread when a bounce is complete;
+    if on_bounce raises, the bounce is handed on again later. `allowed`: where stems may lie to be
+    opened here (the daemon's roots; by default the watched folders)."""
 
     def __init__(self, roots: Iterable[Path], on_bounce: Callable[[Bounce], None], *, settle_seconds: float = 2.0,
                  stale_seconds: float = 60.0, marker: str | None = None, ignore: Iterable[Path] = (),
-                 scan_on_start: bool = True):
+                 scan_on_start: bool = True, allowed: Roots | None = None):
         self.roots = [Path(r).resolve() for r in roots]
+        self.allowed = allowed or Roots(self.roots)
         self.on_bounce = on_bounce
         self.settle = settle_seconds
         self.stale = max(stale_seconds, settle_seconds)
@@ -217,23 +242,37 @@ class BounceWatcher:
             snapshot = _snapshot(folder, self.marker)
             if snapshot != activity.snapshot:
                 activity.snapshot, activity.last_change = snapshot, now
+                activity.failures, activity.retry_at = 0, 0.0  # changed: a new bounce, handed on once settled
                 continue
             if not snapshot or not folder.is_dir():
                 self._forget(folder, activity, seen_event)
                 continue
             quiet = now - max(activity.last_event, activity.last_change)
-            if quiet < self.settle:
+            if quiet < self.settle or now < activity.retry_at:
                 continue
             bounce = self._complete_bounce(folder, snapshot, quiet)
             if bounce is False:
                 continue  # still being written: look again next tick
-            self._forget(folder, activity, seen_event)
             with self._lock:
-                if bounce is None or self._handed_on.get(folder) == snapshot:
+                done = bounce is None or self._handed_on.get(folder) == snapshot
+            if not done:
+                log.info("bounce complete: %s (%d file(s))", folder, len(bounce.files))
+                try:
+                    self.on_bounce(bounce)
+                except Exception as exc:  # kept active: handed on again at retry_at, until it is taken
+                    self._retry_later(folder, activity, exc, now)
                     continue
-                self._handed_on[folder] = snapshot
-            log.info("bounce complete: %s (%d file(s))", folder, len(bounce.files))
-            self.on_bounce(bounce)
+                with self._lock:  # only now: a bounce that was not taken is never marked as handed on
+                    self._handed_on[folder] = snapshot
+            self._forget(folder, activity, seen_event)
+
+    def _retry_later(self, folder: Path, activity: _Activity, exc: Exception, now: float) -> None:
+        activity.failures += 1
+        delay = min(max(self.settle, 1.0) * 2 ** (activity.failures - 1), RETRY_MAX_SECONDS)
+        activity.retry_at = now + delay
+        log.error("%s: the bounce could not be handed on (%s: %s); trying again in %.0f s", folder,
+                  type(exc).__name__, " ".join(str(exc).split())[:500], delay)
+        log.debug("handing on %s failed", folder, exc_info=True)
 
     def _forget(self, folder: Path, activity: _Activity, seen_event: float) -> None:
         """Stop looking at a folder, unless an event arrived while it was being looked at."""
@@ -253,11 +292,16 @@ class BounceWatcher:
             return None
         for path in stems:
             try:
-                with open(path, "rb"):
-                    pass
+                real = self.allowed.file(path, "stem file")
+            except ConfinementError:
+                if not os.path.lexists(path):
+                    return False  # gone since the snapshot: the next one shows the new state
+                continue  # not opened here: the daemon refuses the bounce, naming the file
+            try:
+                os.close(os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             except OSError:
                 return False
-            if path.suffix.lower() in (".wav", ".wave") and not wav_header_is_final(path):
+            if real.suffix.lower() in (".wav", ".wave") and not wav_header_is_final(real):
                 if quiet < self.stale:
                     return False
                 log.warning("%s: WAV header still does not match the file after %.0f s; processing it as it is",

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from mixdaemon.audio.dsp import WORKING_RATE, block_loudness, integrated_loudness, to_mid_side
+from mixdaemon.audio.dsp import ABSOLUTE_GATE_LUFS, WORKING_RATE, block_loudness, loudness_lufs, to_mid_side
 from mixdaemon.audio.mastering import true_peak_dbtp
 
 FEATURES = ("loudness", "spectral", "dynamics", "width")
-LOUDNESS_FLOOR = -70.0  # LUFS of silence, and the true peak (dBTP) below which a signal counts as silent
+LOUDNESS_FLOOR = ABSOLUTE_GATE_LUFS  # LUFS of silence (loudness_lufs), and the true peak (dBTP) below which a signal counts as silent
 BAND_CENTRES_HZ = 1000.0 * 10.0 ** (np.arange(-15, 13) / 10.0)
 BAND_EDGES_HZ = np.stack([BAND_CENTRES_HZ * 10.0 ** -0.05, BAND_CENTRES_HZ * 10.0 ** 0.05], axis=1)
 BAND_FLOOR_DB = 80.0
@@ -98,7 +98,7 @@ def width_db(x: np.ndarray) -> float:
 
 
 def stem_features(x: np.ndarray, sr: int = WORKING_RATE) -> StemFeatures:
-    loudness = max(integrated_loudness(x, sr), LOUDNESS_FLOOR)
+    loudness = loudness_lufs(x, sr)
     plr = max(true_peak_dbtp(np.asarray(x, dtype=np.float32)), LOUDNESS_FLOOR) - loudness
     return StemFeatures(float(loudness), band_levels_db(x, sr), float(plr), loudness_range(x, sr), width_db(x))
 

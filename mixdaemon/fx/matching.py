@@ -36,7 +36,7 @@ import numpy as np
 import scipy.fft
 from scipy import signal
 
-from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, frame_signal, integrated_loudness
+from mixdaemon.audio.dsp import ABSOLUTE_GATE_LUFS, WORKING_RATE, db_to_amp, frame_signal, loudness_lufs
 from mixdaemon.audio.mastering import limiter_gain, true_peak_dbtp
 from mixdaemon.fx.features import excerpt
 
@@ -394,13 +394,7 @@ class StereoMatch:
 # --- level -----------------------------------------------------------------------------------------------
 
 MAX_LEVEL_GAIN_DB = 36.0
-SILENT_LUFS = -70.0
-
-
-def loudness_lufs(x: np.ndarray) -> float:
-    """Integrated loudness, SILENT_LUFS for silence or a stem too short to measure."""
-    value = integrated_loudness(x)
-    return value if np.isfinite(value) and value > SILENT_LUFS else SILENT_LUFS
+SILENT_LUFS = ABSOLUTE_GATE_LUFS  # what loudness_lufs reads for silence
 
 
 def loudness_gain_db(x_lufs: float, reference_lufs: float) -> float:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from mixdaemon.audio.dsp import rms_dbfs
+from mixdaemon.audio.dsp import loudness_lufs, rms_dbfs
 from mixdaemon.fx import matching
 from mixdaemon.mixing.engine import Conversion
 from mixdaemon.mixing.settings import Controls
@@ -37,7 +37,7 @@ def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
     if amount <= 0.0 or not np.any(x) or rms_dbfs(reference) < SILENT_RMS_DBFS:
         return x
     y = x
-    reference_lufs = matching.loudness_lufs(reference)  # measured once: the peak and level steps use it
+    reference_lufs = loudness_lufs(reference)  # measured once: the peak and level steps use it
     if "eq" in aspects:
         curve = matching.EqCurve.between(matching.smoothed_spectrum_db(matching.long_term_spectrum(y)),
                                          matching.smoothed_spectrum_db(matching.long_term_spectrum(reference)))
@@ -51,7 +51,7 @@ def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
     if "width" in aspects:
         y = matching.StereoMatch.between(matching.frame_covariances(y), matching.frame_covariances(reference)).scaled(amount)(y)
     if "level" in aspects:
-        gain_db = matching.loudness_gain_db(matching.loudness_lufs(y), reference_lufs)
+        gain_db = matching.loudness_gain_db(loudness_lufs(y), reference_lufs)
         y = y * np.float32(10.0 ** (amount * gain_db / 20.0))
     return y
 

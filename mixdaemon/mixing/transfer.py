@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdaemon.audio.dsp import average_spectrum_db, integrated_loudness
+from mixdaemon.audio.dsp import average_spectrum_db, loudness_lufs
 from mixdaemon.audio.io import write_audio
 from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
 from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
@@ -48,11 +48,7 @@ class TransferResult:
 
 def _loudness_table(stems: dict[str, np.ndarray]) -> dict[str, float]:
     """Integrated loudness per stem, None-free: silence reads as -70 LUFS (the absolute gate)."""
-    out = {}
-    for name, x in stems.items():
-        value = integrated_loudness(x)
-        out[name] = round(value, 2) if np.isfinite(value) else -70.0
-    return out
+    return {name: round(loudness_lufs(x), 2) for name, x in stems.items()}
 
 
 def _with_mixture(song: Song) -> dict[str, np.ndarray]:

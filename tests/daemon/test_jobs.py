@@ -104,15 +104,17 @@ def test_recovery_keeps_a_finished_rename_and_removes_staging(tmp_path):
     # Job a: its result folder was renamed into place, then the daemon died before the database said so.
     final = out / f"song-{finished.id}"
     final.mkdir(parents=True)
-    (final / MANIFEST_NAME).write_text(json.dumps({"job_id": finished.id, "outputs": {"mixture": "m.wav"}}))
-    # Job b: died while writing its staging folder.
-    staging = out / f"{STAGING_PREFIX}{unfinished.id}"
+    (final / MANIFEST_NAME).write_text(json.dumps({"job_id": finished.id, "inputs": [], "outputs": {"mixture": "m.wav"}}))
+    # Job b: died while writing the staging folder the store recorded for it.
+    staging = out / f"{STAGING_PREFIX}{unfinished.id}-0123456789abcdef"
     staging.mkdir()
     (staging / "drums.wav").write_bytes(b"RIFF")
+    st = staging.stat()
+    store.update(unfinished.id, staging=str(staging), staging_inode=f"{st.st_dev}:{st.st_ino}")
     LocalExecutor(store, "{folder}-{job_id}", lambda e: None).recover()
     assert store.get(finished.id).state == "done" and store.get(finished.id).outputs == {"mixture": "m.wav"}
     assert store.get(unfinished.id).state == "queued"
-    assert not staging.exists()
+    assert not staging.exists() and store.get(unfinished.id).staging is None
 
 
 def test_queued_job_is_cancelled_only_once(tmp_path):

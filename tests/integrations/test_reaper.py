@@ -362,9 +362,9 @@ def test_a_refused_request_is_shown_with_the_daemons_reason(daemon, tmp_path):
 
 def test_bad_request_files_get_an_error_reply_and_good_ones_an_answer(daemon):
     folder = daemon["state"] / "requests"
-    files = {"t1-junk": "hello\n", "t2-unknown": "mixdaemon-request 1\naddress=/mixdaemon/fly\n",
-             "t3-ping": "mixdaemon-request 1\naddress=/mixdaemon/ping\n",
-             "t4-status": "mixdaemon-request 1\naddress=/mixdaemon/status\narg=99999\n"}
+    files = {"t1-junk": "hello\n", "t2-unknown": "mixdaemon-request 1\naddress=/mixdaemon/fly\nend\n",
+             "t3-ping": "mixdaemon-request 1\naddress=/mixdaemon/ping\nend\n",
+             "t4-status": "mixdaemon-request 1\naddress=/mixdaemon/status\narg=99999\nend\n"}
     for name, text in files.items():
         (folder / f".{name}.tmp").write_text(text)
         (folder / f".{name}.tmp").rename(folder / f"{name}.request")
@@ -392,9 +392,9 @@ def test_after_a_restart_an_unfinished_submission_is_followed_to_its_result(conv
     # beside it. The daemon that starts next follows the job to its result and removes the old pair.
     job, folder = converted["job"], daemon["state"] / "requests"
     assert daemon["proc"].terminate() == 0
-    (folder / "r1.request").write_text(f"mixdaemon-request 1\naddress=/mixdaemon/submit\narg={escape(job['render_dir'][0])}\n")
+    (folder / "r1.request").write_text(f"mixdaemon-request 1\naddress=/mixdaemon/submit\narg={escape(job['render_dir'][0])}\nend\n")
     (folder / "r1.reply").write_text(f"mixdaemon-reply 1\nstate=running\njob_id={job['job_id'][0]}\npercent=40.0\n")
-    (folder / "r0.request").write_text("mixdaemon-request 1\naddress=/mixdaemon/ping\n")
+    (folder / "r0.request").write_text("mixdaemon-request 1\naddress=/mixdaemon/ping\nend\n")
     (folder / "r0.reply").write_text("mixdaemon-reply 1\nstate=ok\n")
     old = time.time() - 8 * 86400
     os.utime(folder / "r0.reply", (old, old))
