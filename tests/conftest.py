@@ -37,9 +37,12 @@ def fxnorm_stats_path(shared_dir) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """Separation results and other caches go to a temporary folder, never the user's ~/.cache."""
+    """Separation results and other caches go to a temporary folder, never the user's ~/.cache, and
+    models written without a --store (built ONNX graphs, trained models) never reach the user's
+    model folder."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MIXDAEMON_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("MIXDAEMON_ENGINES", str(tmp_path_factory.mktemp("engines")))
     yield
     mp.undo()
 

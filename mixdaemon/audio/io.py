@@ -165,8 +165,9 @@ def output_subtype(path: Path, subtype: str | None) -> str:
 
 
 def write_audio(path: str | os.PathLike, samples: np.ndarray, *, out_rate: int = WORKING_RATE,
-                subtype: str | None = None, protected: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write working-rate samples to `path` atomically, resampled to `out_rate`.
+                subtype: str | None = None, protected: Iterable[str | os.PathLike] = (), channels: int = 2) -> Path:
+    """Write working-rate samples to `path` atomically, resampled to `out_rate`; with channels=1,
+    the mean of the channels (for a track whose channels are the same: stems.Song.output_formats).
 
     The file appears complete or not at all: it is written to a hidden temporary file in the same
     folder, flushed to disk and renamed over the destination. `protected` lists the job's input
@@ -179,6 +180,8 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, *, out_rate: int =
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 1:
         samples = samples[:, None]
+    if channels == 1:
+        samples = samples.mean(axis=1, keepdims=True)
     if not np.isfinite(samples).all():
         raise AudioFileError(path, "refusing to write NaN or infinite samples (internal error)")
     data = resample(samples, WORKING_RATE, out_rate)

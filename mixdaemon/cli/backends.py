@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from mixdaemon import defaults
+from mixdaemon.cli.models import STORE_HELP
 
 
 def cmd_backends_build(args) -> int:
@@ -47,8 +48,8 @@ def register(subparsers) -> None:
                    help="the transfer setting the plans are tuned for")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
                    help="the transfer setting the plans are tuned for")
-    p.add_argument("--store", help="model store folder (default: $MIXDAEMON_ENGINES or engines/)")
+    p.add_argument("--store", help=STORE_HELP)
     p.set_defaults(func=cmd_backends_build)
     p = sub.add_parser("list", help="list the built ONNX graphs and TensorRT plans")
-    p.add_argument("--store", help="model store folder (default: $MIXDAEMON_ENGINES or engines/)")
+    p.add_argument("--store", help=STORE_HELP)
     p.set_defaults(func=cmd_backends_list)

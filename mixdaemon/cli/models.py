@@ -5,6 +5,10 @@ from pathlib import Path
 
 from mixdaemon.files import atomic_write
 
+# The --store option of every command that reads or writes models.
+STORE_HELP = ("your model folder, where models are written and looked up before the shipped ones "
+              "(default: $MIXDAEMON_ENGINES, else engines/ in your per-user data folder)")
+
 
 def cmd_embed(args) -> int:
     """The MST feature-extraction tool: one FXencoder embedding per file, stacked in one .npy."""
@@ -32,13 +36,18 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_models_list(args) -> int:
-    from mixdaemon.mixing.models import MODEL_KINDS, list_models, store_dir
+    from mixdaemon.mixing.models import MODEL_KINDS, list_models, shipped_store, store_folders
     models = list_models(args.store)
-    print(f"model store: {store_dir(args.store)}")
-    if not models:
-        print("no models in the model store")
-    for name, fmt, metadata in models:
-        print(f"  {name:<24} {MODEL_KINDS.get(fmt, fmt):<40} created {metadata.get('created', '?')}")
+    for folder in store_folders(args.store):
+        shipped = folder == shipped_store()
+        print(f"{'shipped models (read-only)' if shipped else 'your models'}: {folder}")
+        held = [m for m in models if m.path.parent == folder]
+        if not held:
+            print("  none" + ("" if shipped else " yet (`mixdaemon models import` and `mixdaemon train` write here)"))
+        for m in held:
+            hidden = "  (not used: your model of this name is)" if m.hidden else ""
+            print(f"  {m.name:<24} {MODEL_KINDS.get(m.format, m.format):<40} "
+                  f"created {m.metadata.get('created', '?')}{hidden}")
     return 0
 
 
@@ -55,8 +64,8 @@ def register(sub) -> None:
     p.add_argument("--encoder", required=True)
     p.add_argument("--cloner", required=True)
     p.add_argument("--name", default="mst-official")
-    p.add_argument("--store", help="model store folder (default: engines/ or $MIXDAEMON_ENGINES)")
+    p.add_argument("--store", help=STORE_HELP)
     p.set_defaults(func=cmd_models_import)
-    p = msub.add_parser("list", help="list the models in the model store")
-    p.add_argument("--store")
+    p = msub.add_parser("list", help="list your models and the shipped ones, with the folder of each")
+    p.add_argument("--store", help=STORE_HELP)
     p.set_defaults(func=cmd_models_list)

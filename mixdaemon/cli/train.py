@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from mixdaemon.cli.models import STORE_HELP
 from mixdaemon.cli.progress import ProgressBar
 
 # `mixdaemon --help` builds every command's parser, so torch and the training modules are imported
@@ -200,7 +201,7 @@ def _add_run_options(p) -> None:
 
 def _add_destination(p, what: str = "model", example: str = "default", file: str = "model.safetensors") -> None:
     p.add_argument("--name", help=f"write the {what} into the model store under this name (e.g. {example})")
-    p.add_argument("--store", help="model store folder (default: engines/ or $MIXDAEMON_ENGINES)")
+    p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--out", help=f"{what} file to write (default: RUN_DIR/{file})")
 
 

@@ -61,6 +61,8 @@ def manifest_dict(job, result, outputs: dict[str, str], report_path: str, timing
         "seconds_audio": result.seconds_audio,
         "loudness_lufs": loudness,
         "true_peak_dbtp": result.true_peak_dbtp,
+        # one line each: files given but not used (a mix beside the stems), outputs not in the inputs' format
+        "notes": list(result.notes),
         "outputs": outputs,
         "report": report_path,
     }

@@ -63,6 +63,8 @@ class AutomixResult:
     # With automix(spectra=True): {"before" | "after": {track: average_spectrum_db}}; before: the
     # stems and their plain sum, after: the mix.
     spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # One line each, also logged: files given but not used, the mix not in the inputs' format
+    notes: list[str] = field(default_factory=list)
 
 
 def normalize_for_automix(stems: dict[str, np.ndarray], stats, seed: int = 0,
@@ -202,8 +204,9 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
     t0 = time.perf_counter()
     progress("limiting", _MIXED)
     _, mix = limit_linked({MIX_NAME: mix}, settings.ceiling_dbtp)
-    path = write_audio(out_path, mix, out_rate=song.output_rate, subtype=settings.subtype,
-                       protected=song.input_files)
+    formats, output_notes = song.output_formats({MIX_NAME: mix})
+    path = write_audio(out_path, mix, out_rate=formats[MIX_NAME].rate, channels=formats[MIX_NAME].channels,
+                       subtype=settings.subtype, protected=song.input_files)
     timings["write"] = time.perf_counter() - t0
     tracks = {**song.stems, MIX_NAME: np.sum(list(song.stems.values()), axis=0)}
     measured = {}
@@ -218,4 +221,5 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
                          loudness_before={name: _loudness(x) for name, x in tracks.items()},
                          loudness_after={MIX_NAME: _loudness(mix)}, true_peak_dbtp=round(true_peak_dbtp(mix), 2),
                          seconds_audio=round(song.n_samples / WORKING_RATE, 3),
-                         timings={k: round(v, 3) for k, v in timings.items()}, spectra=measured)
+                         timings={k: round(v, 3) for k, v in timings.items()}, spectra=measured,
+                         notes=[*song.notes, *output_notes])

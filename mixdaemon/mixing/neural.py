@@ -23,7 +23,7 @@ from mixdaemon.mixing.engine import REFERENCE_B, Conversion
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.nets.backends import Backend, create_backend
 from mixdaemon.nets.inference import convert, embed_reference, interpolated_embedding
-from mixdaemon.nets.store import load_pair, store_dir
+from mixdaemon.nets.store import load_pair
 from mixdaemon.progress import Progress, no_progress, span
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class NeuralEngine:
                                      "or use --engine match") from None
             raise
         stats = FxStats.load(settings.stats or default_stats_path("mst"))
-        log.info("neural engine: model pair %s from %s", info.name, store_dir())
+        log.info("neural engine: model pair %s (%s)", info.name, info.path)
         backend = create_backend(settings.backend, encoder, cloner, info, chunk_seconds=settings.chunk_seconds,
                                  batch_size=settings.batch_size)
         return cls(backend, info, stats, chunk_seconds=settings.chunk_seconds,

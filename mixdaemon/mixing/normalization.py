@@ -51,12 +51,14 @@ def normalize_folder(stems_path: str | os.PathLike, out_dir: str | os.PathLike, 
     check_output_folder(out_dir, song.input_files, overwrite)
     normalized = normalize_stems(add_reverb(song.stems, reverb, seed), statistics, order=order, seed=seed,
                                  progress=progress)
+    formats, _ = song.output_formats(normalized)  # its notes are logged
     written = []
     for name, samples in normalized.items():
         # The final loudness step hits its target exactly, which can push a very peaky stem past
         # full scale; such a stem is written as 32-bit float so nothing is clipped.
         chosen = subtype or ("FLOAT" if np.max(np.abs(samples)) > 1.0 else defaults.OUTPUT_SUBTYPE)
-        written.append((write_audio(out_dir / f"{name}.wav", samples, out_rate=song.output_rate, subtype=chosen,
+        written.append((write_audio(out_dir / f"{name}.wav", samples, out_rate=formats[name].rate,
+                                    channels=formats[name].channels, subtype=chosen,
                                     protected=song.input_files), chosen))
     return written
 

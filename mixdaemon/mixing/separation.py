@@ -2,8 +2,11 @@
 
 The model comes from demucs's own loader: from a local folder of demucs models when
 `model_dir` is given (offline), otherwise from the demucs download servers, which cache it on the
-user's machine. It is loaded only when something actually has to be separated, so a cache hit
-costs a hash of the audio and one file read.
+user's machine. Before it downloads, the download server is asked for a connection (a few seconds at
+most); when none comes, only the download cache is read and a model not in it fails at once, in one
+line: demucs's own loader would retry for half a minute, logging each try. (Models that demucs's
+older servers put in torch's hub cache are not looked for then.) The model is loaded only when
+something actually has to be separated, so a cache hit costs a hash of the audio and one file read.
 
 Cache: one uncompressed `<key>.npz` per separation (the four stems as float32 (n, 2), so a hit is
 bit-exact), where the key is the sha256 of the audio samples, the model identity (name, demucs
@@ -13,19 +16,26 @@ entry is ignored and rewritten. Nothing is ever evicted: the folder can be delet
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
+import socket
 import sys
+import threading
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import demucs
+import huggingface_hub.constants as hub
 import numpy as np
 import torch
 import yaml
 from demucs.apply import BagOfModels, apply_model
+from demucs.hf import get_hf_model
 from demucs.pretrained import get_model
 from demucs.repo import LocalRepo, ModelLoadingError
 
@@ -66,6 +76,36 @@ def default_cache_dir() -> Path:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_CONNECT_SECONDS = 3.0
+_HUB_SWITCH = threading.Lock()  # hub.HF_HUB_OFFLINE is one switch for the whole process
+
+
+def _download_server_reachable() -> bool:
+    """Whether demucs's download server takes a connection; also true where a proxy is set (the
+    downloads go through it) and false in the hub's offline mode (HF_HUB_OFFLINE)."""
+    if hub.HF_HUB_OFFLINE:
+        return False
+    url = urllib.parse.urlsplit(hub.ENDPOINT)
+    if urllib.request.getproxies().get(url.scheme) and not urllib.request.proxy_bypass(url.hostname):
+        return True
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=_CONNECT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    with _HUB_SWITCH:
+        previous, hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE, True
+        try:
+            yield
+        finally:
+            hub.HF_HUB_OFFLINE = previous
 
 
 class Separator:
@@ -142,6 +182,18 @@ class Separator:
         """Called after model_identity, which has already named a missing folder or model."""
         if self._model is not None:
             return self._model
+        offline = self.model_dir is None and not _download_server_reachable()
+        if offline:
+            log.info("loading demucs model %s from the download cache %s (offline)", self.model_name,
+                     hub.HF_HUB_CACHE)
+            try:
+                with _hub_offline():
+                    model = get_hf_model(self.model_name.removeprefix("hf://"))
+            except Exception as exc:
+                raise self._unavailable(
+                    f"demucs model '{self.model_name}': not downloaded yet (not in {hub.HF_HUB_CACHE}) and "
+                    f"{urllib.parse.urlsplit(hub.ENDPOINT).hostname} cannot be reached to download it") from exc
+            return self._checked(model)
         if self.model_dir is not None:
             where = f"{MODEL_DIR_SETTING} {self.model_dir}"
         else:
@@ -155,6 +207,10 @@ class Separator:
             reason = f"demucs exited with status {exc.code}" if isinstance(exc, SystemExit) else _one_line(exc)
             raise self._unavailable(
                 f"demucs model '{self.model_name}' could not be loaded from {where} ({reason})") from exc
+        return self._checked(model)
+
+    def _checked(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The loaded model, kept for the next separation, if mixdaemon can use it."""
         if model.audio_channels != 2:
             raise ModelFileError(f"demucs model '{self.model_name}': takes {model.audio_channels} "
                                  "audio channels, mixdaemon needs a stereo model")

@@ -41,6 +41,8 @@ class TransferResult:
     seconds_audio: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     fx_params: str | None = None  # the param engine's fx_params.json (settings per stem, user units)
+    # One line each, also logged: files given but not used, outputs not in the inputs' format
+    notes: list[str] = field(default_factory=list)
     # With transfer(spectra=True): {"before" | "after" | "reference": {track: average_spectrum_db}},
     # the tracks being the stems and the mixture.
     spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -136,10 +138,11 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     t0 = time.perf_counter()
     progress("limiting", 0.97)
     limited, mixture = limit_linked(converted, settings.ceiling_dbtp)
+    formats, output_notes = song.output_formats({**limited, "mixture": mixture})
     outputs = {}
     for name, samples in (*limited.items(), ("mixture", mixture)):
-        path = write_audio(out_dir / f"{name}.wav", samples, out_rate=song.output_rate,
-                           subtype=settings.subtype, protected=protected)
+        path = write_audio(out_dir / f"{name}.wav", samples, out_rate=formats[name].rate,
+                           channels=formats[name].channels, subtype=settings.subtype, protected=protected)
         outputs[name] = str(path)
     fx_params = None
     if conversion.chains is not None:
@@ -165,4 +168,5 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
         outputs=outputs, engine=settings.engine, model=engine.info,
         loudness_before=before, loudness_after=after, reference_loudness=_loudness_table(reference_stems),
         true_peak_dbtp=round(true_peak_dbtp(mixture), 2), seconds_audio=round(song.n_samples / 44100, 3),
-        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params, spectra=measured)
+        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params, spectra=measured,
+        notes=[*song.notes, *reference.notes, *(reference_b.notes if reference_b else []), *output_notes])

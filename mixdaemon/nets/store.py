@@ -43,8 +43,17 @@ MLPs stored the same way, ``<store>/<name>.safetensors``, with metadata ::
 All kinds share the store; each loader refuses the other kinds with a message that says which kind
 the file holds, and `list_models` lists them all.
 
-**The model store** is a folder of such files: ``engines/`` in the repository root unless the
-``store`` argument or the ``MIXDAEMON_ENGINES`` environment variable names another.
+**The model store** is two folders of such files, searched in this order for a model by name:
+
+- the user's store, where imported and trained models (and the built ONNX graphs and TensorRT plans,
+  nets/onnx_export.py) are written: the ``store`` argument, else ``$MIXDAEMON_ENGINES``, else
+  ``engines/`` in the per-user data folder (platformdirs: ``~/.local/share/mixdaemon/engines`` on
+  Linux, honouring XDG_DATA_HOME; ``~/Library/Application Support/mixdaemon/engines`` on macOS;
+  ``%LOCALAPPDATA%\\mixdaemon\\engines`` on Windows);
+- the shipped models, read-only and always present: the repository's ``engines/`` folder, which a
+  wheel installs as the data package ``mixdaemon/engines`` (pyproject.toml).
+
+A user model of the same name as a shipped one is the one found; `list_models` shows both.
 """
 from __future__ import annotations
 
@@ -61,6 +70,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import platformdirs
 import safetensors
 import safetensors.torch
 import torch
@@ -118,21 +128,52 @@ class AutomixModelInfo:
 
 # --- the store ------------------------------------------------------------------------------------
 
-def default_store() -> Path:
-    return Path(__file__).resolve().parents[2] / "engines"
+# Where the shipped models are: installed from a wheel, the data package beside this one; in a
+# source checkout (editable installs included), engines/ at the repository's root.
+_INSTALLED_SHIPPED = Path(__file__).resolve().parents[1] / "engines"
+_CHECKOUT_SHIPPED = Path(__file__).resolve().parents[2] / "engines"
+
+
+def shipped_store() -> Path:
+    """The folder of the models that ship with mixdaemon (read-only)."""
+    return _INSTALLED_SHIPPED if _INSTALLED_SHIPPED.is_dir() else _CHECKOUT_SHIPPED
 
 
 def store_dir(store: str | os.PathLike | None = None) -> Path:
-    """The store folder: the argument, else $MIXDAEMON_ENGINES, else engines/ in the repository."""
+    """The user's store, where models are written: the argument, else $MIXDAEMON_ENGINES, else
+    engines/ in the per-user data folder."""
     if store is not None:
-        return Path(store)
-    return Path(os.environ[ENGINES_ENV]) if os.environ.get(ENGINES_ENV) else default_store()
+        return Path(store).expanduser()
+    if os.environ.get(ENGINES_ENV):
+        return Path(os.environ[ENGINES_ENV]).expanduser()
+    return platformdirs.user_data_path("mixdaemon", appauthor=False) / "engines"
+
+
+def store_folders(store: str | os.PathLike | None = None) -> list[Path]:
+    """The folders a model is looked up in by name, in order: the user's store, the shipped models."""
+    user, shipped = store_dir(store), shipped_store()
+    same = user.is_dir() and shipped.is_dir() and os.path.samefile(user, shipped)
+    return [user] if same else [user, shipped]
+
+
+def _where(store: str | os.PathLike | None) -> str:
+    """The store's folders as an error names them."""
+    return " or ".join(str(folder) for folder in store_folders(store))
 
 
 def _pair_path(name: str, store: Path) -> Path:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"model pair name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
     return store / f"{name}{PAIR_SUFFIX}"
+
+
+def _stored_file(name: str, store: str | os.PathLike | None) -> Path | None:
+    """The file of the model called `name`: the first of the store's folders that holds one."""
+    for folder in store_folders(store):
+        path = _pair_path(name, folder)
+        if path.is_file():
+            return path
+    return None
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -350,41 +391,45 @@ def load_pair_file(path: str | os.PathLike, device: str | torch.device = "cpu",
 def load_pair(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None,
               device: str | torch.device = "cpu") -> tuple[FXencoder, MixFXcloner, PairInfo]:
     """A pair by store name (e.g. "mst-official") or by file path; (encoder, cloner, info), eval mode."""
-    given = Path(name_or_path)
-    if given.suffix == PAIR_SUFFIX or len(given.parts) > 1:
-        return load_pair_file(given, device)
-    store = store_dir(store)
-    path = _pair_path(str(name_or_path), store)
-    if not path.is_file():
-        names = ", ".join(info.name for info in list_pairs(store)) or "none"
-        raise ModelFileError(f"{path}: no model pair named {str(name_or_path)!r} in {store} (available: {names})")
-    return load_pair_file(path, device)
+    return load_pair_file(model_path(name_or_path, FORMAT, "model pair", store), device)
 
 
 def list_pairs(store: str | os.PathLike | None = None) -> list[PairInfo]:
-    """The readable pairs in the store, by name; unreadable files are skipped with a warning."""
+    """The readable pairs in the store (the user's, then the shipped ones), by name within each
+    folder; unreadable files are skipped with a warning."""
     pairs = []
-    for path in sorted(store_dir(store).glob(f"*{PAIR_SUFFIX}")):
-        try:
-            metadata = _read_metadata(path, "model")
-            if metadata.get("format") == FORMAT:  # other kinds share the store
-                pairs.append(_pair_info(path, metadata))
-        except ModelFileError as e:
-            log.warning("skipping %s", e)
+    for model in list_models(store):
+        if model.format == FORMAT:  # other kinds share the store
+            try:
+                pairs.append(_pair_info(model.path, model.metadata))
+            except ModelFileError as e:
+                log.warning("skipping %s", e)
     return pairs
 
 
-def list_models(store: str | os.PathLike | None = None) -> list[tuple[str, str, dict]]:
-    """Every readable model file in the store: (name, format, its metadata); unreadable files are
-    skipped with a warning."""
-    models = []
-    for path in sorted(store_dir(store).glob(f"*{PAIR_SUFFIX}")):
-        try:
-            metadata = _read_metadata(path, "model")
-        except ModelFileError as e:
-            log.warning("skipping %s", e)
-            continue
-        models.append((path.name.removesuffix(PAIR_SUFFIX), str(metadata.get("format")), metadata))
+@dataclass(frozen=True)
+class StoredModel:
+    name: str  # the file name without .safetensors
+    path: Path
+    format: str
+    metadata: dict
+    hidden: bool  # a model of the same name earlier in the store is the one its name finds
+
+
+def list_models(store: str | os.PathLike | None = None) -> list[StoredModel]:
+    """Every readable model file in the store, the user's folder first, by name within each folder;
+    unreadable files are skipped with a warning."""
+    models, seen = [], set()
+    for folder in store_folders(store):
+        for path in sorted(folder.glob(f"*{PAIR_SUFFIX}")):
+            try:
+                metadata = _read_metadata(path, "model")
+            except ModelFileError as e:
+                log.warning("skipping %s", e)
+                continue
+            name = path.name.removesuffix(PAIR_SUFFIX)
+            models.append(StoredModel(name, path, str(metadata.get("format")), metadata, hidden=name in seen))
+            seen.add(name)
     return models
 
 
@@ -394,11 +439,10 @@ def model_path(name_or_path: str | os.PathLike, fmt: str, what: str, store: str 
     given = Path(name_or_path)
     if given.suffix == PAIR_SUFFIX or len(given.parts) > 1:
         return given
-    store = store_dir(store)
-    path = _pair_path(str(name_or_path), store)
-    if not path.is_file():
-        names = ", ".join(name for name, f, _ in list_models(store) if f == fmt) or "none"
-        raise ModelFileError(f"{path}: no {what} named {str(name_or_path)!r} in {store} (available: {names})")
+    path = _stored_file(str(name_or_path), store)
+    if path is None:
+        names = ", ".join(dict.fromkeys(m.name for m in list_models(store) if m.format == fmt)) or "none"
+        raise ModelFileError(f"no {what} named {str(name_or_path)!r} in {_where(store)} (available: {names})")
     return path
 
 

@@ -25,7 +25,6 @@ from tests.support.daemon import (
     QUEUED,
     DaemonProcess,
     daemon_config,
-    make_reference,
     request,
     write_stems,
     write_toml,
@@ -33,11 +32,6 @@ from tests.support.daemon import (
 
 REFUSED = "refused, outside the allowed roots"
 NOT_REGULAR = "not a regular file"
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("reference"), seconds=2.0)
 
 
 class OpenedFiles:

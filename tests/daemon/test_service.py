@@ -18,7 +18,6 @@ from tests.support.daemon import (
     DaemonProcess,
     OutputMonitor,
     daemon_config,
-    make_reference,
     request,
     send_cli,
     song_stems,
@@ -27,11 +26,6 @@ from tests.support.daemon import (
     write_stems,
     write_toml,
 )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("reference"), seconds=3.0)
 
 
 @pytest.fixture

@@ -22,16 +22,10 @@ from tests.support.daemon import (
     RESULT_FILES,
     DaemonProcess,
     daemon_config,
-    make_reference,
     request,
     write_stems,
     write_toml,
 )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("reference"), seconds=3.0)
 
 
 @pytest.fixture

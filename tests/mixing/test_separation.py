@@ -2,6 +2,7 @@
 four stems of the mixture's shape, the content-keyed cache, and clear errors without a model."""
 import importlib.util
 import random
+import time
 import urllib.error
 
 import huggingface_hub.constants
@@ -213,8 +214,10 @@ def test_quantized_model_without_diffq_is_a_clear_error_not_an_exit(mixture, tmp
         Separator("quantized", model_dir=models, cache_dir=tmp_path).separate(mixture)
 
 
-def test_offline_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatch, count_model_loads):
-    # No network: the HuggingFace hub is unreachable and so is demucs's legacy download server.
+def test_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatch, count_model_loads):
+    # The download server took a connection, then the HuggingFace hub failed and so did demucs's
+    # legacy download server.
+    monkeypatch.setattr(separation, "_download_server_reachable", lambda: True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
     def no_network(url, *args, **kwargs):
@@ -229,6 +232,24 @@ def test_offline_download_failure_is_a_clear_error(mixture, tmp_path, monkeypatc
     assert "\n" not in message
     assert message.startswith("demucs model 'htdemucs' could not be loaded from the demucs download servers")
     assert "Name or service not known" in message and "give a folder of stems" in message
+
+
+def test_offline_without_a_downloaded_model_fails_at_once_without_trying_to_download(mixture, tmp_path,
+                                                                                      monkeypatch, count_model_loads):
+    """No connection to the download server (here: a closed local port) and nothing in the download
+    cache: one line naming both, in a few seconds, and no download is attempted."""
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    downloads, offline_mode = [], huggingface_hub.constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: downloads.append(a))
+    t0 = time.monotonic()
+    with pytest.raises(SeparationUnavailable) as err:
+        Separator("htdemucs", cache_dir=tmp_path).separate(mixture)
+    assert time.monotonic() - t0 < 5.0
+    assert str(err.value) == (f"demucs model 'htdemucs': not downloaded yet (not in {tmp_path / 'hub'}) and "
+                              f"127.0.0.1 cannot be reached to download it: {separation.STEMS_INSTEAD}")
+    assert count_model_loads == [] and downloads == [] and not (tmp_path / "hub").exists()
+    assert huggingface_hub.constants.HF_HUB_OFFLINE == offline_mode  # the switch is put back
 
 
 @pytest.mark.parametrize("shape", [(100,), (100, 1), (0, 2), (100, 6)])

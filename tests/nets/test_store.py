@@ -2,8 +2,10 @@
 imported into the store; pair files round-trip exactly and damaged or mismatched files are refused by
 name."""
 import json
+import sys
 from pathlib import Path
 
+import platformdirs
 import pytest
 import safetensors.torch
 import torch
@@ -21,6 +23,7 @@ from mixdaemon.nets.store import (
     save_pair,
     save_param_predictor,
     store_dir,
+    store_folders,
     weights_sha256,
 )
 
@@ -73,7 +76,7 @@ def test_import_authors_checkpoints_round_trips_exactly(authors_checkpoints, tmp
     assert info.encoder.config == EncoderConfig() and info.cloner.config == ClonerConfig()
     assert info.cloner.provenance["source"] == str(paths["mixfxcloner"].resolve())
     assert len(info.encoder.provenance["source_sha256"]) == 64
-    assert [p.name for p in list_pairs(store)] == ["mst-official"]
+    assert [p.name for p in list_pairs(store) if p.path.parent == store] == ["mst-official"]
 
     with pytest.raises(ModelFileError, match="already exists"):
         import_authors_checkpoints(paths["fxencoder"], paths["mixfxcloner"], store)
@@ -163,17 +166,24 @@ def test_damaged_pair_file_is_refused(tmp_path):
 
 
 def test_store_location_and_names(tmp_path, monkeypatch):
+    """Models are written to the per-user data folder (or $MIXDAEMON_ENGINES), and looked up there
+    before the shipped ones, which are always found."""
     monkeypatch.delenv(ENGINES_ENV, raising=False)
-    assert store_dir() == Path(__file__).resolve().parents[2] / "engines"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    expected = tmp_path / "data" if sys.platform.startswith("linux") else platformdirs.user_data_path()
+    assert store_dir() == expected / "mixdaemon" / "engines"
+    assert store_folders() == [store_dir(), Path(__file__).resolve().parents[2] / "engines"]
     monkeypatch.setenv(ENGINES_ENV, str(tmp_path))
     assert store_dir() == tmp_path
     save_pair(tmp_path / "b.safetensors", *small_pair(1))
-    save_pair(tmp_path / "a.safetensors", *small_pair(2))
+    save_pair(tmp_path / "default.safetensors", *small_pair(2))
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
-    assert [p.name for p in list_pairs()] == ["a", "b"]
-    with pytest.raises(ModelFileError, match=r"no model pair named 'c' .*available: a, b"):
+    assert [(p.name, p.path.parent) for p in list_pairs()] == [
+        ("b", tmp_path), ("default", tmp_path), ("default", store_folders()[1])]
+    with pytest.raises(ModelFileError, match=r"no model pair named 'c' in .* or .*available: b, default\)"):
         load_pair("c")
-    assert load_pair("a")[2].path == tmp_path / "a.safetensors"
+    assert load_pair("default")[2].path == tmp_path / "default.safetensors"  # the user's, before the shipped one
+    assert load_param_predictor("params-default")[2].parent == store_folders()[1]
 
 
 def test_weights_hash_depends_on_values_and_names_only():
@@ -201,8 +211,10 @@ def test_models_list_shows_every_kind_in_the_store(tmp_path, capsys):
     (tmp_path / "broken.safetensors").write_bytes(b"junk")
     assert main(["models", "list", "--store", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"model store: {tmp_path}"
-    assert [line.split()[:2] for line in lines[1:]] == [["pair", "MST"], ["predictor", "parameter"]]
-    assert [p.name for p in list_pairs(tmp_path)] == ["pair"]
+    assert lines[0] == f"your models: {tmp_path}"
+    assert [line.split()[:2] for line in lines[1:3]] == [["pair", "MST"], ["predictor", "parameter"]]
+    assert lines[3] == f"shipped models (read-only): {store_folders()[1]}"
+    assert [line.split()[0] for line in lines[4:]] == ["automix-default", "default", "params-default"]
+    assert [p.name for p in list_pairs(tmp_path) if p.path.parent == tmp_path] == ["pair"]
     with pytest.raises(ModelFileError, match="not a parameter predictor"):
         load_param_predictor("pair", tmp_path)
