@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from mixdaemon.evaluation.raw import evaluate_raw
 from mixdaemon.evaluation.unpaired import evaluate_unpaired
 from mixdaemon.fx import matching
@@ -23,8 +25,10 @@ VARIANTS = {
     "1/3-octave EQ smoothing": {"EQ_SMOOTHING_OCTAVES": 1 / 3},
     "1-octave EQ smoothing": {"EQ_SMOOTHING_OCTAVES": 1.0},
     "compression up to 4:1": {"MAX_RATIO": 4.0},
-    "no width step": {"aspects": ("level", "eq", "dynamics")},
-    "no dynamics steps": {"aspects": ("level", "eq", "width")},
+    "no width step": {"aspects": ("level", "eq", "dynamics", "space")},
+    "no dynamics steps": {"aspects": ("level", "eq", "width", "space")},
+    "no space step": {"aspects": ("level", "eq", "dynamics", "width")},
+    "reverb send up to 0 dB": {"SEND_GRID_DB": np.arange(-36.0, 0.5, 1.0)},
 }
 
 
@@ -54,9 +58,11 @@ def main() -> None:
     parser.add_argument("songs_dir")
     parser.add_argument("--protocol", choices=("raw", "unpaired"), default="raw")
     parser.add_argument("--seed", type=int, action="append")
+    parser.add_argument("--variants", help="comma-separated names of VARIANTS to run (default: all)")
     args = parser.parse_args()
     evaluate = evaluate_raw if args.protocol == "raw" else evaluate_unpaired
-    report = evaluate(args.songs_dir, [Variant(name, changes) for name, changes in VARIANTS.items()],
+    chosen = args.variants.split(",") if args.variants else list(VARIANTS)
+    report = evaluate(args.songs_dir, [Variant(name, VARIANTS[name]) for name in chosen],
                       seeds=args.seed or [0])
     for name, entry in report["engines"].items():
         summary = entry["summary"]

@@ -36,7 +36,7 @@ def main() -> None:
         walls = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            _, mix = limit_linked(loud)
+            _, mix, _ = limit_linked(loud)
             walls.append(time.perf_counter() - started)
         print(f"{label:10s} {statistics.median(walls):6.2f} s wall   mix true peak {true_peak_dbtp(mix):6.2f} dBTP")
 

@@ -1,4 +1,4 @@
-"""The FxNorm-automix evaluation (ALGORITHMS.md §6.5) on the held-out real songs: FxNorm feature
+"""The FxNorm-automix evaluation (docs/ALGORITHMS.md §6.5) on the held-out real songs: FxNorm feature
 distances to the original mix of the shipped automix model, the Wave-U-Net baseline and the "sum of
 normalized stems" baseline, and the automix model's CPU speed on a long song.
 
@@ -44,7 +44,7 @@ REPORTED = ("d_lufs", "d_peak", "loudness", "spectral", "panning", "dynamic")
 
 
 def _limited(mix: np.ndarray) -> np.ndarray:
-    return limit_linked({"mixture": mix})[1]
+    return limit_linked({"mixture": mix}).mixture
 
 
 def evaluate(songs_dir: Path, models: list[str]) -> dict:

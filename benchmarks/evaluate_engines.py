@@ -1,4 +1,4 @@
-"""The Table-2 evaluation (mixdaemon.evaluation, ALGORITHMS.md §7) of every engine on the held-out real
+"""The Table-2 evaluation (mixdaemon.evaluation, docs/ALGORITHMS.md §7) of every engine on the held-out real
 songs, as reported in docs/BENCHMARKS.md and engines/MODEL_CARD.md.
 
   .venv/bin/python benchmarks/evaluate_engines.py --out eval.json

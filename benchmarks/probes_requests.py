@@ -268,7 +268,9 @@ def forged_reply(work: Path, reference: Path) -> dict:
         final = _finals(folder, ["a1"], 120).get("a1", {})
         manifest = final.get("manifest", "")
         genuine = final.get("state") == "done" and manifest.startswith(str(work / "out")) and os.path.isfile(manifest)
-        expected = during.get("state") in ("queued", "running") and "forged" not in str(during) and genuine
+        # None of the forged values was taken (the probe's own folder name holds the word "forged")
+        taken = during.get("stage") == "forged" or any(v in str(during) for v in ("/forged/", "forged failure"))
+        expected = during.get("state") in ("queued", "running") and not taken and genuine
         return _outcome(daemon, folder, reason=None, expected=expected, jobs_lost=int(not genuine))
     finally:
         forger.close()

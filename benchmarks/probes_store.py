@@ -24,6 +24,7 @@ from pathlib import Path
 from daemon_harness import Daemon, job_rows, start, write_config
 from probes_inputs import _state, _stems
 
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.jobstore import Job, JobStore
 from mixdaemon.daemon.osc import PREFIX, OscClient
 from mixdaemon.daemon.worker import LocalExecutor
@@ -100,7 +101,7 @@ def f1_corrupt_database_page(work: Path, reference: Path) -> dict:
     logging.getLogger("mixdaemon").addHandler(handler)
     events: list = []
     store = JobStore(path)
-    executor = LocalExecutor(store, "{folder}-{job_id}", events.append)
+    executor = LocalExecutor(store, "{folder}-{job_id}", events.append, Roots([work]))
     try:
         executor.start()
         time.sleep(2.5)

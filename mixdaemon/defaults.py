@@ -4,6 +4,7 @@ The job settings (mixing/settings.py), the daemon's configuration model (daemon/
 from those settings), the command line and the model store all take their defaults from here, so a
 default is changed in one place.
 """
+import os
 
 ENGINE = "match"                        # the --engine used when none is chosen
 ENGINES = ("match", "neural", "param")  # what --engine accepts
@@ -32,6 +33,18 @@ EVALUATION_SEGMENT_SECONDS = 10.0  # segment length of the raw and unpaired eval
 # The largest input file the daemon reads (4 GiB: a plain WAV cannot be larger, and 4 GiB of RF64
 # or FLAC is hours of audio); a larger one is refused before it is hashed or read.
 MAX_INPUT_BYTES = 4 * 2**30
+
+EXECUTORS = ("local", "ray")  # where jobs run: threads in this process, or workers on a Ray cluster
+
+
+def job_threads() -> int:
+    """Threads one job may keep busy: OMP_NUM_THREADS where it is set (a Ray worker of N CPUs gets
+    N there; a user sharing the machine sets it), else every CPU of the machine."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+  # where jobs run: threads in this process, or workers on a Ray cluster
 
 OSC_HOST = "127.0.0.1"
 OSC_PORT = 7700

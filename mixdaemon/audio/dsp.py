@@ -1,7 +1,7 @@
 """Shared DSP primitives: the small building blocks that FX normalization, the FXmanipulator, the
 matching engine and the metrics all use. Each primitive exists once, here.
 
-Conventions (ALGORITHMS.md, top): audio is float, shape (n_samples, channels), 44.1 kHz; dB(a) =
+Conventions (docs/ALGORITHMS.md, Conventions): audio is float, shape (n_samples, channels), 44.1 kHz; dB(a) =
 20·log10(a + 1e-30). Functions accept float32 or float64 and compute in float64.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def rms_dbfs(x: np.ndarray) -> float:
 
 
 def rms_match(y: np.ndarray, x: np.ndarray, measure: slice = slice(None)) -> np.ndarray:
-    """Scale y to x's RMS over the whole segment and all channels (ALGORITHMS.md §2.1), measured
+    """Scale y to x's RMS over the whole segment and all channels (docs/ALGORITHMS.md §2.1), measured
     over the samples `measure` selects (the whole signal by default)."""
     xm, ym = x[measure].ravel(), y[measure].ravel()
     # dot products: ~2x faster than mean(square()) and no temporary arrays
@@ -121,7 +121,7 @@ def loudness_lufs(x: np.ndarray, sr: int = WORKING_RATE) -> float:
 
 
 def lufs_norm(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:
-    """Gain x to target_lufs, then divide by max(1, peak + 1e-6) so it cannot clip (ALGORITHMS.md
+    """Gain x to target_lufs, then divide by max(1, peak + 1e-6) so it cannot clip (docs/ALGORITHMS.md
     §1.0; the result may therefore land below the target). The 1e-10 offset keeps an all-zero
     signal measurable, as in the reference implementation."""
     x = np.asarray(x, dtype=np.float64)
@@ -167,7 +167,7 @@ def istft_np(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     return out[:length]
 
 
-# --- compressor (ALGORITHMS.md §1.3 "Compressor DSP") ---------------------------------------------
+# --- compressor (docs/ALGORITHMS.md §1.3 "Compressor DSP") ---------------------------------------------
 
 def compress(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float, release_ms: float,
              sr: int = WORKING_RATE, time_axis: int = 0) -> np.ndarray:

@@ -114,6 +114,13 @@ def _check_wav_not_truncated(path: Path) -> None:
                                    f"of audio but only {present} are present")
 
 
+def _native_path(path: Path) -> str | bytes:
+    """path as libsndfile must be given it: a file name that is not valid UTF-8 (Python holds its
+    bytes as lone surrogates) only as its file-system bytes, which soundfile passes on unchanged;
+    Windows names are always Unicode."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
 def read_audio(path: str | os.PathLike) -> LoadedAudio:
     """Read an audio file as float32 stereo at 44.1 kHz (mono is duplicated to both channels)."""
     path = Path(path)
@@ -124,7 +131,7 @@ def read_audio(path: str | os.PathLike) -> LoadedAudio:
     if path.stat().st_size == 0:
         raise AudioFileError(path, "empty file (0 bytes)")
     try:
-        info = sf.info(str(path))
+        info = sf.info(_native_path(path))
     except Exception as exc:  # libsndfile's messages vary by version; keep its words after ours
         detail = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
         raise AudioFileError(path, f"not a readable WAV/FLAC/AIFF audio file ({detail.strip()})") from None
@@ -134,7 +141,7 @@ def read_audio(path: str | os.PathLike) -> LoadedAudio:
     if info.format == "WAV":
         _check_wav_not_truncated(path)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(_native_path(path), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioFileError(path, f"corrupt or truncated audio data ({str(exc).strip() or type(exc).__name__})") from None
     if data.shape[0] == 0:

@@ -13,13 +13,14 @@ never clips) and a one-pole release. A final measurement confirms the ceiling; a
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numba
 import numpy as np
 from scipy import ndimage, signal
 
+from mixdaemon import defaults
 from mixdaemon.audio.dsp import WORKING_RATE, db
 
 TRUE_PEAK_CEILING_DBTP = -1.0
@@ -52,7 +53,7 @@ def true_peak_envelope(x: np.ndarray, above: float = 0.0) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[:, None]
-    sample_peak = np.max(np.abs(x), axis=1) if x.size else np.zeros(x.shape[0], np.float32)
+    sample_peak = _channel_abs_max(x) if x.size else np.zeros(x.shape[0], np.float32)
     bound = np.maximum(ndimage.maximum_filter1d(sample_peak, 2 * _REACH + 1) * _WORST_CASE_GAIN, sample_peak)
     n_blocks = -(-x.shape[0] // _BLOCK)
     needed = [b for b in range(n_blocks) if bound[b * _BLOCK:(b + 1) * _BLOCK].max() >= above]
@@ -76,23 +77,24 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def _oversampled_envelope(x: np.ndarray) -> np.ndarray:
+    # Oversampled point k of sample n (k = 0..3) is one polyphase branch of the interpolator
+    # applied around n; each branch is a float32 FFT convolution of all channels at once (2.3x
+    # faster than the direct upsampling filter, same points to float32 rounding).
+    out = _channel_abs_max(x)
     delay = (len(_INTERPOLATOR) - 1) // 2  # the filter's group delay in oversampled points
-    up = signal.upfirdn(_INTERPOLATOR, x, up=OVERSAMPLING, axis=0)[delay:delay + x.shape[0] * OVERSAMPLING]
-    return _frame_abs_max(np.ascontiguousarray(up).reshape(x.shape[0], -1), x)
+    for k in range(OVERSAMPLING):
+        shift, branch = divmod(k + delay, OVERSAMPLING)
+        points = signal.oaconvolve(x, _INTERPOLATOR[branch::OVERSAMPLING, None], axes=0)[shift:shift + x.shape[0]]
+        np.maximum(out[:points.shape[0]], _channel_abs_max(points), out=out[:points.shape[0]])
+    return out.astype(np.float64)
 
 
-@numba.njit(cache=True)
-def _frame_abs_max(oversampled, x):
-    # numpy's max over short rows is slow; this is the per-sample max of |·| over all channels and
-    # the oversampled points of that sample, and over the sample itself.
-    out = np.empty(x.shape[0])
-    for n in range(x.shape[0]):
-        m = 0.0
-        for v in oversampled[n]:
-            m = max(m, abs(v))
-        for v in x[n]:
-            m = max(m, abs(v))
-        out[n] = m
+def _channel_abs_max(x: np.ndarray) -> np.ndarray:
+    """Per sample, the largest |value| over channels (column by column: numpy's max over rows of
+    two is several times slower)."""
+    out = np.abs(x[:, 0])
+    for c in range(1, x.shape[1]):
+        np.maximum(out, np.abs(x[:, c]), out=out)
     return out
 
 
@@ -100,6 +102,7 @@ def true_peak_dbtp(x: np.ndarray) -> float:
     """BS.1770-4 true peak of a signal in dBTP."""
     if x.size == 0:
         return float("-inf")
+    x = np.asarray(x, dtype=np.float32)
     return float(db(true_peak_envelope(x, above=float(np.max(np.abs(x)))).max()))
 
 
@@ -130,9 +133,16 @@ def limiter_gain(envelope: np.ndarray, ceiling: float, sr: int = WORKING_RATE,
     return _release(smoothed, float(np.exp(-1.0 / (0.001 * sr * release_ms))))
 
 
+class Limited(NamedTuple):
+    stems: dict[str, np.ndarray]
+    mixture: np.ndarray       # the sum of the limited stems
+    true_peak_dbtp: float     # the mixture's, measured by the limiter's own last pass
+
+
 def limit_linked(stems: dict[str, np.ndarray], ceiling_dbtp: float = TRUE_PEAK_CEILING_DBTP,
-                 sr: int = WORKING_RATE) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Limit the stems with one shared gain curve; return (limited stems, their sum = the mix)."""
+                 sr: int = WORKING_RATE) -> Limited:
+    """Limit the stems with one shared gain curve: the limited stems, their sum (the mix) and its
+    true peak."""
     # Aim a hair under the ceiling so that float32 rounding, 24-bit quantization and resampling
     # back to the file's rate cannot push the written file over it.
     ceiling = 10.0 ** ((ceiling_dbtp - 0.05) / 20.0)
@@ -140,26 +150,33 @@ def limit_linked(stems: dict[str, np.ndarray], ceiling_dbtp: float = TRUE_PEAK_C
 
     target = ceiling * 0.995
 
-    def envelope() -> np.ndarray:
-        # exact wherever it may reach the target (below it the gain is 1 either way); the signals
-        # in parallel, since the oversampling filter releases the GIL
-        signals = [np.sum(list(stems.values()), axis=0), *stems.values()]
-        with ThreadPoolExecutor(max_workers=min(len(signals), os.cpu_count() or 1)) as pool:
-            envelopes = pool.map(lambda s: true_peak_envelope(s, above=target), signals)
+    def envelope() -> tuple[np.ndarray, float]:
+        """The envelope over the mix and every stem, exact wherever it may reach the target (below
+        it the gain is 1 either way), and the mix's true peak (its envelope also exact near its
+        loudest sample, so the meter reading costs no pass of its own). The signals in parallel:
+        the oversampling releases the GIL."""
+        mix = np.sum(list(stems.values()), axis=0)
+        mix_above = min(target, float(np.max(np.abs(mix), initial=0.0)))
+        jobs = [(mix, mix_above), *((s, target) for s in stems.values())]
+        with ThreadPoolExecutor(max_workers=min(len(jobs), defaults.job_threads())) as pool:
+            envelopes = pool.map(lambda job: true_peak_envelope(*job), jobs)
             # a running maximum: stacking five song-long float64 envelopes first costs more than the max
             out = next(envelopes)
+            mix_peak = float(out.max(initial=0.0))
             for env in envelopes:
                 np.maximum(out, env, out=out)
-            return out
+            return out, mix_peak
 
-    env = envelope()
+    env, mix_peak = envelope()
     if env.max() > ceiling:
         gain = limiter_gain(env, target, sr)[:, None].astype(np.float32)
         stems = {k: v * gain for k, v in stems.items()}
         # The smooth gain scales the envelope almost exactly; what gain changes between samples
         # add to intersample peaks is removed by a static trim (a few hundredths of a dB at most).
-        worst = envelope().max()
+        env, mix_peak = envelope()
+        worst = env.max()
         if worst > ceiling:
             stems = {k: v * np.float32(ceiling / worst) for k, v in stems.items()}
+            mix_peak *= ceiling / worst  # the envelope scales with the signal
     mix = np.sum(list(stems.values()), axis=0)
-    return stems, mix
+    return Limited(stems, mix, float(db(mix_peak)))

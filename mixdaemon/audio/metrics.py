@@ -1,6 +1,6 @@
 """Objective metrics: how close a mix is to a target or a reference.
 
-- L_MSS, the MST multi-scale spectral loss on L/R and on mid/side (ALGORITHMS.md §4.3). It is also the
+- L_MSS, the MST multi-scale spectral loss on L/R and on mid/side (docs/ALGORITHMS.md §4.3). It is also the
   MixFXcloner training loss, so it is written in torch, batched over [B, 2, T] and differentiable.
 - The FxNorm-automix feature distances (§6.5): loudness, spectral, panning and dynamic groups,
   following FxNorm's evaluate.py (not the MST repo's copy, which differs).
@@ -9,7 +9,7 @@
 The loudness and true-peak meters are audio.dsp.integrated_loudness (which the loudness distance
 here uses) and audio.mastering.true_peak_dbtp (the limiter's own).
 
-Numpy functions take (n_samples, 2) audio at 44.1 kHz (ALGORITHMS.md conventions) and compute in
+Numpy functions take (n_samples, 2) audio at 44.1 kHz (docs/ALGORITHMS.md conventions) and compute in
 float64.
 """
 from __future__ import annotations
@@ -266,7 +266,7 @@ def _check_fxnorm_inputs(output: np.ndarray, target: np.ndarray) -> tuple[np.nda
 
 
 def fxnorm_feature_distances(output: np.ndarray, target: np.ndarray, sr: int = WORKING_RATE) -> dict[str, float]:
-    """FxNorm-automix's objective metrics (ALGORITHMS.md §6.5): distances of `output` from `target`,
+    """FxNorm-automix's objective metrics (docs/ALGORITHMS.md §6.5): distances of `output` from `target`,
     both (n, 2) at `sr`, same length, at least 44 032 samples (40 frames of 4096 / 1024).
 
     Each distance is a MAPE (a fraction: 0.1 = 10 %) between the target's and the output's feature

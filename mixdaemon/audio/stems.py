@@ -24,6 +24,7 @@ import numpy as np
 
 from mixdaemon.audio.io import LoadedAudio, SourceInfo, is_audio_file, read_audio
 from mixdaemon.errors import StemLayoutError
+from mixdaemon.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,20 @@ def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
     return x if x.shape[0] == n else np.pad(x, ((0, n - x.shape[0]), (0, 0)))
 
 
-def load_song(path_or_files: str | Path | Iterable[str | Path]) -> Song:
-    """Load a song from a folder of stems, a list of stem files, or a single mixture file."""
+def _sum_padded(tracks: list[np.ndarray], length: int) -> np.ndarray:
+    """The tracks' sum, each padded to `length`: one track as it is, more added into one buffer (a
+    stacked copy of them first costs more than reading the files)."""
+    if len(tracks) == 1:
+        return _pad_to(tracks[0], length)
+    total = np.zeros((length, tracks[0].shape[1]), dtype=np.float32)
+    for track in tracks:
+        total[:track.shape[0]] += track
+    return total
+
+
+def load_song(path_or_files: str | Path | Iterable[str | Path], progress: Progress = no_progress) -> Song:
+    """Load a song from a folder of stems, a list of stem files, or a single mixture file;
+    `progress` after each file read."""
     single_file = False
     if isinstance(path_or_files, (str, Path)):
         path = Path(path_or_files)
@@ -187,15 +200,16 @@ def load_song(path_or_files: str | Path | Iterable[str | Path]) -> Song:
                           "not used (the stems are)")
         log.warning("%s", song.notes[-1])
     by_role: dict[str, list[LoadedAudio]] = {}
-    for f in files:
-        if f not in mixes:
-            by_role.setdefault(roles[f], []).append(read_audio(f))
+    stems = [f for f in files if f not in mixes]
+    for i, f in enumerate(stems):
+        by_role.setdefault(roles[f], []).append(read_audio(f))
+        progress(f"reading {f.name}", (i + 1) / len(stems))
 
     length = max(a.samples.shape[0] for items in by_role.values() for a in items)
     for role in STEM_NAMES:
         items = by_role.get(role, [])
         if items:
-            song.stems[role] = np.sum([_pad_to(a.samples, length) for a in items], axis=0, dtype=np.float32)
+            song.stems[role] = _sum_padded([a.samples for a in items], length)
             song.sources[role] = [a.source for a in items]
         else:
             song.stems[role] = np.zeros((length, 2), dtype=np.float32)

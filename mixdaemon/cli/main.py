@@ -27,6 +27,7 @@ COMMANDS = {
     "serve": "serve",
     "send": "send",
     "automix": "automix",
+    "batch": "batch",
     "evaluate": "evaluate",
     "train": "train",
 }
@@ -38,10 +39,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     command = next((a for a in (argv or []) if not a.startswith("-")), None)
-    wanted = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
-    for module in wanted:
-        importlib.import_module(f"{__package__}.{module}").register(sub)
+    for module in dict.fromkeys(COMMANDS.values()):
+        if command not in COMMANDS or COMMANDS[command] == module:
+            importlib.import_module(f"{__package__}.{module}").register(sub)
+        else:  # not imported, but named in the usage all the same
+            for name in (n for n, m in COMMANDS.items() if m == module):
+                sub.add_parser(name)
+    _verbose_anywhere(parser)
     return parser
+
+
+def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """-v after the command too (`mixdaemon send status -v`): every command's parser, and theirs,
+    takes it; where it is not given there, the top-level value stands (SUPPRESS)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if "-v" not in command._option_string_actions:
+                    command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                         help="log details to stderr")
+                _verbose_anywhere(command)
 
 
 # Commands that run one job and exit: they allocate and free song-long arrays again and again.

@@ -2,6 +2,7 @@
 (daemon.osc.OscClient), printing the replies."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -59,8 +60,34 @@ def _job_options(args) -> dict:
     return options
 
 
+def _shown(value) -> str:
+    """A value as printed: OSC floats are 32-bit (22.2 arrives as 22.200000762939453)."""
+    return f"{round(value, 3):g}" if isinstance(value, float) else str(value)
+
+
+def _percent(value) -> str:
+    return f"{float(value):.1f}%"
+
+
+def format_message(address: str, params: list) -> str:
+    """One line: the address, then the values; those of a status summary, a job's status and its
+    progress labelled (`queued 0  running 1  done 3 ...`)."""
+    values = list(params)
+    if address == f"{PREFIX}/status/summary" and len(values) == 6:
+        text = "  ".join(f"{label} {n}" for label, n in zip(("queued", "running", "done", "error", "cancelled"),
+                                                              values))
+        return f"{address} {text}" + (f"  running job {values[5]}" if values[5] != -1 else "")
+    if address == f"{PREFIX}/status/reply" and len(values) == 5:
+        job_id, state, percent, stage, info = values
+        shown = [f"job {job_id}", state, *([_percent(percent), stage] if state == "running" else []), info]
+        return f"{address} {'  '.join(str(v) for v in shown if v != '')}"
+    if address == f"{PREFIX}/progress" and len(values) == 3:
+        return f"{address} job {values[0]}  {_percent(values[1])}  {values[2]}"
+    return " ".join([address, *(_shown(p) for p in values)])
+
+
 def _print_message(address: str, params: list) -> None:
-    print(" ".join([address, *(str(p) for p in params)]), flush=True)
+    print(format_message(address, params), flush=True)
 
 
 def cmd_send(args) -> int:
@@ -116,11 +143,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("send", help="send a command to a running daemon over OSC and print the reply",
                               description="Send one OSC request to `mixdaemon serve` and print the reply. "
                                           "Exit status: 0 ok, 1 error reply, 3 no reply in time.")
-    p.add_argument("--host", help=f"daemon address (default: from --config, else {defaults.OSC_HOST})")
-    p.add_argument("--port", type=int, help=f"daemon OSC port (default: from --config, else {defaults.OSC_PORT})")
-    p.add_argument("--config", help="read the daemon's OSC host and port from this config.toml")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for a reply (with --wait: for each message)")
+    _connection_options(p, defaults_here=True)
     cmds = p.add_subparsers(dest="send_command", required=True)
     cmds.add_parser("ping", help="check that the daemon answers")
     s = cmds.add_parser("submit", help="convert a stems folder, a file, or several files")
@@ -153,7 +176,24 @@ def register(subparsers) -> None:
     cmds.add_parser("preview-stop", help="stop playback")
     s = cmds.add_parser("subscribe", help="receive every job notification (print them with --wait)")
     s.add_argument("--wait", action="store_true", help="keep printing notifications until interrupted")
+    for command in cmds.choices.values():  # `send status --port 7701` as well as `send --port 7701 status`
+        _connection_options(command, defaults_here=False)
     p.set_defaults(func=_checked_send)
+
+
+def _connection_options(parser, defaults_here: bool) -> None:
+    """--host, --port, --config and --timeout, before or after the command: the defaults are set
+    once, on `send` itself (defaults_here); a command's parser leaves a value it was not given
+    alone (SUPPRESS)."""
+    def default(value):
+        return value if defaults_here else argparse.SUPPRESS
+    parser.add_argument("--host", default=default(None),
+                        help=f"daemon address (default: from --config, else {defaults.OSC_HOST})")
+    parser.add_argument("--port", type=int, default=default(None),
+                        help=f"daemon OSC port (default: from --config, else {defaults.OSC_PORT})")
+    parser.add_argument("--config", default=default(None), help="read the daemon's OSC host and port from this config.toml")
+    parser.add_argument("--timeout", type=float, default=default(5.0),
+                        help="seconds to wait for a reply (with --wait: for each message)")
 
 
 def _checked_send(args) -> int:

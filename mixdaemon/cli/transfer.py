@@ -12,8 +12,11 @@ from mixdaemon.errors import ConfigError
 def add_transfer_options(p) -> None:
     """The job settings (mixing.settings.TransferSettings) as options; shared with `demo`."""
     p.add_argument("--engine", default=defaults.ENGINE, choices=defaults.ENGINES,
-                   help="match: measured-feature matching (fast, no model); neural: FXencoder + MixFXcloner; "
-                        "param: an interpretable FX chain per stem, its settings written to fx_params.json")
+                   help="match (the default, the closest to the reference on unseen material: 0.37 of the "
+                        "input's distance per stem, Matchering 0.50): measured EQ, dynamics, reverb, width and "
+                        "level per stem, no model; param (0.37): an FX chain per stem you can read and tweak, "
+                        "written to fx_params.json; neural (0.75): the FXencoder + MixFXcloner research model, "
+                        "weaker today (docs/BENCHMARKS.md)")
     p.add_argument("--model", help="neural: model pair name in the model store, or a model file; "
                                    f"param: parameter predictor (default: {defaults.DEFAULT_PREDICTOR})")
     p.add_argument("--backend", default=defaults.BACKEND, choices=defaults.BACKENDS)
@@ -32,8 +35,8 @@ def add_transfer_options(p) -> None:
                    help="the amount for one stem, over --amount (repeatable): --stem-amount vocals=0.3")
     p.add_argument("--match", default=",".join(defaults.ASPECTS), metavar="ASPECTS",
                    help=f"what moves toward the reference, comma-separated, of {', '.join(defaults.ASPECTS)} "
-                        "(default: all); e.g. --match level,eq leaves dynamics, width and space alone. The neural "
-                        "engine moves all of them at once")
+                        "(default: all); e.g. --match level,eq leaves dynamics, width and space alone (the neural "
+                        "engine: only those aspects of the network's output are taken)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

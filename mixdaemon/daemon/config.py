@@ -12,8 +12,10 @@ Input should be less than or equal to 65535 (got 70000)`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +124,21 @@ class PlaybackConfig(_Section):
     ab_seconds: float = Field(4.0, gt=0.2, le=60.0)  # A/B preview switches every this many seconds
 
 
+class ExecutorConfig(_Section):
+    """Where jobs run: "local" (one worker thread in the daemon) or "ray" (workers on a Ray cluster,
+    daemon/ray_executor.py; the output root and state folder on storage the workers share)."""
+    kind: str = "local"  # one of defaults.EXECUTORS
+    address: str | None = None  # ray: "auto", "ray://HOST:10001" or "HOST:6379"; unset: a local Ray cluster
+    workers: int = Field(1, ge=1, le=1024)  # jobs run at once (ray: one actor each, its models kept loaded)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in defaults.EXECUTORS:
+            raise ValueError(f"must be one of {', '.join(defaults.EXECUTORS)}")
+        return value
+
+
 class DaemonConfig(_Section):
     watch: list[WatchFolder] = []
     reference: Path | None = None  # the default reference, for bounces with no other
@@ -131,6 +148,7 @@ class DaemonConfig(_Section):
     automix: AutomixSettings = AutomixSettings()
     osc: OscConfig = OscConfig()
     playback: PlaybackConfig = PlaybackConfig()
+    executor: ExecutorConfig = ExecutorConfig()
     # Folders that OSC requests may name (stems, references, outputs) besides the watch folders, the
     # output root and the configured references' folders, which are always allowed.
     allowed_roots: list[Path] = []
@@ -199,10 +217,34 @@ class DaemonConfig(_Section):
         return sorted({r.resolve() for r in roots})
 
 
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys the section holding loc's last key accepts (DaemonConfig's, a [section]'s, a
+    [[watch]] table's): named in the error for an unknown key, which an installed user has no
+    example file to look up in."""
+    section: Any = DaemonConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        annotation = section.model_fields[part].annotation if isinstance(section, type) and issubclass(
+            section, BaseModel) else {f.name: f.type for f in dataclasses.fields(section)}[part]
+        candidates = [annotation, *typing.get_args(annotation)]
+        section = next((c for c in candidates if isinstance(c, type) and (issubclass(c, BaseModel)
+                                                                          or dataclasses.is_dataclass(c))), None)
+        if section is None:
+            return []
+    if issubclass(section, BaseModel):
+        return list(section.model_fields)
+    return [f.name for f in dataclasses.fields(section)]
+
+
 def _describe(error: dict) -> str:
     key = key_name(error["loc"])
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        return f"{key}: unknown key (check the spelling; see config.toml in the project for all keys)"
+        try:
+            keys = _keys_at(tuple(error["loc"]))
+        except (KeyError, TypeError):  # a location the walk does not know: the plain message
+            keys = []
+        return f"{key}: unknown key" + (f" (check the spelling; the keys here are {', '.join(keys)})" if keys else "")
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     return describe_error(error)
@@ -258,14 +300,21 @@ def read_toml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def build_config(data: dict, source: str = "configuration") -> DaemonConfig:
-    """Validate a nested dict; relative paths in it are relative to the working directory."""
+def build_config(data: dict, source: str = "configuration", variables: dict[tuple, str] | None = None) -> DaemonConfig:
+    """Validate a nested dict; relative paths in it are relative to the working directory. A
+    problem with a key that `variables` ({key path: environment variable}) set names that
+    variable; any other names `source`."""
     try:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
+        def origin(loc: tuple) -> str:
+            keys = tuple(part for part in loc if isinstance(part, str))
+            named = [name for path, name in (variables or {}).items() if keys[:len(path)] == path]
+            return f"environment variable {named[0]}" if named else source
+
+        problems = [f"{origin(tuple(e['loc']))}: {_describe(e)}" for e in exc.errors()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ConfigError(f"{source}: {problems[0]}{more}" + "".join(f"\n  {p}" for p in problems[1:])) from None
+        raise ConfigError(f"{problems[0]}{more}" + "".join(f"\n  {p}" for p in problems[1:])) from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None,
@@ -276,7 +325,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
         data = _relative_to(data, Path(path).absolute().parent)
     data = merge(data, env_overrides(environ))
     data = merge(data, overrides or {})
-    return build_config(data, source=str(path) if path is not None else "configuration")
+    variables = {tuple(k.lower() for k in name[len(ENV_PREFIX):].split("__")): name
+                 for name in (os.environ if environ is None else environ) if name.upper().startswith(ENV_PREFIX)}
+    return build_config(data, source=str(path) if path is not None else "configuration", variables=variables)
 
 
 # Paths in a config file are relative to the file's folder, so a config can travel with a project.

@@ -6,9 +6,11 @@ A path passes when its real path (every symlink resolved) lies inside one of the
 allowed_roots) and, for a file to read, when it is a regular file no larger than the limit. So a
 link that leads out of the roots, a FIFO or device named drums.wav, and an 8 GB sparse file are
 refused in one line before any work, wherever the path came from (OSC, a request file, a watch
-folder, a reference set earlier). Callers use the resolved path the check returns, never the
-name they were given, so a link cannot be swapped in between check and use without its target
-still being inside the roots.
+folder, a reference set earlier). Callers use the resolved path the check returns, so a link
+cannot be swapped in between check and use without its target still being inside the roots. The
+one exception is a stem's or reference file's own name, which decides its role ("vocals.wav" linked
+to "take 3.wav" is vocals): `named` keeps it, and the worker checks such a file again just before
+it reads it.
 """
 from __future__ import annotations
 
@@ -77,6 +79,13 @@ class Roots:
             raise ConfinementError(f"{what} {path}: {st.st_size / 2**30:.1f} GiB is over the "
                                    f"{self.max_file_bytes / 2**30:.0f} GiB limit per file")
         return real
+
+    def named(self, path: str | os.PathLike, what: str = "file") -> Path:
+        """path with its folders resolved and its own name kept, if its real path passes `file`: a
+        link's name is the name the user gave the stem, and its role."""
+        self.file(path, what)
+        given = Path(os.path.normpath(self._absolute(path, what)))
+        return Path(os.path.realpath(given.parent)) / given.name
 
     def folder(self, path: str | os.PathLike, what: str = "folder") -> Path:
         """path's real path, if it is an existing folder inside the roots."""

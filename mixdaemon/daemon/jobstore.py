@@ -107,41 +107,43 @@ def hash_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     return out
 
 
-def _audio_entries(folder: Path, skip_references: bool) -> list[Path]:
-    """A folder's audio-named entries that are not folders (hidden ones left out; reference.* ones
-    too when listing stems), sorted. A FIFO or a link among them is listed, for Roots to refuse."""
+def _audio_entries(folder: Path) -> list[Path]:
+    """A folder's audio-named entries that are not folders, hidden and reference.* ones left out
+    (as audio.stems lists a folder), sorted. A FIFO or a link among them is listed, for Roots to
+    refuse."""
     try:
         entries = list(folder.iterdir())
     except OSError as exc:
         raise MixdaemonError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
-    return sorted(p for p in entries if is_audio_file(p) and not (skip_references and is_reference_name(p))
-                  and not p.is_dir())
+    return sorted(p for p in entries if is_audio_file(p) and not is_reference_name(p) and not p.is_dir())
 
 
 def reference_files(reference: str | os.PathLike, roots: Roots) -> list[Path]:
-    """The real paths of the files a reference consists of: itself, or the audio files of a
-    reference folder; each one a regular file inside the roots (Roots.entry, Roots.file)."""
+    """The files a reference consists of: itself, or the audio files of a reference folder (those a
+    job reads: the worker passes these, not the folder); each one a regular file inside the roots,
+    its folders resolved and its own name kept (Roots.entry, Roots.named)."""
     real = roots.entry(reference, "reference")
     if not real.is_dir():
-        return [real]
-    files = [roots.file(p, "reference file") for p in _audio_entries(real, skip_references=False)]
+        return [roots.named(reference, "reference")]
+    files = [roots.named(p, "reference file") for p in _audio_entries(real)]
     if not files:
         raise MixdaemonError(f"{reference}: reference folder holds no WAV/FLAC/AIFF files")
     return files
 
 
 def input_files(stems: str | os.PathLike | Iterable[str | os.PathLike], roots: Roots) -> list[Path]:
-    """The real paths of a stems folder's audio files (hidden and reference.* files left out), or
-    of the given files; each one a regular file inside the roots (Roots.entry, Roots.file)."""
+    """A stems folder's audio files (hidden and reference.* files left out), or the given files;
+    each one a regular file inside the roots, its folders resolved and its own name, which decides
+    its role, kept (Roots.entry, Roots.named)."""
     if isinstance(stems, (str, os.PathLike)):
         real = roots.entry(stems, "stems")
         if not real.is_dir():
-            return [real]
-        files = [roots.file(p, "stem file") for p in _audio_entries(real, skip_references=True)]
+            return [roots.named(stems, "stems")]
+        files = [roots.named(p, "stem file") for p in _audio_entries(real)]
         if not files:
             raise MixdaemonError(f"{stems}: no WAV/FLAC/AIFF stems found in this folder")
         return files
-    files = [roots.file(f, "stem file") for f in stems]
+    files = [roots.named(f, "stem file") for f in stems]
     if not files:
         raise MixdaemonError("no input files given")
     return files
@@ -162,6 +164,20 @@ def job_key(input_hashes: dict[str, str], reference_hashes: dict[str, str], sett
         h.update(f"ref {digest}\n".encode())
     h.update(json.dumps(_keyed_settings(settings), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def make_job(files: list[Path], reference: Path | None, ref_files: list[Path], out_root: str | os.PathLike,
+             settings, *, job_type: str = "transfer", source: str = "", folder_name: str = "",
+             reply_to: str | None = None) -> Job:
+    """A queued job (not yet stored) for files and reference files that passed the confinement
+    check: their contents hashed and keyed. `reference` is how the job names its reference (a
+    folder or a file), None for automix."""
+    input_hashes, reference_hashes = hash_files(files), hash_files(ref_files)
+    return Job(id=0, key=job_key(input_hashes, reference_hashes, settings, job_type), state="queued",
+               inputs=[str(f) for f in files], reference=str(reference) if reference is not None else "",
+               out_root=str(out_root), settings=asdict(settings), source=source, reply_to=reply_to,
+               folder_name=folder_name, input_hashes=input_hashes, reference_hashes=reference_hashes,
+               job_type=job_type)
 
 
 def _keyed_settings(settings) -> dict:
@@ -221,6 +237,22 @@ _JSON_FIELDS = ("inputs", "settings", "input_hashes", "reference_hashes", "outpu
 # Columns added since the first schema, with their definitions (older databases gain them on open).
 _ADDED_COLUMNS = {"job_type": "TEXT NOT NULL DEFAULT 'transfer'", "staging": "TEXT", "staging_inode": "TEXT"}
 _SETTINGS_TYPES = {"transfer": TransferSettings, "automix": AutomixSettings}
+
+
+def _to_db(value):
+    """A value as the database holds it. Text with lone surrogates (a file name that is not valid
+    UTF-8, as Python decodes it) cannot be SQLite text: it is stored as its file-system bytes, a
+    BLOB, which `_from_db` turns back into the same text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return value
+
+
+def _from_db(value):
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -299,7 +331,7 @@ class JobStore:
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        data = dict(row)
+        data = {name: _from_db(value) for name, value in dict(row).items()}
         for name in _JSON_FIELDS:
             data[name] = json.loads(data[name]) if data[name] is not None else None
         return Job(**data)
@@ -335,15 +367,40 @@ class JobStore:
     def add(self, job: Job, redo_if_results_gone: bool = True) -> tuple[Job, bool]:
         """Insert a queued job; (job, True). If its key is queued or running, or done (with its
         result folder still there, unless redo_if_results_gone is False), that job instead;
-        (existing, False). Refused (JobStoreError) once the database file is lost (on_disk)."""
+        (existing, False). Refused (JobStoreError) once the database file is lost (on_disk).
+
+        An explicit request (redo_if_results_gone) for work that is done, with its result in
+        another output root than the one asked for, is a new job: the worker copies that result
+        (finished_twin) into the root asked for, so that every request yields a result where its
+        client looks (REAPER's `<project>/mixdaemon/`)."""
         if not self.on_disk():
             raise JobStoreError(self._lost)
         with self._lock:
             existing = self.find_key(job.key, ("queued", "running", "done"))
             results_there = existing is not None and existing.out_dir and Path(existing.out_dir).is_dir()
+            if existing is not None and existing.state == "done" and results_there and redo_if_results_gone:
+                here = self._done_in(job.key, job.out_root)
+                return (here, False) if here is not None else (self._insert(job, state="queued", created=time.time()),
+                                                               True)
             if existing is not None and (existing.state != "done" or results_there or not redo_if_results_gone):
                 return existing, False
             return self._insert(job, state="queued", created=time.time()), True
+
+    def _done_jobs(self, key: str) -> list[Job]:
+        """The done jobs of this key whose result folders are still there, newest first."""
+        with self._locked() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE key = ? AND state = 'done' ORDER BY id DESC", (key,)).fetchall()
+        return [job for job in map(self._job, rows) if job.out_dir and Path(job.out_dir).is_dir()]
+
+    def _done_in(self, key: str, out_root: str) -> Job | None:
+        """The newest done job of this key with its result folder in out_root, if any."""
+        root = os.path.realpath(out_root)
+        return next((j for j in self._done_jobs(key) if os.path.realpath(Path(j.out_dir).parent) == root), None)
+
+    def finished_twin(self, job: Job) -> Job | None:
+        """Another job of the same work (the same key), done, whose result folder is still there:
+        the worker copies its result rather than converting again."""
+        return next((j for j in self._done_jobs(job.key) if j.id != job.id), None)
 
     def adopt_result(self, manifest_path: Path) -> Job | None:
         """A result folder's manifest (written by this daemon, or one that shared the output root)
@@ -383,7 +440,7 @@ class JobStore:
             row[name] = json.dumps(row[name])
         with self._locked() as db:
             cur = db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                             tuple(row.values()))
+                             tuple(map(_to_db, row.values())))
         return self.get(cur.lastrowid)
 
     def claim_next(self) -> Job | None:
@@ -409,7 +466,7 @@ class JobStore:
                 values[name] = json.dumps(values[name])
         with self._locked() as db:
             sets = ", ".join(f"{k} = ?" for k in values)
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*map(_to_db, values.values()), job_id))
             return self.get(job_id)
 
     def set_state(self, job_id: int, state: str, *, only_from: Iterable[str] | None = None, **values) -> bool:
@@ -428,23 +485,23 @@ class JobStore:
             where += f" AND state IN ({','.join('?' * len(only_from))})"
             params += list(only_from)
         with self._locked() as db:
-            cur = db.execute(f"UPDATE jobs SET {sets} WHERE {where}", (*values.values(), *params))
+            cur = db.execute(f"UPDATE jobs SET {sets} WHERE {where}", (*map(_to_db, values.values()), *params))
             return cur.rowcount == 1
 
     def get_setting(self, name: str) -> str | None:
         with self._locked() as db:
-            row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
+            row = db.execute("SELECT value FROM settings WHERE name = ?", (_to_db(name),)).fetchone()
+        return _from_db(row[0]) if row else None
 
     def set_setting(self, name: str, value: str | None) -> None:
         with self._locked() as db:
             if value is None:
-                db.execute("DELETE FROM settings WHERE name = ?", (name,))
+                db.execute("DELETE FROM settings WHERE name = ?", (_to_db(name),))
             else:
-                db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (name, value))
+                db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", (_to_db(name), _to_db(value)))
 
     def settings_with_prefix(self, prefix: str) -> dict[str, str]:
-        with self._locked() as db:
-            rows = db.execute("SELECT name, value FROM settings WHERE name LIKE ? ESCAPE '\\'",
-                              (prefix.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
-        return {name[len(prefix):]: value for name, value in rows}
+        with self._locked() as db:  # a few rows; filtered here, since LIKE does not match a BLOB name (_to_db)
+            rows = db.execute("SELECT name, value FROM settings").fetchall()
+        named = {_from_db(name): _from_db(value) for name, value in rows}
+        return {name[len(prefix):]: value for name, value in named.items() if name.startswith(prefix)}

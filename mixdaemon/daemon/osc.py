@@ -3,7 +3,8 @@ notifications, and a client for programs (`mixdaemon send`, cli/send.py, is one)
 
 The address space is documented in integrations/osc/ADDRESS_SPACE.md; COMMANDS below is its
 machine-readable form (`dispatch` checks every request against it). In short: requests go to
-/mixdaemon/<command>; the reply goes back to the sender's address and port; job notifications
+/mixdaemon/<command>; the reply goes back to the sender's address and port, and to the configured
+reply target (for clients that cannot receive on the port they send from); job notifications
 (/mixdaemon/queued, /progress, /done, /error, /cancelled) go to the client that submitted the job,
 to the configured reply target and to subscribers. Anything wrong with a request (unparseable
 packet, unknown address, wrong argument types, a path outside the allowed roots) is answered with
@@ -295,6 +296,15 @@ def dispatch(handler: Any, address: str, params: list, sender: Sender) -> list[M
 
 # --- the server ----------------------------------------------------------------------------------
 
+def _resolved(target: Target, family: int) -> Target:
+    """(host, port) with the host as the address packets come from ("localhost" → "127.0.0.1"),
+    so that a reply target that is also the sender gets each reply once."""
+    try:
+        return socket.getaddrinfo(target[0], target[1], family=family, type=socket.SOCK_DGRAM)[0][4][:2]
+    except OSError as exc:
+        raise MixdaemonError(f"osc.reply_host: cannot resolve {target[0]!r} ({exc.strerror or exc})") from None
+
+
 class _UdpServer(socketserver.UDPServer):
     allow_reuse_address = False
     max_packet_size = 65535
@@ -327,7 +337,7 @@ class OscServer:
             raise MixdaemonError(f"osc.port: cannot listen on UDP {host}:{port} ({exc.strerror or exc}); "
                                  "another daemon or program uses it, or the address is not this machine's") from None
         self.handler = handler
-        self.reply_target = reply_target
+        self.reply_target = _resolved(reply_target, self._server.address_family) if reply_target else None
         self.listeners = list(listeners)
         self._subscribers: dict[Sender, None] = {}
         self._lock = threading.Lock()
@@ -371,6 +381,18 @@ class OscServer:
         except Exception as exc:  # unreachable or odd target: notifications are best effort
             log.debug("could not send %s to %s: %s", address, target, exc)
 
+    def _reply_targets(self, sender: Sender) -> list[Sender]:
+        """Where a reply to `sender` goes: to it, and, for a UDP client, to the configured reply
+        target too, so that a client that cannot receive on the port it sends from (liblo's
+        oscsend, python-osc's SimpleUDPClient) gets every reply there."""
+        copy = self.reply_target if self.reply_target and not isinstance(sender, LocalClient) else None
+        return list(dict.fromkeys([sender, *([copy] if copy else [])]))
+
+    def reply(self, sender: Sender, address: str, args: list | tuple = ()) -> None:
+        """A reply to a request of `sender` (see _reply_targets)."""
+        for target in self._reply_targets(sender):
+            self.send(target, address, args)
+
     def subscribe(self, target: Sender, on: bool = True) -> None:
         with self._lock:
             if on:
@@ -383,17 +405,20 @@ class OscServer:
     def notify(self, address: str, args: list | tuple, requester: Target | None = None,
                exclude: Sender | None = None) -> None:
         """A job notification: to the job's requester, the configured target and the subscribers,
-        each once (and not to `exclude`, which already has it as a reply); and to the listeners."""
+        each once (and not to `exclude` nor where its reply went: they already have it as a reply);
+        and to the listeners."""
         with self._lock:
             targets = dict.fromkeys([t for t in (requester, self.reply_target) if t] + list(self._subscribers))
+        replied = self._reply_targets(exclude) if exclude is not None else []
         for target in targets:
-            if target != exclude:
+            if target not in replied:
                 self.send(target, address, args)
         for listener in self.listeners:
             listener(address, list(args))
 
-    def error(self, target: Sender, job_id: int | str, reason: str) -> None:
-        self.send(target, *error_reply(job_id, reason))
+    def error(self, sender: Sender, job_id: int | str, reason: str) -> None:
+        """An error reply to a request of `sender`."""
+        self.reply(sender, *error_reply(job_id, reason))
 
     def handle_packet(self, data: bytes, sender: Target) -> None:
         try:
@@ -416,7 +441,7 @@ class OscServer:
     def _serve(self, messages: list[OscMessage], sender: Target) -> None:
         for message in messages:
             for reply_address, reply_args in dispatch(self.handler, message.address, list(message.params), sender):
-                self.send(sender, reply_address, reply_args)
+                self.reply(sender, reply_address, reply_args)
 
     def _serve_file_requests(self) -> None:
         while (item := self._file_requests.get()) is not None:

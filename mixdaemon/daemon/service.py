@@ -31,14 +31,14 @@ from mixdaemon.audio.io import is_audio_file
 from mixdaemon.audio.stems import STEM_NAMES, is_reference_name
 from mixdaemon.daemon.config import DaemonConfig
 from mixdaemon.daemon.confine import Roots
+from mixdaemon.daemon.executors import make_executors
 from mixdaemon.daemon.jobstore import (
     Job,
     JobEvent,
     JobStore,
     JobStoreError,
-    hash_files,
     input_files,
-    job_key,
+    make_job,
     reference_files,
 )
 from mixdaemon.daemon.osc import (
@@ -55,7 +55,6 @@ from mixdaemon.daemon.osc import (
 from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_preview
 from mixdaemon.daemon.requestfiles import RequestFolder
 from mixdaemon.daemon.watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
-from mixdaemon.daemon.worker import LocalExecutor
 from mixdaemon.errors import ConfigError, MixdaemonError
 from mixdaemon.files import atomic_write
 from mixdaemon.mixing.settings import TransferSettings, validated
@@ -111,8 +110,10 @@ class Daemon:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fds = self._take_lock()
         self.store = JobStore(config.database_path)
-        self.executor = LocalExecutor(self.store, config.output.pattern, self._on_job_event,
-                                      max_attempts=config.max_attempts)
+        self.executor = make_executors(config.executor.kind, config.executor.workers, self.store,
+                                       config.output.pattern, self._on_job_event, self.roots,
+                                       max_attempts=config.max_attempts)
+        self._ray_started = False
         # Request files: the OSC commands for clients that cannot send UDP (REAPER's Lua scripts),
         # served in this process; the bridge follows their jobs by hearing every notification.
         self.requests = RequestFolder(config.state_dir / "requests", self)
@@ -168,6 +169,10 @@ class Daemon:
         return fds
 
     def start(self) -> None:
+        if self.config.executor.kind == "ray":
+            from mixdaemon.daemon.ray_executor import connect
+            self._ray_started = connect(self.config.executor.address,
+                                        num_cpus=None if self.config.executor.address else self.config.executor.workers)
         self.executor.recover(result_roots=[self.output_root])
         self.osc.start()
         self.executor.start()
@@ -187,6 +192,9 @@ class Daemon:
         self.osc.stop()
         self.player.stop()
         self.executor.stop(timeout=10.0)
+        if self._ray_started:
+            import ray
+            ray.shutdown()
         (self.config.state_dir / "daemon.json").unlink(missing_ok=True)
         self.store.close()
         for fd in self._lock_fds:
@@ -261,19 +269,15 @@ class Daemon:
         if job_type == "automix":
             settings, ref_files = self.automix_settings, []
         else:
-            reference = self.roots.entry(reference, "reference")
             settings, ref_files = settings or self.settings, reference_files(reference, self.roots)
-        input_hashes, reference_hashes = hash_files(files), hash_files(ref_files)
-        key = job_key(input_hashes, reference_hashes, settings, job_type)
+            real = self.roots.entry(reference, "reference")
+            reference = real if real.is_dir() else ref_files[0]  # a file by its own name, as a stem is
+        job = make_job(files, reference, ref_files, out_root, settings, job_type=job_type, source=source,
+                       folder_name=folder_name, reply_to=f"{reply_to[0]}:{reply_to[1]}" if reply_to else None)
         if not retry_failed:
-            failed = self.store.find_key(key, ("error",))
-            if failed is not None and self.store.find_key(key, ("queued", "running", "done")) is None:
+            failed = self.store.find_key(job.key, ("error",))
+            if failed is not None and self.store.find_key(job.key, ("queued", "running", "done")) is None:
                 return failed, False
-        job = Job(id=0, key=key, state="queued", inputs=[str(f) for f in files],
-                  reference=str(reference) if reference is not None else "", out_root=str(out_root),
-                  settings=asdict(settings), source=source,
-                  reply_to=f"{reply_to[0]}:{reply_to[1]}" if reply_to else None, folder_name=folder_name,
-                  input_hashes=input_hashes, reference_hashes=reference_hashes, job_type=job_type)
         job, created = self.store.add(job, redo_if_results_gone=retry_failed)
         if created:
             log.info("job %d: queued from %s (%d file(s) in %s)%s", job.id, source, len(files), folder_name,
@@ -385,8 +389,10 @@ class Daemon:
     def cmd_reference(self, sender: Sender, first: str, second: str | None = None):
         folder, ref_text = (None, first) if second is None else (self.roots.folder_or_new(first, "folder"), second)
         if ref_text:
-            ref = self.roots.entry(ref_text, "reference")  # stored as its real path; checked again at each use
-            reference_files(ref, self.roots)  # holds audio, each file inside the roots: a clear error now, not per job
+            # Stored resolved (a file keeps its own name, see Roots.named); checked again at each use.
+            files = reference_files(ref_text, self.roots)  # audio inside the roots: a clear error now, not per job
+            real = self.roots.entry(ref_text, "reference")
+            ref = real if real.is_dir() else files[0]
         else:
             ref = None
         name = _DEFAULT_REFERENCE if folder is None else f"{_FOLDER_REFERENCE}{folder}"
@@ -441,10 +447,11 @@ class Daemon:
 
         def load_and_play():
             try:
-                seconds = job_preview(self.player, job.outputs, job.inputs, mode, self.config.playback.ab_seconds)
+                inputs = [str(self.roots.file(p, "stem file")) for p in job.inputs]  # links: checked again
+                seconds = job_preview(self.player, job.outputs, inputs, mode, self.config.playback.ab_seconds)
             except PlaybackUnavailable as exc:
                 log.warning("preview of job %d: %s", job.id, exc)
-                self.osc.send(sender, f"{PREFIX}/warning", [job.id, str(exc)])
+                self.osc.reply(sender, f"{PREFIX}/warning", [job.id, str(exc)])
                 return
             except MixdaemonError as exc:
                 log.error("preview of job %d: %s", job.id, exc)
@@ -455,7 +462,7 @@ class Daemon:
                 self.osc.error(sender, job.id, f"preview: internal error: {type(exc).__name__}: {exc}")
                 return
             log.info("preview of job %d (%s, %.1f s) started", job.id, mode, seconds)
-            self.osc.send(sender, f"{PREFIX}/preview/playing", [job.id, mode, round(seconds, 3)])
+            self.osc.reply(sender, f"{PREFIX}/preview/playing", [job.id, mode, round(seconds, 3)])
 
         threading.Thread(target=load_and_play, name="mixdaemon-preview", daemon=True).start()
         return []
@@ -491,7 +498,7 @@ class Daemon:
             with self._lock:
                 canceller = self._cancel_requesters.pop(job.id, None)
             if canceller is not None:
-                self.osc.send(canceller, f"{PREFIX}/cancelled", [job.id])
+                self.osc.reply(canceller, f"{PREFIX}/cancelled", [job.id])
             self.osc.notify(f"{PREFIX}/cancelled", [job.id], requester, exclude=canceller)
 
 

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Protocol
 
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.jobstore import (
     AUTOMIX_MIX_NAME,
     MANIFEST_NAME,
@@ -69,6 +70,11 @@ class Executor(Protocol):
 
     def stop(self, timeout: float) -> None:
         """Stop taking jobs; interrupt the running one and put it back in the queue."""
+
+
+class WorkerLost(Exception):
+    """The process running a job died (a Ray worker killed, its node lost, out of memory): the job
+    goes back to the queue under the attempt rules that hold after a daemon crash."""
 
 
 class JobInterrupted(Exception):
@@ -114,6 +120,14 @@ def _holds_result_of(folder: Path, job: Job) -> dict | None:
         return None
 
 
+def _recorded_reference(job: Job) -> str | list[str]:
+    """The reference as the job was checked and keyed: a reference file itself, or the files
+    recorded for a reference folder, never the folder listed again (a file added since is not
+    the work the key names)."""
+    files = sorted(job.reference_hashes)
+    return job.reference if files == [job.reference] else files
+
+
 def _os_reason(exc: OSError, job: Job, staging: Path | None, final: Path | None) -> str:
     """One line for a failed read or write: the file (a staging path shown as its final path, which
     is what the user will look for) and the system's words for the problem."""
@@ -124,21 +138,61 @@ def _os_reason(exc: OSError, job: Job, staging: Path | None, final: Path | None)
     return f"{name}: cannot {'write' if writing else 'read'} ({exc.strerror or exc})"
 
 
+class JobWork:
+    """A job's work in one process: the engine (or automixer) built on the first job and kept for
+    the next ones with the same settings, and the job run into a staging folder. The local
+    executor holds one in its thread; each Ray worker holds one in its own process."""
+
+    def __init__(self):
+        self._engine = None
+        self._engine_settings: dict | None = None
+        self._automixer = None
+        self._automixer_settings: dict | None = None
+
+    def _engine_for(self, settings: TransferSettings):
+        from mixdaemon.mixing.factory import make_engine
+        if self._engine is None or self._engine_settings != asdict(settings):
+            self._engine = make_engine(settings)
+            self._engine_settings = asdict(settings)
+        return self._engine
+
+    def _automixer_for(self, settings):
+        from mixdaemon.mixing.automix import Automixer
+        if self._automixer is None or self._automixer_settings != asdict(settings):
+            self._automixer = Automixer.from_settings(settings)
+            self._automixer_settings = asdict(settings)
+        return self._automixer
+
+    def run(self, job: Job, staging: Path, progress: Progress):
+        """Run the job's work into the staging folder; its TransferResult or AutomixResult, with the
+        spectra the report draws."""
+        inputs = job.inputs if len(job.inputs) > 1 else job.inputs[0]
+        progress("loading engine", 0.0)
+        if job.job_type == "automix":
+            from mixdaemon.mixing.automix import automix
+            from mixdaemon.mixing.settings import AutomixSettings
+            settings = AutomixSettings(**job.settings)
+            return automix(inputs, staging / AUTOMIX_MIX_NAME, settings, progress=progress, overwrite=True,
+                           mixer=self._automixer_for(settings), spectra=True)
+        from mixdaemon.mixing.transfer import transfer
+        settings = TransferSettings(**job.settings)
+        return transfer(inputs, _recorded_reference(job), staging, settings, progress=progress, overwrite=True,
+                        engine=self._engine_for(settings), spectra=True)
+
+
 class LocalExecutor:
     """One worker thread that owns the engine (built once, on the first job) and runs jobs one at a
     time, in submission order. The thread is supervised: whatever a job or the job store raises is
     logged and the loop goes on (a job that fails is marked failed with its reason; a store that
     fails is retried with growing pauses, said once in the log)."""
 
-    def __init__(self, store: JobStore, pattern: str, on_event: EventSink, max_attempts: int = 3):
+    def __init__(self, store: JobStore, pattern: str, on_event: EventSink, roots: Roots, max_attempts: int = 3):
         self.store = store
+        self.roots = roots  # the inputs are checked against them again before they are read
         self.pattern = pattern
         self.on_event = on_event
         self.max_attempts = max_attempts
-        self._engine = None
-        self._engine_settings: dict | None = None
-        self._automixer = None
-        self._automixer_settings: dict | None = None
+        self._work = JobWork()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancel: set[int] = set()
@@ -308,35 +362,10 @@ class LocalExecutor:
                 self._current = None
                 self._cancel.discard(job.id)
 
-    def _engine_for(self, settings: TransferSettings):
-        from mixdaemon.mixing.factory import make_engine
-        if self._engine is None or self._engine_settings != asdict(settings):
-            self._engine = make_engine(settings)
-            self._engine_settings = asdict(settings)
-        return self._engine
-
-    def _automixer_for(self, settings):
-        from mixdaemon.mixing.automix import Automixer
-        if self._automixer is None or self._automixer_settings != asdict(settings):
-            self._automixer = Automixer.from_settings(settings)
-            self._automixer_settings = asdict(settings)
-        return self._automixer
-
     def _execute(self, job: Job, staging: Path, progress: Progress):
-        """Run the job's work into the staging folder; its TransferResult or AutomixResult, with the
-        spectra the report draws."""
-        inputs = job.inputs if len(job.inputs) > 1 else job.inputs[0]
-        progress("loading engine", 0.0)
-        if job.job_type == "automix":
-            from mixdaemon.mixing.automix import automix
-            from mixdaemon.mixing.settings import AutomixSettings
-            settings = AutomixSettings(**job.settings)
-            return automix(inputs, staging / AUTOMIX_MIX_NAME, settings, progress=progress, overwrite=True,
-                           mixer=self._automixer_for(settings), spectra=True)
-        from mixdaemon.mixing.transfer import transfer
-        settings = TransferSettings(**job.settings)
-        return transfer(inputs, job.reference, staging, settings, progress=progress, overwrite=True,
-                        engine=self._engine_for(settings), spectra=True)
+        """Run the job's work into the staging folder (in this process; daemon/ray_executor.py runs
+        it on a Ray worker)."""
+        return self._work.run(job, staging, progress)
 
     def _final_dir(self, job: Job) -> Path:
         """Where the result will appear: the name chosen at the job's first attempt if nothing has
@@ -376,24 +405,33 @@ class LocalExecutor:
             final = self._final_dir(job)
             staging = self._make_staging(job)
             job = self.store.get(job.id)
+            # Read by the names the user gave (Roots.named): a link changed since the submit is refused.
+            for paths, what in ((job.inputs, "stem file"), (job.reference_hashes, "reference file")):
+                for path in paths:
+                    self.roots.file(path, what)
             if hash_files(job.inputs) != job.input_hashes or hash_files(list(job.reference_hashes)) != job.reference_hashes:
                 # The manifest would name contents that were not converted; a watched bounce that
                 # changed has been queued again as a new job anyway.
                 raise MixdaemonError("the input or reference files changed after the job was queued; "
                                      "not converting them under the old contents (submit again)")
-            # The work is 0–90 % of the job; the report and the manifest the rest.
-            result = self._execute(job, staging, lambda stage, f: progress(stage, 0.9 * f))
-            progress("writing report", 0.92)
-            if os.path.lexists(final):  # taken while the job ran: the next free name, before the manifest names it
-                final = self._final_dir(job)
-            outputs = {name: str(final / Path(p).name) for name, p in result.outputs.items()}
-            timings = dict(result.timings)
-            t0 = time.perf_counter()
-            write_report(staging / REPORT_NAME, job, result)
-            timings["report"] = round(time.perf_counter() - t0, 3)
-            timings["queued"] = round((job.started or time.time()) - job.created, 3)
-            timings["total"] = round(time.perf_counter() - t_start, 3)
-            write_manifest(staging / MANIFEST_NAME, job, result, outputs, str(final / REPORT_NAME), timings)
+            twin = self.store.finished_twin(job)
+            if twin is not None:  # the same work is done, its result in another output root: a copy here
+                final, outputs, timings = self._copy_result(twin, job, staging, final, progress)
+                timings["total"] = round(time.perf_counter() - t_start, 3)
+            else:
+                # The work is 0–90 % of the job; the report and the manifest the rest.
+                result = self._execute(job, staging, lambda stage, f: progress(stage, 0.9 * f))
+                progress("writing report", 0.92)
+                if os.path.lexists(final):  # taken while the job ran: the next free name, before the manifest names it
+                    final = self._final_dir(job)
+                outputs = {name: str(final / Path(p).name) for name, p in result.outputs.items()}
+                timings = dict(result.timings)
+                t0 = time.perf_counter()
+                write_report(staging / REPORT_NAME, job, result)
+                timings["report"] = round(time.perf_counter() - t0, 3)
+                timings["queued"] = round((job.started or time.time()) - job.created, 3)
+                timings["total"] = round(time.perf_counter() - t_start, 3)
+                write_manifest(staging / MANIFEST_NAME, job, result, outputs, str(final / REPORT_NAME), timings)
             if self._stopping.is_set():
                 raise JobInterrupted("daemon stopping")
             fsync_dir(staging)
@@ -421,6 +459,15 @@ class LocalExecutor:
                 # A graceful stop is not the job's fault: give the attempt back.
                 self.store.set_state(job.id, "queued", attempts=max(0, job.attempts - 1), started=None)
                 log.info("job %d: interrupted by shutdown; it resumes at the next start", job.id)
+        except WorkerLost as exc:
+            if job.attempts >= self.max_attempts:
+                self._fail(job, f"{exc}; that happened {job.attempts} times running this job, giving up "
+                                "(an input that crashes the worker?)")
+            else:
+                self._remove_staging(self.store.get(job.id) or job)
+                self.store.set_state(job.id, "queued", started=None)
+                log.warning("job %d: %s; queued again (attempt %d of %d next)", job.id, exc, job.attempts + 1,
+                            self.max_attempts)
         except MixdaemonError as exc:
             self._fail(job, str(exc))
         except OSError as exc:  # a full disk, a read-only or vanished output folder, a name too long...
@@ -429,9 +476,39 @@ class LocalExecutor:
             log.exception("job %d: unexpected failure", job.id)
             self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
 
+    def _copy_result(self, twin: Job, job: Job, staging: Path, final: Path,
+                     progress: Progress) -> tuple[Path, dict, dict]:
+        """Copy the result of `twin` (a finished job of the same work) into the job's staging
+        folder, with a manifest of this job's own; (final folder, outputs, timings). The result's
+        files are read as any input is: regular files inside the roots, never through a link."""
+        from mixdaemon.daemon.report import copied_manifest, write_manifest
+
+        t0 = time.perf_counter()
+        source = self.roots.folder(twin.out_dir, "finished result")
+        try:
+            manifest = json.loads((source / MANIFEST_NAME).read_text(encoding="utf-8"))
+            outputs = dict(manifest["outputs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise MixdaemonError(f"{source / MANIFEST_NAME}: the finished result of the same work has no readable "
+                                 "manifest; not copying it (delete that folder to convert again)") from None
+        entries = sorted(e.name for e in os.scandir(source) if e.name != MANIFEST_NAME and not e.name.startswith("."))
+        for k, name in enumerate(entries):
+            progress(f"copying the result of job {twin.id}", k / max(len(entries), 1))
+            shutil.copyfile(self.roots.file(source / name, "result file"), staging / name, follow_symlinks=False)
+        if os.path.lexists(final):
+            final = self._final_dir(job)
+        outputs = {name: str(final / Path(p).name) for name, p in outputs.items()}
+        timings = {"copy": round(time.perf_counter() - t0, 3),
+                   "queued": round((job.started or time.time()) - job.created, 3)}
+        data = copied_manifest(manifest, job, outputs, str(final / REPORT_NAME), timings, str(source))
+        write_manifest(staging / MANIFEST_NAME, job, None, outputs, str(final / REPORT_NAME), timings, data=data)
+        log.info("job %d: the same work as job %d, done in %s; its result copied", job.id, twin.id, source)
+        return final, outputs, timings
+
     def _fail(self, job: Job, reason: str) -> None:
         self._remove_staging(self.store.get(job.id) or job)
         reason = " ".join(reason.split())  # one line, for OSC and the log
         self.store.set_state(job.id, "error", error=reason)
         log.error("job %d: error: %s", job.id, reason)
         self.on_event(JobEvent("error", self.store.get(job.id)))
+

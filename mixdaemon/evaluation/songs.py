@@ -17,7 +17,7 @@ from mixdaemon.audio.stems import STEM_NAMES, load_song
 from mixdaemon.errors import ConfigError, MixdaemonError
 
 MULTITRACK = "multitrack"
-MSS_SCORES = ("lr", "ms")  # L_MSS on L/R and on M/S (ALGORITHMS.md §4.3)
+MSS_SCORES = ("lr", "ms")  # L_MSS on L/R and on M/S (docs/ALGORITHMS.md §4.3)
 LEVELS = {MULTITRACK: (MULTITRACK,), "stem": STEM_NAMES}  # what each summary level averages over
 SEGMENT_SECONDS = defaults.EVALUATION_SEGMENT_SECONDS  # of the raw and unpaired protocols (`--segment-seconds`)
 REFERENCE_PEAK_DBTP = -1.5  # the true peak the raw and unpaired references are trimmed to, as mastered songs are
@@ -82,7 +82,7 @@ def limited_conversion(engine, x: dict[str, np.ndarray], ref: dict[str, np.ndarr
         y, failures = x, [str(exc).splitlines()[0] if str(exc) else type(exc).__name__]
     if refused:
         failures += refused[already:]
-    return limit_linked(y, defaults.CEILING_DBTP)[0], failures
+    return limit_linked(y, defaults.CEILING_DBTP).stems, failures
 
 
 @contextmanager

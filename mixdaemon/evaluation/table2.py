@@ -1,4 +1,4 @@
-"""The MST paper's objective evaluation (ALGORITHMS.md §7, Table 2) on folders of real stems, so that
+"""The MST paper's objective evaluation (docs/ALGORITHMS.md §7, Table 2) on folders of real stems, so that
 every engine and every later change is judged by the same numbers.
 
 Protocol, per song of SONGS_DIR (MUSDB18 layout: song/{drums,bass,other,vocals}.wav):
@@ -179,7 +179,7 @@ def _evaluate(songs_dir, engines, seed, stats_path, embedding_model, ir_folder, 
     embedder = Embedder(embedding_model)
     built = build_engines(engines, stats_path, seed, backend)
     songs = build_songs(songs_dir, stats, seed, ir_folder, lambda stage, f: progress(stage, 0.2 * f))
-    report = {"protocol": "MST Table 2 (ALGORITHMS.md §7): x = FX-normalized first half, gt = manipulated x, "
+    report = {"protocol": "MST Table 2 (docs/ALGORITHMS.md §7): x = FX-normalized first half, gt = manipulated x, "
                           "ref = the same manipulation of the normalized second half",
               "songs_dir": str(Path(songs_dir).resolve()), "seed": seed, "stats": str(stats_path),
               "normalize_order": NORMALIZE_ORDER, "embedding_model": embedder.source,

@@ -99,7 +99,7 @@ class ReverbSend:
 
 
 def default_eq() -> list[EqBand]:
-    """A flat EQ with the FXmanipulator's band centres (ALGORITHMS.md §2.2)."""
+    """A flat EQ with the FXmanipulator's band centres (docs/ALGORITHMS.md §2.2)."""
     return [EqBand("low_shelf", 115.0), EqBand("peak", 600.0, q=1.05), EqBand("peak", 2000.0, q=1.05),
             EqBand("peak", 5500.0, q=1.05), EqBand("high_shelf", 7500.0)]
 

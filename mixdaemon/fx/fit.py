@@ -1,4 +1,4 @@
-"""Computing FX-normalization statistics (ALGORITHMS.md §1.8) with the project's own code.
+"""Computing FX-normalization statistics (docs/ALGORITHMS.md §1.8) with the project's own code.
 
 `fit(songs_dir, flavour)` works sequentially like the originals: feature 1 on the raw stems →
 normalize every stem with it → feature 2 on the result → … (MST: eq → compression → imager →

@@ -1,4 +1,4 @@
-"""FXmanipulator (ALGORITHMS.md §2): random mixing effects for MST's training pairs (§3.2) and
+"""FXmanipulator (docs/ALGORITHMS.md §2): random mixing effects for MST's training pairs (§3.2) and
 triplets (§4.2).
 
 One call draws a chain — [EQ, Comp] in random order → [Panner, Imager] in random order → reverb

@@ -1,4 +1,4 @@
-"""FX normalization (ALGORITHMS.md §1): bring each separated stem to the average EQ, dynamics,
+"""FX normalization (docs/ALGORITHMS.md §1): bring each separated stem to the average EQ, dynamics,
 stereo image / panning and loudness of a reference dataset, so that the style-transfer and automix
 networks see inputs whose mixing effects have been "removed".
 
@@ -13,7 +13,7 @@ own code (fx/fit.py's `fit`, command: `python benchmarks/fit_default_stats.py`) 
 Demucs-separated songs of ../shared/data/real_stems (song_a/b/c, 15–20 s each), in the MST training
 order eq → compression → imager → loudness (resp. FxNorm's eq → compression → panning → loudness).
 Three short songs are a far smaller sample than MUSDB18's 100 training songs, so the MUSDB18 files
-(the papers' statistics, ../shared/data/musdb18_fx_stats, ALGORITHMS.md §1.8) remain the reference
+(the papers' statistics, ../shared/data/musdb18_fx_stats, docs/ALGORITHMS.md §1.8) remain the reference
 for reproducing the papers; pass them with `FxStats.load`. How they compare (MUSDB18 = the papers'
 statistics files; the default sets depend only on the songs and this code, so the numbers below are
 exactly what `python benchmarks/fit_default_stats.py` prints):
@@ -41,7 +41,7 @@ raw-FFT magnitude at −30 LUFS. Against MUSDB18, the default loudness targets d
 8 kHz (the Demucs estimates keep high-frequency bleed), and the compression targets are spread wider
 (σ 1.1–2.2 dB from three songs).
 
-Deviations from the released code, all deliberate (ALGORITHMS.md §5.2):
+Deviations from the released code, all deliberate (docs/ALGORITHMS.md §5.2):
 - EQ gain is clamped to ±EQ_MAX_GAIN_DB and the measured spectrum floored (§5.2.4).
 - The onset-peak statistic P(x) uses our own re-implementation of aubio 0.4.9's "hfc" onset
   detector (aubio is not a dependency), see `hfc_onsets`.
@@ -53,7 +53,8 @@ Deviations from the released code, all deliberate (ALGORITHMS.md §5.2):
 - FxNorm panning caps frequency bins, not frames, above 16 kHz (6 kHz for drums) (§1.5.6).
 - The loudness step applies the exact gain to the target (no anti-clip division), so it always lands
   on the target; peaks may then exceed ±1 (float headroom, see `LoudnessMatch`).
-- Reverb normalization (§1.7, FxNorm, needs private impulse responses) is not implemented.
+- Reverb normalization (§1.7, FxNorm) runs only with a folder of the user's own long impulse
+  responses (`ir_folder`, `--ir-folder`): the papers' impulse responses are not public.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ import numpy as np
 import scipy.fft
 from scipy import signal
 
+from mixdaemon import defaults
 from mixdaemon.audio import dsp
 from mixdaemon.audio.dsp import WORKING_RATE as SR
 from mixdaemon.errors import ConfigError, StemLayoutError
@@ -730,7 +732,7 @@ def normalize_stems(stems: dict[str, np.ndarray], stats: FxStats, order: str = "
     def run(name: str) -> np.ndarray:
         return normalizers[name](inputs[name], report(name)).astype(np.float32)
 
-    workers = max(1, min(len(inputs), os.cpu_count() or 1))
+    workers = max(1, min(len(inputs), defaults.job_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(zip(inputs, pool.map(run, inputs)))
     return results

@@ -1,4 +1,4 @@
-"""FX-normalization statistics (ALGORITHMS.md §1.2–1.8): the per-stem targets that
+"""FX-normalization statistics (docs/ALGORITHMS.md §1.2–1.8): the per-stem targets that
 fx/normalization.py matches, and their files. Computing them from songs is fx/fit.py.
 
 Files read by `FxStats.load`:

@@ -1,4 +1,4 @@
-"""Automatic mixing (FxNorm-automix, ALGORITHMS.md §6.6): the API that `mixdaemon automix` and the
+"""Automatic mixing (FxNorm-automix, docs/ALGORITHMS.md §6.6): the API that `mixdaemon automix` and the
 daemon's "automix" jobs both call.
 
     load the stems (audio/stems.py) → FX-normalize them (fx/normalization.py, order "fxnorm": eq →
@@ -29,7 +29,7 @@ import torch
 
 from mixdaemon.audio.dsp import WORKING_RATE, integrated_loudness
 from mixdaemon.audio.io import write_audio
-from mixdaemon.audio.mastering import limit_linked, true_peak_dbtp
+from mixdaemon.audio.mastering import limit_linked
 from mixdaemon.audio.stems import SILENCE_DBFS, load_song
 from mixdaemon.errors import ConfigError, MixdaemonError, StemLayoutError
 from mixdaemon.fx.normalization import ReverbNormalization, add_reverb, normalize_stems
@@ -203,7 +203,7 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
 
     t0 = time.perf_counter()
     progress("limiting", _MIXED)
-    _, mix = limit_linked({MIX_NAME: mix}, settings.ceiling_dbtp)
+    _, mix, mix_true_peak = limit_linked({MIX_NAME: mix}, settings.ceiling_dbtp)
     formats, output_notes = song.output_formats({MIX_NAME: mix})
     path = write_audio(out_path, mix, out_rate=formats[MIX_NAME].rate, channels=formats[MIX_NAME].channels,
                        subtype=settings.subtype, protected=song.input_files)
@@ -219,7 +219,7 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
 
     return AutomixResult(outputs={MIX_NAME: str(path)}, model=mixer.info,
                          loudness_before={name: _loudness(x) for name, x in tracks.items()},
-                         loudness_after={MIX_NAME: _loudness(mix)}, true_peak_dbtp=round(true_peak_dbtp(mix), 2),
+                         loudness_after={MIX_NAME: _loudness(mix)}, true_peak_dbtp=round(mix_true_peak, 2),
                          seconds_audio=round(song.n_samples / WORKING_RATE, 3),
                          timings={k: round(v, 3) for k, v in timings.items()}, spectra=measured,
                          notes=[*song.notes, *output_notes])

@@ -1,5 +1,5 @@
 """The effects behind evaluation material, for the evaluation: the FXmanipulator's random draws
-(fx/manipulator.py, ALGORITHMS.md §2) and the FX chain in DAW units that a draw corresponds to
+(fx/manipulator.py, docs/ALGORITHMS.md §2) and the FX chain in DAW units that a draw corresponds to
 (fx/chain.py), with its EQ response."""
 from __future__ import annotations
 

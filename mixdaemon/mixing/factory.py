@@ -12,7 +12,7 @@ def make_engine(settings: TransferSettings) -> Engine:
     the user's controls (settings.controls(): amount, per-stem amounts, the aspects that move)."""
     if settings.engine == "match":
         from mixdaemon.mixing.match import MatchingEngine
-        return MatchingEngine(controls=settings.controls())
+        return MatchingEngine(controls=settings.controls(), workers=defaults.job_threads())
     if settings.engine == "neural":
         from mixdaemon.mixing.neural import NeuralEngine
         return NeuralEngine.from_settings(settings)

@@ -7,7 +7,9 @@ graphs or builds their TensorRT plans, once and converts many songs with them.
 
 The user's controls (mixing/settings.py's Controls): `amount` a per stem blends the network's output
 with the input stem, x + a·(y − x), so 0 returns the input untouched (and the network does not run
-for that stem). The network moves every aspect of the mix at once, so `match` must name them all.
+for that stem). The network moves every aspect of the mix at once; with `match` naming only some,
+the network's output is what the input moves toward, in those aspects only, by the match engine's
+steps (mixing/match.py's match_stem): `--match level` takes just the network's balance.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import logging
 import numpy as np
 
 from mixdaemon import defaults
-from mixdaemon.errors import ConfigError, MixdaemonError, ModelFileError
+from mixdaemon.errors import MixdaemonError, ModelFileError
 from mixdaemon.fx.normalization import normalize_stems
 from mixdaemon.fx.stats import FxStats, default_stats_path
 from mixdaemon.mixing.engine import REFERENCE_B, Conversion
+from mixdaemon.mixing.match import match_stem
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.nets.backends import Backend, create_backend
 from mixdaemon.nets.inference import convert, embed_reference, interpolated_embedding
@@ -27,13 +30,6 @@ from mixdaemon.nets.store import load_pair
 from mixdaemon.progress import Progress, no_progress, span
 
 log = logging.getLogger(__name__)
-
-
-def _every_aspect(controls: Controls) -> Controls:
-    """The controls, if they let every aspect move; a ConfigError otherwise."""
-    if controls.aspects != frozenset(defaults.ASPECTS):
-        raise ConfigError("match: the neural engine moves every aspect at once; --match needs --engine match or param")
-    return controls
 
 
 class NeuralEngine:
@@ -45,14 +41,14 @@ class NeuralEngine:
         self.backend = backend
         self.stats = stats
         self.chunk_seconds, self.batch_size, self.seed = chunk_seconds, batch_size, seed
-        self.controls = _every_aspect(controls)
+        self.controls = controls
         self.info = {"name": pair_info.name, "path": str(pair_info.path),
                      "encoder_sha256": pair_info.encoder.weights_sha256,
                      "cloner_sha256": pair_info.cloner.weights_sha256, "backend": backend.describe()}
 
     @classmethod
     def from_settings(cls, settings) -> "NeuralEngine":
-        controls = _every_aspect(settings.controls())  # before the models load: a wrong --match fails at once
+        controls = settings.controls()
         name = settings.model or defaults.DEFAULT_MODEL
         try:
             encoder, cloner, info = load_pair(name)
@@ -105,9 +101,12 @@ class NeuralEngine:
             y = convert(self.backend, normalized[name].astype(np.float32), e,
                         chunk_seconds=None if callable(e) else self.chunk_seconds, batch_size=self.batch_size,
                         stream=None, progress=span(progress, start, width, f"converting {name}"))
-            amount = self.controls.amount_for(name)
-            if amount < 1:
-                x = converted[name]
+            amount, x = self.controls.amount_for(name), converted[name]
+            if self.controls.aspects != frozenset(defaults.ASPECTS):
+                # Only some aspects move: the network's output is the sound to move toward, and the
+                # match engine's steps take from it just those (its level, its EQ...), by the amount.
+                y = match_stem(x, y, amount, self.controls.aspects)
+            elif amount < 1:
                 y = x + np.float32(amount) * (y - x)
             converted[name] = y
         return Conversion(converted)

@@ -8,24 +8,27 @@ a learned first guess, then a short refinement against the reference's features.
 2. Refinement against the reference stem itself (an inference-time search, as in ST-ITO, over the
    chain's own parameters), bounded in cost: a fixed number of renders of a fixed-length excerpt of
    the input (fx/features.py's excerpt), not a clock, so results do not depend on machine load
-   (ALGORITHMS.md has no counterpart; our design [U→R]). Only the stages of the aspects asked for
+   (docs/ALGORITHMS.md has no counterpart; our design [U→R]). Only the stages of the aspects asked for
    are estimated; the others stay at identity.
    - EQ: least squares of the EQ's analytic response (fx/chain.py's eq_response_db, averaged per
-     band) against the spectral-shape difference reference − input, smoothed over about an octave
-     and offset-free (level is the gain's job); band gains held toward 0 dB within ±EQ_FIT_GAIN_DB,
-     frequencies and Qs weakly toward the prediction, so that content differences between songs
-     are not EQ'd and no band piles up at its limit.
+     band) against the spectral-shape difference reference − input, offset-free (level is the
+     gain's job); every setting held toward the prediction (band gains brought within
+     ±EQ_FIT_GAIN_DB), so that a band leaves the predicted EQ only as far as several bands of the
+     shape difference ask for, and no band piles up at its limit.
    - compressor: a grid and coordinate search (search_compressor) over threshold (relative to the
      EQ'd excerpt's level), ratio, attack and release, rendering the EQ'd excerpt and comparing its
      block dynamics (fx/features.py's block_dynamics_db) with those of the reference's excerpt
-     (measured alike, since percentiles of an excerpt and of a whole stem differ). "Off" unless the
-     reference is less dynamic and a compressor moves the dynamics toward it; no setting that
-     raises the crest or peak-to-level ratio or turns the level down by more than
-     MAX_GAIN_REDUCTION_DB.
-   - reverb send: the predicted one where the predictor is sure, at most MAX_SEND_DB (choose_reverb).
+     (measured alike, since percentiles of an excerpt and of a whole stem differ). "Off" where the
+     reference is more dynamic by more than its own halves differ (dynamics_spread); the predicted
+     compressor (or its "off") kept where the excerpt through it is within that spread of the
+     reference and no farther than the excerpt as it is; otherwise "off" unless the reference is
+     less dynamic and a compressor moves the dynamics toward it; no setting that raises the crest
+     or peak-to-level ratio or turns the level down by more than MAX_GAIN_REDUCTION_DB.
+   - reverb send: the predicted one (a send cannot be measured off the reference's features).
    - EQ again, against what the rest of the chain does to the spectrum: render the excerpt through
      the whole chain, take away the EQ's own response, and refit the EQ to the shape change less
-     that coloration (fit_eq_with_coloration). A heavy compressor adds harmonics and a reverb has
+     that coloration (fit_eq_with_coloration; gains held toward 0 dB where the predicted EQ fits
+     that remainder worse than no EQ). A heavy compressor adds harmonics and a reverb has
      its own tone; fitted to the whole change, the EQ took the blame for both.
    - width and pan, last: solved on channel covariances of the excerpt through EQ, compressor and
      reverb so that the side/mid and right/left energy ratios become the reference's
@@ -187,28 +190,25 @@ _EQ_GRID_HZ = np.geomspace(fxfeatures.BAND_EDGES_HZ[0], fxfeatures.BAND_EDGES_HZ
 _EQ_GRID_HZ = np.sqrt(_EQ_GRID_HZ[:-1] * _EQ_GRID_HZ[1:])
 
 # The EQ fit. Residuals are in dB per spectrum band. The reference's spectrum differs from the
-# input's in content (other notes, other instruments) as well as in EQ, so the target is smoothed
-# over about an octave (SHAPE_SMOOTHING over the 0.27-octave bands) and every band gain is pulled
-# toward 0 dB (a gain of g dB costs like a g·EQ_GAIN_PRIOR_PER_DB dB misfit in one band) within
-# ±EQ_FIT_GAIN_DB: a boost must be wanted by several bands, and no band sits at its limit because
-# one song's bass plays lower than the other's. A frequency or Q is held toward the prediction with
-# EQ_PRIOR_WEIGHT (a move of 0.1 of its log range costs like a 0.1·EQ_PRIOR_WEIGHT dB misfit): those of
-# near-flat bands are otherwise undetermined.
+# input's in content (other notes, other instruments) as well as in EQ, and the predictor, which
+# sees both spectra, already tells the two apart; so every band gain is pulled toward the predicted
+# gain (a move of g dB costs like a g·EQ_GAIN_PRIOR_PER_DB dB misfit in one band) within
+# ±EQ_FIT_GAIN_DB: a move away from the prediction must be wanted by several bands, and no band sits
+# at its limit because one song's bass plays lower than the other's (fit_eq_with_coloration pulls
+# toward 0 dB where the predicted EQ was the other stages' coloration). The target is the shape
+# difference as measured: smoothed over an octave where the reference's own halves differ, it
+# blurred the narrow moves the prediction gets right (0.007 worse multitrack ratio on the paper's
+# Table 2, 0.015 on raw, seed 0). A frequency
+# or Q is held toward the prediction with EQ_PRIOR_WEIGHT (a move of 0.1 of its log range costs
+# like a 0.1·EQ_PRIOR_WEIGHT dB misfit): those of near-flat bands are otherwise undetermined.
 EQ_FIT_GAIN_DB = 14.0
-EQ_GAIN_PRIOR_PER_DB = 0.6
+EQ_GAIN_PRIOR_PER_DB = 0.9
 EQ_PRIOR_WEIGHT = 1.0
-SHAPE_SMOOTHING = np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0
 
 _EQ_GAIN_AT = np.array([PREDICTED_SLOTS[i].name.endswith("gain_db") for i in _EQ_SLOTS])
 _GAIN_SPAN_DB = EQ_GAIN_DB[1] - EQ_GAIN_DB[0]
 _EQ_LOW = np.where(_EQ_GAIN_AT, 0.5 - EQ_FIT_GAIN_DB / _GAIN_SPAN_DB, 0.0)
 _EQ_HIGH = np.where(_EQ_GAIN_AT, 0.5 + EQ_FIT_GAIN_DB / _GAIN_SPAN_DB, 1.0)
-
-
-def smoothed_shape_db(shape_db: np.ndarray) -> np.ndarray:
-    """A spectral shape (or a difference of two) smoothed over neighbouring bands, edges held."""
-    half = len(SHAPE_SMOOTHING) // 2
-    return np.convolve(np.pad(shape_db, half, mode="edge"), SHAPE_SMOOTHING, mode="valid")
 
 
 def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
@@ -219,12 +219,11 @@ def band_response_db(bands: list[fxchain.EqBand]) -> np.ndarray:
 
 def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
            start: list[fxchain.EqBand] | None = None) -> list[fxchain.EqBand]:
-    """EQ bands whose per-band response best matches target_db up to a constant, gains held toward
-    0 dB within ±EQ_FIT_GAIN_DB, frequencies and Qs toward the EQ slots of `unit`; the search starts
-    flat at those frequencies and Qs, or at `start` (a previous fit: fewer steps)."""
-    prior = unit[_EQ_SLOTS]
-    first = np.where(_EQ_GAIN_AT, 0.5, prior) if start is None \
-        else chain_to_unit(fxchain.StemChain(eq=start), 0.0)[_EQ_SLOTS]
+    """EQ bands whose per-band response best matches target_db up to a constant, each setting held
+    toward the EQ slots of `unit` (gains brought within ±EQ_FIT_GAIN_DB); the search starts there,
+    or at `start` (a previous fit: fewer steps)."""
+    prior = np.clip(unit[_EQ_SLOTS], _EQ_LOW, _EQ_HIGH)
+    first = prior if start is None else chain_to_unit(fxchain.StemChain(eq=start), 0.0)[_EQ_SLOTS]
 
     def bands_of(u):
         full = unit.copy()
@@ -233,7 +232,7 @@ def fit_eq(unit: np.ndarray, target_db: np.ndarray, max_evaluations: int = 60,
 
     def residuals(u):
         error = band_response_db(bands_of(u)) - target_db
-        return np.concatenate([error - error.mean(), EQ_GAIN_PRIOR_PER_DB * _GAIN_SPAN_DB * (u[_EQ_GAIN_AT] - 0.5),
+        return np.concatenate([error - error.mean(), EQ_GAIN_PRIOR_PER_DB * _GAIN_SPAN_DB * (u[_EQ_GAIN_AT] - prior[_EQ_GAIN_AT]),
                                EQ_PRIOR_WEIGHT * (u[~_EQ_GAIN_AT] - prior[~_EQ_GAIN_AT])])
 
     fit = least_squares(residuals, np.clip(first, _EQ_LOW, _EQ_HIGH), bounds=(_EQ_LOW, _EQ_HIGH),
@@ -274,16 +273,37 @@ def dynamics_error(planar: np.ndarray, target: np.ndarray) -> float:
     return float(np.sum(DYNAMICS_WEIGHTS * np.abs(fxfeatures.block_dynamics_db(planar.T)[1] - target)))
 
 
-def search_compressor(dry: np.ndarray, target: np.ndarray,
-                      predicted: fxchain.CompressorSettings) -> fxchain.CompressorSettings:
+def dynamics_spread(reference: np.ndarray) -> np.ndarray:
+    """The block dynamics of the reference stem's first half less those of its second: what the
+    same effects give on other passages of the music, so a compressor whose result is this close to
+    the reference's dynamics is as right as the features can tell."""
+    half = len(reference) // 2
+    first, second = (fxfeatures.block_dynamics_db(part)[1] for part in (reference[:half], reference[half:]))
+    return first - second
+
+
+def search_compressor(dry: np.ndarray, target: np.ndarray, predicted: fxchain.CompressorSettings,
+                      spread: np.ndarray | None = None) -> fxchain.CompressorSettings:
     """The compressor that moves the block dynamics of `dry` (the EQ'd excerpt, channel-first (2, n)
-    float64) closest to `target`, or none. It is off when the target is not less dynamic than `dry`
-    (COMPRESSION_DIRECTIONS: there is no expander in the chain), and when the best one found
-    removes less than COMPRESSOR_MIN_IMPROVEMENT of the error.
+    float64) closest to `target`, or none. It is off when the target is more dynamic than `dry`
+    (COMPRESSION_DIRECTIONS: there is no expander in the chain) by more than the reference's own
+    `spread` (dynamics_spread; none given: zero) in that direction. Otherwise the predicted one (or
+    its "off") is kept where `dry` through it is within the spread of the target (dynamics_error's
+    weighting) and no farther than `dry` itself: the features cannot tell it from the right one,
+    and a search would fit the excerpt's content. Otherwise it is off when the target is not less
+    dynamic than `dry`, and when the best one found removes less than COMPRESSOR_MIN_IMPROVEMENT of
+    the error.
     The search is a fixed budget of compressor passes over the excerpt (a 3×3 grid of thresholds
     re the level and ratios, the predicted compressor brought into the ranges, then
     _COORDINATE_ROUNDS), so the same input gives the same settings on any machine at any load."""
     level, current = fxfeatures.block_dynamics_db(dry.T)
+    spread = np.zeros_like(target) if spread is None else spread
+    if COMPRESSION_DIRECTIONS @ (target - current) > abs(COMPRESSION_DIRECTIONS @ spread):
+        return fxchain.CompressorSettings()
+    through_predicted = fxchain.CompressorStage(predicted, fxchain.dsp.WORKING_RATE)(dry) if predicted.active else dry
+    noise = float(np.sum(DYNAMICS_WEIGHTS * np.abs(spread)))
+    if dynamics_error(through_predicted, target) <= min(noise, dynamics_error(dry, target)):
+        return predicted
     if COMPRESSION_DIRECTIONS @ target >= COMPRESSION_DIRECTIONS @ current:
         return fxchain.CompressorSettings()
 
@@ -324,21 +344,6 @@ def search_compressor(dry: np.ndarray, target: np.ndarray,
     return fxchain.CompressorSettings()
 
 
-# The reverb send: the predictor's, since a send cannot be measured off a reference of other music
-# (its side energy and tails are also the music's), but only where the predictor is sure (a send
-# predicted below SEND_UNSURE_BELOW_DB, within 10 dB of its "off" decision, is off), and never above
-# MAX_SEND_DB.
-SEND_UNSURE_BELOW_DB = -25.0
-MAX_SEND_DB = -6.0
-
-
-def choose_reverb(predicted: fxchain.ReverbSend) -> fxchain.ReverbSend:
-    """The predicted send within the limits above, or none."""
-    if not predicted.active or predicted.send_db < SEND_UNSURE_BELOW_DB:
-        return fxchain.ReverbSend()
-    return replace(predicted, send_db=min(predicted.send_db, MAX_SEND_DB))
-
-
 # Rounds of "render, measure what the rest of the chain did to the spectrum, refit the EQ to the
 # remainder". The compressor's coloration depends on the EQ in front of it, so the first round's
 # estimate is refined once more (a third round changed little on the procedural validation songs).
@@ -357,12 +362,19 @@ def fit_eq_with_coloration(unit: np.ndarray, chain: fxchain.StemChain, shape_cha
                            part: np.ndarray, part_features: fxfeatures.StemFeatures) -> list[fxchain.EqBand]:
     """The EQ (fit_eq from `unit`) that, in front of the chain's other stages, moves the spectral shape
     by shape_change_db, their coloration measured on the excerpt `part` (COLORATION_ROUNDS rounds).
+    The predictor saw the whole shape change, coloration included: where its EQ fits what is left
+    worse than no EQ (a compressor's harmonics taken for a boost), the gains are held toward 0 dB.
     A chain with no stage but its EQ colors nothing: its EQ is returned as it is."""
     eq = chain.eq
     if not replace(chain, eq=fxchain.default_eq(), gain_db=0.0).stages():
         return eq
+    flat_gains = unit.copy()
+    flat_gains[np.asarray(_EQ_SLOTS)[_EQ_GAIN_AT]] = 0.5
     for _ in range(COLORATION_ROUNDS):
-        eq = fit_eq(unit, shape_change_db - coloration_db(replace(chain, eq=eq), part, part_features), start=eq)
+        remainder = shape_change_db - coloration_db(replace(chain, eq=eq), part, part_features)
+        predicted_misfit = band_response_db(eq_from_unit(unit)) - remainder
+        trusted = np.std(predicted_misfit) <= np.std(remainder)
+        eq = fit_eq(unit if trusted else flat_gains, remainder, start=eq)
     return eq
 
 
@@ -448,14 +460,18 @@ def estimate_chain(predictor: ParamPredictor, x: np.ndarray, reference: np.ndarr
     reference_part = fxfeatures.excerpt(reference)
     planar = np.ascontiguousarray(part.T)
     chain = fxchain.StemChain()
-    shape_change = smoothed_shape_db(fr.shape_db - fx.shape_db)
+    shape_change = fr.shape_db - fx.shape_db
     if "eq" in aspects:
         chain.eq = fit_eq(unit, shape_change)
     if "dynamics" in aspects:
         chain.compressor = search_compressor(fxchain.run_stages(chain.stages(), planar),
-                                             fxfeatures.block_dynamics_db(reference_part)[1], predicted.compressor)
+                                             fxfeatures.block_dynamics_db(reference_part)[1], predicted.compressor,
+                                             dynamics_spread(reference))
     if "space" in aspects:
-        chain.reverb = choose_reverb(predicted.reverb)
+        # The predicted send as it is: its side energy and tails are also the music's, so the
+        # reference's features cannot check it (held off below −25 dB and at most −6 dB, it scored
+        # 0.05 worse multitrack ratio on the paper's Table 2 and within 0.002 on raw).
+        chain.reverb = predicted.reverb
     if "eq" in aspects:
         chain.eq = fit_eq_with_coloration(unit, chain, shape_change, part, fxfeatures.measure(part))
     if "width" in aspects:

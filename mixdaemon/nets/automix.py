@@ -1,4 +1,4 @@
-"""The two FxNorm-automix networks (ALGORITHMS.md §6.1, §6.2) and their losses La / Lb (§6.3).
+"""The two FxNorm-automix networks (docs/ALGORITHMS.md §6.1, §6.2) and their losses La / Lb (§6.3).
 
 Both networks take the four FX-normalized stems as one [B, 8, T] tensor — vocals, bass, drums,
 other (INPUT_STEMS), each left then right — and return the stereo mix [B, 2, T'].

@@ -1,4 +1,4 @@
-"""Running the MST networks on whole songs (ALGORITHMS.md §5, fixing the weaknesses of §5.2).
+"""Running the MST networks on whole songs (docs/ALGORITHMS.md §5, fixing the weaknesses of §5.2).
 
 - ``embed_reference``: FXencoder embedding of a reference track, averaged over segments with no
   zero padding and no silent segments in the average.

@@ -1,4 +1,4 @@
-"""The two MST networks (ALGORITHMS.md §3.1, §4.1): FXencoder Φ and MixFXcloner Ψ.
+"""The two MST networks (docs/ALGORITHMS.md §3.1, §4.1): FXencoder Φ and MixFXcloner Ψ.
 
 With their default configs both modules have exactly the state_dict names, order and shapes of the
 authors' checkpoints (../shared/reference/mst_*_state_dict.json), so a strict ``load_state_dict``

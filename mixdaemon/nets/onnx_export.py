@@ -21,9 +21,11 @@ batch and time axes. The legacy TorchScript exporter gives the same arithmetic b
 split into Shape/Gather/Div/Slice chains.
 
 **Artifact cache.** Exported graphs and built TensorRT plans are build artifacts, kept in
-``<store>/cache/<weights sha256[:16]>/<name>-<key digest[:16]><suffix>`` (the store is
-nets/store.py's store_dir(); ``engines/cache/`` is git-ignored) next to ``<file>.json`` holding the
-full key. The key names everything the artifact depends on (weights hash, model config, precision,
+``<store>/cache/<weights sha256[:16]>/<name>-<key digest[:16]><suffix>`` next to ``<file>.json``
+holding the full key. The store is the user's model store (nets/store.py's store_dir():
+``$MIXDAEMON_ENGINES``, else the per-user data folder, e.g. ``~/.local/share/mixdaemon/engines``),
+never the shipped models' read-only package data ``mixdaemon.engines``, so artifacts are built the
+same way for an installed wheel as for a source checkout. The key names everything the artifact depends on (weights hash, model config, precision,
 exporter and opset, and for plans the profile, TensorRT version and GPU); a changed key gives a
 new file name, and an artifact is reused only when its JSON holds exactly the requested key.
 Files are written with files.atomic_path, so a reader never sees half an artifact and two processes

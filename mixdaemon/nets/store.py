@@ -25,7 +25,7 @@ and the encoder/cloner agreement (embedding size = cond_dim) is checked once, wh
 The cost is that pairs sharing a frozen encoder each hold a copy of it (326 MB); each model keeps
 its own ``weights_sha256`` so the cache of exported graphs and TensorRT plans can key on one model.
 
-**Automix models** (FxNorm-automix, ALGORITHMS.md §6) are single networks, one safetensors file
+**Automix models** (FxNorm-automix, docs/ALGORITHMS.md §6) are single networks, one safetensors file
 each, ``<store>/<name>.safetensors``: the state_dict's tensor names as they are, and metadata key
 ``"mixdaemon"`` ::
 

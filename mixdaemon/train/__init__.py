@@ -1,4 +1,4 @@
-"""Training the MST networks (ALGORITHMS.md §2–§4) on the project's own material.
+"""Training the MST networks (docs/ALGORITHMS.md §2–§4) on the project's own material.
 
 - material: procedural songs in the MUSDB18 layout;
 - data: FX-normalized, silence-trimmed stem library (cached) and the FXmanipulator pairs/triplets;

@@ -1,4 +1,4 @@
-"""FxNorm-automix training (ALGORITHMS.md §6.4): FX-normalized wet stems in, the original mix out.
+"""FxNorm-automix training (docs/ALGORITHMS.md §6.4): FX-normalized wet stems in, the original mix out.
 
 `MultitrackLibrary` turns a folder of songs (MUSDB18 layout: song/{drums,bass,other,vocals}.wav,
 optionally song/mixture.wav) into aligned network inputs and targets, computed once and cached as

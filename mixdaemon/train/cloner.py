@@ -1,4 +1,4 @@
-"""MixFXcloner training (ALGORITHMS.md §4) against a frozen FXencoder, and export of the pair.
+"""MixFXcloner training (docs/ALGORITHMS.md §4) against a frozen FXencoder, and export of the pair.
 
 Each update draws §4.2 triplets per stem (`data.cloner_batch`): input A1 = normalized A, target A2
 = manipulated A, reference B2 = the same manipulation of other content B. The frozen encoder (eval

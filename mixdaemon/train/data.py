@@ -1,4 +1,4 @@
-"""Training data for the MST networks (ALGORITHMS.md §3.2, §4.2).
+"""Training data for the MST networks (docs/ALGORITHMS.md §3.2, §4.2).
 
 `StemLibrary` turns a folder of songs (MUSDB18 layout: song/{drums,bass,other,vocals}.wav) into
 FX-normalized (order "mst_training"), clipped, silence-trimmed stems, computed once and cached as

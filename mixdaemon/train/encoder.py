@@ -1,4 +1,4 @@
-"""Contrastive FXencoder training (ALGORITHMS.md §3.3) with FX probability scheduling (§2.4).
+"""Contrastive FXencoder training (docs/ALGORITHMS.md §3.3) with FX probability scheduling (§2.4).
 
 Each update draws a batch of §3.2 pairs (`data.encoder_batch`): per group (the four stems and the
 mixture of a row's four stems), row (i, m) of view A and of view B carry the same FX draw on

@@ -80,8 +80,6 @@ def test_a_stem_amount_of_0_keeps_that_stem(songs, tmp_path, capsys):
     (["--stem-amount", "voice=0.5"], "stem_amount: 'voice' is not a stem; use drums, bass, other, vocals"),
     (["--stem-amount", "vocals"], "--stem-amount 'vocals': give STEM=AMOUNT, e.g. vocals=0.3"),
     (["--stem-amount", "vocals=2"], "stem_amount.vocals: Input should be less than or equal to 1 (got '2')"),
-    (["--engine", "neural", "--match", "level,eq"], "match: the neural engine moves every aspect at once; "
-                                                    "--match needs --engine match or param"),
 ])
 def test_a_wrong_control_is_one_line_and_exit_status_2(songs, tmp_path, capsys, options, message):
     out = tmp_path / "out"

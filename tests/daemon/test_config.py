@@ -1,6 +1,8 @@
 """The daemon's configuration: the example config.toml, errors that name the key, environment and
 command-line overrides."""
 
+from pathlib import Path
+
 import pytest
 
 from mixdaemon.cli.main import build_parser
@@ -111,3 +113,23 @@ def test_quick_start_needs_no_config_file(tmp_path):
     config = config_from_args(args)
     assert config.reference == tmp_path / "ref.wav" and config.osc.port == 7700
     assert tmp_path in config.roots() and tmp_path / "out" in config.roots()
+
+
+def test_serve_allow_flags_are_the_allowed_roots(tmp_path):
+    argv = ["serve", "--watch", str(tmp_path), "--allow", str(tmp_path / "REAPER Media"), "--allow", "~/Projects"]
+    config = config_from_args(build_parser(argv).parse_args(argv))
+    assert config.allowed_roots == [tmp_path / "REAPER Media", Path("~/Projects").expanduser()]
+    assert tmp_path / "REAPER Media" in config.roots()
+
+
+def test_an_unknown_key_lists_the_keys_of_its_section_and_names_where_it_came_from(tmp_path):
+    path = write_toml(tmp_path / "config.toml", {"osc": {"prt": 1}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value) == (f"{path}: osc.prt: unknown key (check the spelling; the keys here are host, port, "
+                              "reply_host, reply_port)")
+    # A misspelt environment variable is blamed on itself, not on the (correct) config file.
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "config.toml", environ={"MIXDAEMON__TRANSFER__ENGIN": "neural"})
+    assert str(err.value).startswith("environment variable MIXDAEMON__TRANSFER__ENGIN: transfer.engin: unknown key")
+    assert "engine, model" in str(err.value) and "config.toml" not in str(err.value)

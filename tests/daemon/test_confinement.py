@@ -271,7 +271,7 @@ def test_a_bounce_that_could_not_be_queued_on_a_full_disk_is_queued_once_it_can_
         proc.kill()
 
 
-def test_a_bounce_in_a_folder_named_in_no_encoding_is_queued_not_lost(tmp_path, listener, reference):
+def test_a_bounce_in_a_folder_named_in_no_encoding_is_queued_and_converted(tmp_path, listener, reference):
     proc = _start(tmp_path, listener, reference)
     try:
         song = tmp_path / "watch" / os.fsdecode(b"Song \xff\xfe")  # not UTF-8: Python holds it as surrogates
@@ -284,5 +284,10 @@ def test_a_bounce_in_a_folder_named_in_no_encoding_is_queued_not_lost(tmp_path, 
         assert json.loads(jobs[0]["inputs"])[0].startswith(str(song))  # the real path, as the file system has it
         assert "could not be handed on" not in proc.log()
         assert "Logging error" not in proc.stderr_path.read_text()  # the log lines naming it were written
+        # Its files are read by their real names (bytes no encoding decodes) and converted.
+        ended = listener.wait_for(lambda a, args: a in (DONE, ERROR) and args[0] == queued[2][0], 60)
+        assert ended is not None and ended[1] == DONE, (ended, proc.log()[-3000:])
+        result = tmp_path / "out" / f"Song \ufffd\ufffd-{queued[2][0]}"
+        assert {p.name for p in result.glob("*.wav")} >= {"drums.wav", "bass.wav", "other.wav", "vocals.wav"}
     finally:
         proc.kill()

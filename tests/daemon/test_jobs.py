@@ -1,7 +1,9 @@
 """The SQLite job store: durable states, no duplicate work, crash recovery, poison-job protection."""
 import json
+import os
 import sqlite3
 
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.jobstore import (
     MANIFEST_NAME,
     STAGING_PREFIX,
@@ -74,6 +76,24 @@ def test_store_refuses_duplicate_work_and_survives_reopening(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_text_naming_files_in_no_encoding_is_kept_as_given(tmp_path):
+    # A folder name that is not UTF-8 reaches Python as lone surrogates, which SQLite text cannot hold.
+    folder = tmp_path / os.fsdecode(b"Take \xff\xfe")
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job, _ = store.add(_job(tmp_path, reference=str(folder / "reference.wav"), out_root=str(folder)))
+    store.update(job.id, out_dir=str(folder / "song-1"))
+    assert store.set_state(job.id, "error", error=f"{folder}/drums.wav: not a readable WAV/FLAC/AIFF audio file")
+    store.set_setting(f"reference:{folder}", str(folder / "ref.wav"))
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3")
+    got = reopened.get(job.id)
+    assert (got.reference, got.out_root, got.out_dir) == (str(folder / "reference.wav"), str(folder),
+                                                         str(folder / "song-1"))
+    assert got.error.startswith(f"{folder}/drums.wav") and os.fsencode(got.error).startswith(os.fsencode(folder))
+    assert reopened.settings_with_prefix("reference:") == {str(folder): str(folder / "ref.wav")}
+    assert reopened.get_setting(f"reference:{folder}") == str(folder / "ref.wav")
+
+
 def test_interrupted_jobs_resume_and_a_job_that_keeps_killing_the_daemon_is_failed(tmp_path):
     path = tmp_path / "jobs.sqlite3"
     store = JobStore(path)
@@ -84,7 +104,7 @@ def test_interrupted_jobs_resume_and_a_job_that_keeps_killing_the_daemon_is_fail
         store.close()  # the daemon dies here, mid-job
         store = JobStore(path)
         events, sink = _events()
-        LocalExecutor(store, "{folder}-{job_id}", sink, max_attempts=3).recover()
+        LocalExecutor(store, "{folder}-{job_id}", sink, Roots([tmp_path]), max_attempts=3).recover()
         state = store.get(job.id)
         if attempt < 3:
             assert state.state == "queued", attempt
@@ -111,7 +131,7 @@ def test_recovery_keeps_a_finished_rename_and_removes_staging(tmp_path):
     (staging / "drums.wav").write_bytes(b"RIFF")
     st = staging.stat()
     store.update(unfinished.id, staging=str(staging), staging_inode=f"{st.st_dev}:{st.st_ino}")
-    LocalExecutor(store, "{folder}-{job_id}", lambda e: None).recover()
+    LocalExecutor(store, "{folder}-{job_id}", lambda e: None, Roots([tmp_path])).recover()
     assert store.get(finished.id).state == "done" and store.get(finished.id).outputs == {"mixture": "m.wav"}
     assert store.get(unfinished.id).state == "queued"
     assert not staging.exists() and store.get(unfinished.id).staging is None

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.jobstore import Job, JobStore
 from mixdaemon.daemon.worker import LocalExecutor
 from tests.support.daemon import (
@@ -113,7 +114,7 @@ def test_a_corrupt_database_page_is_logged_once_and_the_worker_serves_again_once
     logger.setLevel(logging.INFO)
     events = []
     store = JobStore(path)
-    executor = LocalExecutor(store, "{folder}-{job_id}", events.append)
+    executor = LocalExecutor(store, "{folder}-{job_id}", events.append, Roots([tmp_path]))
     try:
         executor.start()
         time.sleep(2.5)  # the first try and at least one retry
@@ -129,7 +130,7 @@ def test_a_corrupt_database_page_is_logged_once_and_the_worker_serves_again_once
         while not events and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [e.kind for e in events] == ["error"], [r.getMessage() for r in records]
-        assert events[0].job.error == f"{missing}: cannot read (No such file or directory)"
+        assert events[0].job.error == f"stem file {missing}: not found"
         assert any(r.getMessage() == "the job database works again; taking jobs" for r in records)
     finally:
         executor.stop(5)
@@ -287,7 +288,7 @@ def test_the_supervised_worker_survives_a_failing_event_listener(tmp_path):
             raise RuntimeError("the listener broke")
         second.set()
 
-    executor = LocalExecutor(store, "{folder}-{job_id}", on_event)
+    executor = LocalExecutor(store, "{folder}-{job_id}", on_event, Roots([tmp_path]))
     executor.start()
     try:
         assert second.wait(10), kinds

@@ -1,4 +1,4 @@
-"""FXmanipulator (ALGORITHMS.md §2): shared draws, RMS matching, the fixed probabilities, scheduling,
+"""FXmanipulator (docs/ALGORITHMS.md §2): shared draws, RMS matching, the fixed probabilities, scheduling,
 deterministic re-application and the reverb variants."""
 import json
 

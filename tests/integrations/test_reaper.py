@@ -413,9 +413,11 @@ def test_send_status_prints_the_running_daemons_state(daemon, converted):
     done = subprocess.run([sys.executable, "-m", "mixdaemon", "send", "--port", str(daemon["proc"].port), "status"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    address, *counts = done.stdout.split()
-    assert address == "/mixdaemon/status/summary" and len(counts) == 6
-    assert int(counts[2]) >= 1  # the conversion above is done
+    address, *labelled = done.stdout.split()
+    counts = dict(zip(labelled[::2], labelled[1::2]))  # queued 0  running 0  done 1 ...
+    assert address == "/mixdaemon/status/summary" and list(counts)[:5] == ["queued", "running", "done", "error",
+                                                                          "cancelled"]
+    assert int(counts["done"]) >= 1  # the conversion above is done
 
 
 # --- with the daemon: OSC -----------------------------------------------------------------------

@@ -3,12 +3,14 @@ for, by the amount asked for: constructed references whose difference from the i
 from __future__ import annotations
 
 import numpy as np
+import pedalboard
 import pytest
 from scipy import signal
 
 from mixdaemon.audio.dsp import WORKING_RATE, integrated_loudness
 from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.audio.stems import STEM_NAMES, load_song
+from mixdaemon.fx.matching import space_profile_db
 from mixdaemon.mixing.match import MatchingEngine
 from mixdaemon.mixing.settings import Controls
 
@@ -138,3 +140,27 @@ def test_per_stem_amount_and_a_silent_reference_stem_keep_stems(stems):
     np.testing.assert_array_equal(out["vocals"], inputs["vocals"])
     np.testing.assert_array_equal(out["bass"], inputs["bass"])
     assert integrated_loudness(out["drums"]) == pytest.approx(integrated_loudness(reference["drums"]), abs=0.3)
+
+
+WITHOUT_SPACE = frozenset({"level", "eq", "dynamics", "width"})
+
+
+def profile_gap_db(x: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over delays of how far x's space profile lies below the reference's."""
+    return float(np.mean(space_profile_db(reference) - space_profile_db(x)))
+
+
+def test_a_reverberant_reference_adds_space_and_a_dry_one_none(stems):
+    x, later_drums = stems[0]["drums"], stems[1]
+    # a reverb that is not the engine's own (pedalboard's Freeverb), on other bars of the same kit
+    reverb = pedalboard.Reverb(room_size=0.7, wet_level=0.25, dry_level=0.5)
+    reverberant = reverb(np.ascontiguousarray(later_drums.T), WORKING_RATE).T.astype(np.float32)
+    y, y_without = convert(x, reverberant), convert(x, reverberant, aspects=WITHOUT_SPACE)
+    assert profile_gap_db(x, reverberant) > 10.0
+    assert abs(profile_gap_db(y, reverberant)) < 0.2 * profile_gap_db(x, reverberant)
+    # without "space" no reverb is added: the other steps leave the stem well drier than the reference
+    assert profile_gap_db(y_without, reverberant) > 4.0
+    # the send neither clips nor bursts: the peaks stay where the reference's are
+    assert true_peak_dbtp(y) < true_peak_dbtp(reverberant) + 2.0
+    # a dry reference gets no send at all
+    np.testing.assert_array_equal(convert(x, later_drums), convert(x, later_drums, aspects=WITHOUT_SPACE))

@@ -1,13 +1,13 @@
 """The neural engine under the user's controls, with a small model pair in a temporary model store:
 amount 0 returns the input (and runs no network), amount 0.5 lands halfway between the input and
-the network's output, per-stem amounts override the amount, a partial --match is refused before
-any model loads, and a silent reference stem leaves its input stem as it was."""
+the network's output, per-stem amounts override the amount, a partial --match takes only those
+aspects of the network's output, and a silent reference stem leaves its input stem as it was."""
 import numpy as np
 import pytest
 import torch
 
+from mixdaemon.audio.dsp import loudness_lufs
 from mixdaemon.audio.examples import synth_song
-from mixdaemon.errors import ConfigError
 from mixdaemon.mixing import neural
 from mixdaemon.mixing.neural import NeuralEngine
 from mixdaemon.mixing.settings import TransferSettings
@@ -74,13 +74,26 @@ def test_a_stem_amount_overrides_the_amount(engine_with, song):
         np.testing.assert_array_equal(out[name], full[name])
 
 
-@pytest.mark.parametrize("match", [("level",), ("level", "eq", "dynamics", "width")])
-def test_a_partial_match_is_refused_before_the_models_load(store, monkeypatch, match):
-    monkeypatch.setenv(ENGINES_ENV, str(store))
-    settings = TransferSettings(engine="neural", model="no-such-pair", match=match)
-    with pytest.raises(ConfigError, match=r"^match: the neural engine moves every aspect at once; "
-                                          r"--match needs --engine match or param$"):
-        NeuralEngine.from_settings(settings)
+def test_match_level_takes_only_the_networks_balance(engine_with, song):
+    """--match level: each stem is the input times one gain, landing at the loudness the network
+    gave that stem; the network's other changes (tone, dynamics, width) are not taken."""
+    stems, reference = song
+    full = engine_with().convert(stems, reference).stems
+    out = engine_with(match=("level",)).convert(stems, reference).stems
+    for name, x in stems.items():
+        gain = out[name][np.abs(x) > 1e-3] / x[np.abs(x) > 1e-3]
+        np.testing.assert_allclose(gain, gain[0], rtol=1e-4, err_msg=name)    # one gain for the whole stem
+        assert abs(loudness_lufs(out[name]) - loudness_lufs(full[name])) < 0.1, name
+        assert not np.allclose(out[name], full[name], atol=1e-3), name
+
+
+def test_a_partial_match_is_scaled_by_the_amount(engine_with, song):
+    stems, reference = song
+    x = stems["drums"]
+    moved = engine_with(match=("level",), amount=0.5).convert(stems, reference).stems["drums"]
+    full = engine_with(match=("level",)).convert(stems, reference).stems["drums"]
+    half_db, all_db = (loudness_lufs(y) - loudness_lufs(x) for y in (moved, full))
+    assert abs(all_db) > 0.5 and half_db == pytest.approx(all_db / 2, abs=0.05)
 
 
 @pytest.mark.parametrize("peak", [0.0, 3e-4])  # digital silence; noise peaking at −70 dBFS

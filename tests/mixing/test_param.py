@@ -22,8 +22,12 @@ from mixdaemon.fx.features import gated_level_db
 from mixdaemon.mixing.param import MAX_BOOST_OVER_SONG_DB, ParamEngine, controlled_chain
 from mixdaemon.mixing.param_estimation import (
     ParamPredictor,
+    band_response_db,
+    chain_to_unit,
+    dynamics_spread,
     fit_eq,
     fit_eq_with_coloration,
+    search_compressor,
 )
 from mixdaemon.mixing.settings import Controls, TransferSettings
 from mixdaemon.mixing.transfer import transfer
@@ -242,6 +246,35 @@ def test_a_more_dynamic_reference_leaves_the_compressor_off(predictor, real_stem
     x = render(reference, StemChain(compressor=CompressorSettings(gated_level_db(reference) - 6.0, 6.0, 1.0, 100.0)))
     _, chain = _converted(predictor, x, reference, name)
     assert not chain.compressor.active
+
+
+def test_an_eq_the_predictor_got_right_is_kept_through_content_noise():
+    # The shape difference is the predicted EQ's response plus 1 dB of content noise per band: the
+    # fit keeps the predicted gains (a narrow boost included) instead of shrinking them toward 0 dB.
+    bands = [EqBand("low_shelf", 115.0, -4.0), EqBand("peak", 600.0, 0.0, q=1.05), EqBand("peak", 2500.0, 6.0, q=3.0),
+             EqBand("peak", 5500.0, 0.0, q=1.05), EqBand("high_shelf", 7500.0, 3.0)]
+    response = band_response_db(bands)
+    target = response + np.random.default_rng(0).normal(0.0, 1.0, response.shape)
+    fitted = fit_eq(chain_to_unit(StemChain(eq=bands), 0.0), target)
+    assert recovery_errors(StemChain(eq=fitted), StemChain(eq=bands))["eq_gain_offset_free_abs_db"] < 0.75
+
+
+def test_a_predicted_compressor_within_the_references_own_spread_is_kept(real_stems):
+    # The reference is the input through a known compressor; predicted that compressor, the engine
+    # keeps it as it is, and predicted a far-off one, it searches and moves the dynamics toward the
+    # reference.
+    x = _segment(real_stems, "song_a", "drums").astype(np.float64)
+    drawn = CompressorSettings(gated_level_db(x) - 9.0, 4.0, 3.0, 150.0)
+    reference = render(x, StemChain(compressor=drawn))
+    dry, target = np.ascontiguousarray(x.T), fxfeatures.block_dynamics_db(reference)[1]
+    spread = dynamics_spread(reference)
+    assert np.any(spread != 0.0)
+    assert search_compressor(dry, target, drawn, spread) == drawn
+    far_off = CompressorSettings(gated_level_db(x) - 30.0, 30.0, 0.5, 30.0)
+    searched = search_compressor(dry, target, far_off, spread)
+    assert searched != far_off
+    through = render(x, StemChain(compressor=searched))
+    assert _dynamics_distance_db(through, reference) < 0.5 * _dynamics_distance_db(render(x, StemChain(compressor=far_off)), reference)
 
 
 def test_amount_zero_returns_the_input_itself(predictor, real_stems):

@@ -77,6 +77,18 @@ def test_the_spectra_a_report_draws_are_those_of_the_inputs_outputs_and_referenc
         assert np.max(np.abs(result.spectra["after"][name] - result.spectra["before"][name])) > 1.0, name
 
 
+def test_progress_moves_with_the_work_and_its_stages_come_in_order(short_songs, tmp_path):
+    calls = []
+    transfer(short_songs / "song_a", short_songs / "song_b", tmp_path / "out",
+             progress=lambda stage, fraction: calls.append((stage, fraction)))
+    fractions = [f for _, f in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0        # never back, ends at 100 %
+    assert len({round(f, 3) for f in fractions if f < 0.88}) >= 12          # reading and matching move, step by step
+    stages = [stage.split()[0] for stage, _ in calls]
+    order = [s for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]]
+    assert order == ["reading", "matching", "limiting", "writing", "measuring", "done"], order
+
+
 def test_existing_outputs_are_not_replaced_without_overwrite(short_songs, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

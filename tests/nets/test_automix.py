@@ -1,4 +1,4 @@
-"""The FxNorm-automix networks and their losses (ALGORITHMS.md §6.1–§6.3)."""
+"""The FxNorm-automix networks and their losses (docs/ALGORITHMS.md §6.1–§6.3)."""
 import numpy as np
 import pytest
 import torch
