@@ -134,6 +134,9 @@ def read_audio(path: str | os.PathLike) -> LoadedAudio:
         info = sf.info(_native_path(path))
     except Exception as exc:  # libsndfile's messages vary by version; keep its words after ours
         detail = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+        # soundfile prefixes "Error opening <path>: ", the path as it was passed (bytes here); ours
+        # names the file already
+        detail = detail.strip().removeprefix(f"Error opening {_native_path(path)!r}: ")
         raise AudioFileError(path, f"not a readable WAV/FLAC/AIFF audio file ({detail.strip()})") from None
     if info.channels > 2:
         raise AudioFileError(path, f"{info.channels} channels: only mono or stereo stems are supported "

@@ -106,6 +106,7 @@ def test_bad_files_give_one_line_reason_naming_the_file(tmp_path, make, words):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(str(path)) and words in message
+    assert message.count(path.name) == 1  # named once, in our words: not again in the library's "b'...'"
 
 
 def test_write_is_atomic_and_resamples_back(tmp_path):
