@@ -44,7 +44,6 @@ def job_threads() -> int:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
         return os.cpu_count() or 1
-  # where jobs run: threads in this process, or workers on a Ray cluster
 
 OSC_HOST = "127.0.0.1"
 OSC_PORT = 7700

@@ -145,3 +145,17 @@ def rename_no_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     if os.path.lexists(dst):
         raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), os.fspath(dst))
     os.rename(src, dst)
+
+
+def lock_exclusive(path: str | os.PathLike, flags: int) -> int:
+    """Open path (os.open flags) and take an exclusive lock on it without waiting: the descriptor,
+    the lock held until it is closed. BlockingIOError (the descriptor closed) when another process
+    holds the lock. POSIX only (imported here: the rest of this module serves every platform)."""
+    import fcntl
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -157,7 +157,8 @@ def limit_linked(stems: dict[str, np.ndarray], ceiling_dbtp: float = TRUE_PEAK_C
         the oversampling releases the GIL."""
         mix = np.sum(list(stems.values()), axis=0)
         mix_above = min(target, float(np.max(np.abs(mix), initial=0.0)))
-        jobs = [(mix, mix_above), *((s, target) for s in stems.values())]
+        # a lone stem is its own mix: its envelope once (exact from mix_above ≤ target up)
+        jobs = [(mix, mix_above), *((s, target) for s in stems.values() if len(stems) > 1)]
         with ThreadPoolExecutor(max_workers=min(len(jobs), defaults.job_threads())) as pool:
             envelopes = pool.map(lambda job: true_peak_envelope(*job), jobs)
             # a running maximum: stacking five song-long float64 envelopes first costs more than the max

@@ -15,7 +15,7 @@ def cmd_batch(args) -> int:
     settings = settings_from_args(args)
     started_ray = False
     if args.executor == "ray":
-        from mixdaemon.daemon.ray_executor import connect
+        from mixdaemon.daemon.ray_executor import connect, disconnect
         # without an address, a local cluster for this batch, shut down after it
         started_ray = connect(args.ray_address, num_cpus=None if args.ray_address else args.workers)
     try:
@@ -25,8 +25,7 @@ def cmd_batch(args) -> int:
                                  workers=args.workers, progress=bar)
     finally:
         if started_ray:
-            import ray
-            ray.shutdown()
+            disconnect()
     width = max(len(o.song) for o in outcomes)
     for o in outcomes:
         if o.state == "done":

@@ -11,7 +11,6 @@ again, and a batch that was killed picks up its interrupted songs.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from mixdaemon.daemon.confine import Roots
 from mixdaemon.daemon.executors import ExecutorPool, make_executors
 from mixdaemon.daemon.jobstore import Job, JobStore, input_files, make_job, reference_files
 from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.files import lock_exclusive
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.progress import Progress, no_progress
 
@@ -68,13 +68,10 @@ def _song_name(songs_dir: Path, song: Path) -> str:
 
 def _lock(state: Path) -> int:
     """One batch at a time on an output folder: two would claim the same songs' jobs twice."""
-    fd = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock_exclusive(state, os.O_RDONLY | os.O_DIRECTORY)
     except BlockingIOError:
-        os.close(fd)
         raise ConfigError(f"{state.parent}: another batch is writing to this output folder") from None
-    return fd
 
 
 def run_batch(songs_dir: str | os.PathLike, reference: str | os.PathLike, out: str | os.PathLike,
@@ -132,12 +129,14 @@ def run_batch(songs_dir: str | os.PathLike, reference: str | os.PathLike, out: s
 
 
 def _wait(store: JobStore, jobs: dict[str, Job], pool: ExecutorPool, progress: Progress) -> None:
-    ids = [job.id for job in jobs.values()]
+    ids = {job.id for job in jobs.values()}
     while True:
-        states = [store.get(i).state for i in ids]
-        finished = sum(s in ("done", "error", "cancelled") for s in states)
-        running = sum(p[0] / 100.0 for p in map(pool.progress_of, ids) if p is not None)
-        progress(f"{finished}/{len(ids)} songs", (finished + running) / len(ids))
+        # one query per poll, whatever the batch's size
+        states = {job.id: job.state for job in store.list() if job.id in ids}
+        finished = sum(s in ("done", "error", "cancelled") for s in states.values())
+        running = [i for i, s in states.items() if s == "running"]
+        moved = sum(p[0] / 100.0 for p in map(pool.progress_of, running) if p is not None)
+        progress(f"{finished}/{len(ids)} songs", (finished + moved) / len(ids))
         if finished == len(ids):
             return
         time.sleep(POLL_SECONDS)

@@ -60,6 +60,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def disconnect() -> None:
+    """Leave the cluster connect() joined, or shut down the local one it started."""
+    import_ray().shutdown()
+
+
 class TransferWorker:
     """The actor: one JobWork (models loaded once, kept between jobs) and the running job's last
     progress, which the executor asks for while the job runs (a threaded actor: max_concurrency 2)."""

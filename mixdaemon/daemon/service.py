@@ -16,7 +16,6 @@ the running job is interrupted at its next progress point and queued again for t
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from mixdaemon.daemon.preview import MODES, PlaybackUnavailable, Player, job_pre
 from mixdaemon.daemon.requestfiles import RequestFolder
 from mixdaemon.daemon.watcher import REFERENCE_FOLDER, Bounce, BounceWatcher
 from mixdaemon.errors import ConfigError, MixdaemonError
-from mixdaemon.files import atomic_write
+from mixdaemon.files import atomic_write, lock_exclusive
 from mixdaemon.mixing.settings import TransferSettings, validated
 
 log = logging.getLogger("mixdaemon")
@@ -157,8 +156,7 @@ class Daemon:
                    (self.config.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)))
         try:
             for path, flags in targets:
-                fds.append(os.open(path, flags | os.O_CLOEXEC, 0o644))
-                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fds.append(lock_exclusive(path, flags))
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -193,8 +191,8 @@ class Daemon:
         self.player.stop()
         self.executor.stop(timeout=10.0)
         if self._ray_started:
-            import ray
-            ray.shutdown()
+            from mixdaemon.daemon.ray_executor import disconnect
+            disconnect()
         (self.config.state_dir / "daemon.json").unlink(missing_ok=True)
         self.store.close()
         for fd in self._lock_fds:
