@@ -2,11 +2,13 @@
 write, in a fresh process: imports included) per engine and song length, with Matchering run on
 the same four stems one by one in the same run as the anchor.
 
-Songs: ../shared's song_a stems (input) and song_b stems (reference), each looped to the length,
-written as 24-bit WAV under --work-dir. Per job: wall time, CPU time (user + system) and peak RSS of
+Songs: ../shared's song_a stems (input) looped to each length, toward song_b's stems (reference)
+looped to --reference-minutes (3: a song, whatever the session's length), written as 24-bit WAV
+under --work-dir. Matchering refuses tracks over 15 minutes (its max_length), so it runs only
+on songs up to that. Per job: wall time, CPU time (user + system) and peak RSS of
 the job's process (os.wait4), and the real-time factor (audio seconds / wall seconds).
 
-    python benchmarks/bench_job.py --work-dir /tmp/bench-job [--minutes 1,3] [--engines match,param]
+    python benchmarks/bench_job.py --work-dir WORK [--minutes 1,3,10,60] [--engines match,param]
 
 Prints a Markdown table (the one in docs/BENCHMARKS.md) and writes it as JSON to
 WORK_DIR/bench_job.json.
@@ -28,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_STEMS = REPO.parent / "shared" / "data" / "real_stems"
 STEMS = ("drums", "bass", "other", "vocals")
 MIXDAEMON = [sys.executable, "-m", "mixdaemon"]
+MATCHERING_MAX_MINUTES = 15  # matchering.Config().max_length
 MATCHERING_STEM_BY_STEM = """
 import sys, matchering
 src, ref, out = sys.argv[1:4]
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--work-dir", required=True, type=Path)
     parser.add_argument("--minutes", default="1,3", help="song lengths, comma-separated")
     parser.add_argument("--engines", default="match,param", help="mixdaemon engines, comma-separated")
+    parser.add_argument("--reference-minutes", type=float, default=3.0, help="length of the reference song")
     parser.add_argument("--no-matchering", action="store_true", help="skip the Matchering anchor")
     args = parser.parse_args()
 
@@ -76,13 +80,14 @@ def main() -> None:
         seconds = minutes * 60.0
         songs = args.work_dir / f"{minutes:g}min"
         source = looped_song("song_a", seconds, songs / "input")
-        reference = looped_song("song_b", seconds, songs / "reference")
+        reference = looped_song("song_b", args.reference_minutes * 60.0,
+                                args.work_dir / f"reference-{args.reference_minutes:g}min")
         for engine in args.engines.split(","):
             out = songs / f"out-{engine}"
             figures = timed([*MIXDAEMON, "transfer", str(source), "--reference", str(reference), "--out", str(out),
                              "--engine", engine, "--overwrite", "-q"])
             rows.append({"job": f"mixdaemon transfer --engine {engine}", "minutes": minutes, **figures})
-        if not args.no_matchering:
+        if not args.no_matchering and minutes <= MATCHERING_MAX_MINUTES:
             out = songs / "out-matchering"
             out.mkdir(exist_ok=True)
             figures = timed([sys.executable, "-c", MATCHERING_STEM_BY_STEM, str(source), str(reference), str(out)])

@@ -11,6 +11,10 @@ ENGINES = ("match", "neural", "param")  # what --engine accepts
 BACKEND = "auto"
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")  # of the exported graphs and TensorRT plans
+# --precision: what the CPU backends compute the networks in (nets/precision.py); "auto" picks by
+# measured speed and error against fp32
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISION = "auto"
 
 # Shipped models, by name in the model store (engines/MODEL_CARD.md).
 DEFAULT_MODEL = "default"               # the MST pair of the neural engine
@@ -20,6 +24,15 @@ DEFAULT_AUTOMIX_MODEL = "automix-default"
 CHUNK_SECONDS = 12.0          # neural: output audio per MixFXcloner call
 AUTOMIX_CHUNK_SECONDS = 10.0  # automix: output audio per network call
 BATCH_SIZE = 1
+# A transfer's memory is bounded by these, not by the song's length (mixing/measure.py): a song up to
+# ANALYSIS_SECONDS is measured whole; a longer one on ANALYSIS_WINDOWS excerpts of
+# ANALYSIS_WINDOW_SECONDS per stem; the converted song is rendered RENDER_BLOCK_SECONDS at a time.
+ANALYSIS_SECONDS = 60.0
+ANALYSIS_WINDOWS = 6
+ANALYSIS_WINDOW_SECONDS = 10.0
+RENDER_BLOCK_SECONDS = 10
+# The neural engine converts a song in memory: longer songs are refused before any work.
+NEURAL_MAX_MINUTES = 20
 SEPARATION_MODEL = "htdemucs"  # demucs model for mixtures
 CEILING_DBTP = -1.0           # true-peak ceiling of every written stem and mix
 OUTPUT_SUBTYPE = "PCM_24"

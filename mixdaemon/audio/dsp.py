@@ -13,6 +13,8 @@ import numpy as np
 import scipy.fft
 from scipy import signal
 
+from mixdaemon.audio.streams import History
+
 WORKING_RATE = 44100
 
 
@@ -76,48 +78,92 @@ def k_weighting(sr: int = WORKING_RATE) -> np.ndarray:
 def block_loudness(x: np.ndarray, window_s: float, hop_s: float, sr: int = WORKING_RATE) -> np.ndarray:
     """Loudness (LUFS, ungated) of every window_s window, one every hop_s: K-weighted power summed
     over channels (BS.1770 weights 1 for left and right). Empty when x is shorter than a window."""
-    x = as_2d(np.asarray(x))
-    window, hop = int(round(window_s * sr)), int(round(hop_s * sr))
-    if x.shape[0] < window:
-        return np.zeros(0)
-    # float32 filtering (relative error ~1e-6, far below 0.01 LU) at half the cost of float64
-    weighted = signal.sosfilt(k_weighting(sr).astype(np.float32), x.astype(np.float32, copy=False), axis=0)
-    power_per_sample = np.einsum("ij,ij->i", weighted, weighted)
-    if window % hop == 0:
-        # whole hops: sum each hop once, then each window is a run of window/hop hop sums (a
-        # cumulative sum over hops, not over samples: a song's worth of float64 prefix sums is the
-        # slow part otherwise)
-        n_hops = x.shape[0] // hop
-        hop_energy = power_per_sample[:n_hops * hop].reshape(n_hops, hop).sum(axis=1, dtype=np.float64)
-        energy = np.concatenate([[0.0], np.cumsum(hop_energy)])
-        per_window = window // hop
-        power = np.maximum(energy[per_window:] - energy[:-per_window], 0.0) / window
-    else:
-        energy = np.concatenate([[0.0], np.cumsum(power_per_sample, dtype=np.float64)])
-        starts = np.arange(0, x.shape[0] - window + 1, hop)
-        power = np.maximum(energy[starts + window] - energy[starts], 0.0) / window
-    return -0.691 + 10.0 * np.log10(power + 1e-30)
+    meter = LoudnessMeter(sr, window_s, hop_s)
+    meter.push(x)
+    return meter.block_loudness
 
 
 def integrated_loudness(x: np.ndarray, sr: int = WORKING_RATE) -> float:
     """BS.1770-4 integrated loudness in LUFS (K-weighting, 400 ms blocks, 75 % overlap, absolute
     and relative gates, channel powers summed). Returns -inf for silence or input shorter than one
     400 ms block — callers decide what that means for them."""
-    blocks = block_loudness(x, LOUDNESS_BLOCK_S, LOUDNESS_HOP_S, sr)
-    blocks = blocks[blocks > ABSOLUTE_GATE_LUFS]
-    if blocks.size == 0:
-        return float("-inf")
-    power = 10.0 ** ((blocks + 0.691) / 10.0)
-    relative_gate = -0.691 + 10.0 * np.log10(np.mean(power)) + RELATIVE_GATE_LU
-    kept = power[blocks > relative_gate]
-    return float(-0.691 + 10.0 * np.log10(np.mean(kept)))
+    meter = LoudnessMeter(sr)
+    meter.push(x)
+    return meter.integrated
 
 
 def loudness_lufs(x: np.ndarray, sr: int = WORKING_RATE) -> float:
     """Integrated loudness with silence (or a signal shorter than one block) read as the absolute
     gate, ABSOLUTE_GATE_LUFS: a number every table, gain and distance can use."""
-    value = integrated_loudness(x, sr)
-    return value if np.isfinite(value) and value > ABSOLUTE_GATE_LUFS else ABSOLUTE_GATE_LUFS
+    meter = LoudnessMeter(sr)
+    meter.push(x)
+    return meter.lufs
+
+
+class LoudnessMeter:
+    """BS.1770 loudness of a signal fed block by block, in any partition: the K-weighting filter
+    carries its state from block to block, and the windows (window_s long, one every hop_s) are
+    counted from the signal's first sample, so the readings are the whole signal's. Holds one
+    window's worth of chunk energies and one number per window."""
+
+    def __init__(self, sr: int = WORKING_RATE, window_s: float = LOUDNESS_BLOCK_S, hop_s: float = LOUDNESS_HOP_S):
+        self.window, self.hop = int(round(window_s * sr)), int(round(hop_s * sr))
+        # energies are summed per chunk, a length dividing both window and hop (the hop itself at
+        # the usual rates), and each window sums its chunks
+        self.chunk = math.gcd(self.window, self.hop)
+        self.sos = k_weighting(sr).astype(np.float32)
+        self.state: np.ndarray | None = None      # the filter's, per section and channel
+        self.pending = np.zeros(0, np.float32)    # power of the samples after the last whole chunk
+        self.chunks = History()                   # chunk energies from the next window's start
+        self.windows = 0                          # windows measured so far
+        self.powers: list[np.ndarray] = []        # mean power of each window, in order
+
+    def push(self, block: np.ndarray) -> None:
+        # float32 filtering (relative error ~1e-6, far below 0.01 LU) at half the cost of float64
+        x = as_2d(np.asarray(block)).astype(np.float32, copy=False)
+        if x.shape[0] == 0:
+            return
+        if self.state is None:
+            self.state = np.zeros((self.sos.shape[0], 2, x.shape[1]), np.float32)
+        weighted, self.state = signal.sosfilt(self.sos, x, axis=0, zi=self.state)
+        power = np.einsum("ij,ij->i", weighted, weighted)
+        if self.pending.size:
+            power = np.concatenate([self.pending, power])
+        whole = power.shape[0] // self.chunk * self.chunk
+        self.pending = power[whole:].copy()
+        self.chunks.append(power[:whole].reshape(-1, self.chunk).sum(axis=1, dtype=np.float64))
+        per_window, per_hop = self.window // self.chunk, self.hop // self.chunk
+        complete = (self.chunks.end - per_window) // per_hop + 1 if self.chunks.end >= per_window else 0
+        if complete > self.windows:
+            chunks = self.chunks.window(self.windows * per_hop, (complete - 1) * per_hop + per_window)
+            energy = np.lib.stride_tricks.sliding_window_view(chunks, per_window)[::per_hop].sum(axis=1)
+            self.powers.append(energy / self.window)
+            self.windows = complete
+            self.chunks.forget(complete * per_hop)
+
+    @property
+    def block_loudness(self) -> np.ndarray:
+        """The loudness (LUFS, ungated) of each window so far."""
+        power = np.concatenate(self.powers) if self.powers else np.zeros(0)
+        return -0.691 + 10.0 * np.log10(power + 1e-30)
+
+    @property
+    def integrated(self) -> float:
+        """BS.1770-4 integrated loudness (gated) of what came in; -inf as integrated_loudness."""
+        blocks = self.block_loudness
+        blocks = blocks[blocks > ABSOLUTE_GATE_LUFS]
+        if blocks.size == 0:
+            return float("-inf")
+        power = 10.0 ** ((blocks + 0.691) / 10.0)
+        relative_gate = -0.691 + 10.0 * np.log10(np.mean(power)) + RELATIVE_GATE_LU
+        kept = power[blocks > relative_gate]
+        return float(-0.691 + 10.0 * np.log10(np.mean(kept)))
+
+    @property
+    def lufs(self) -> float:
+        """The integrated loudness floored at the absolute gate, as loudness_lufs."""
+        value = self.integrated
+        return value if np.isfinite(value) and value > ABSOLUTE_GATE_LUFS else ABSOLUTE_GATE_LUFS
 
 
 def lufs_norm(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:
@@ -175,17 +221,48 @@ def compress(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float,
     attack/release smoother on the gain reduction; channels are independent; no make-up gain.
     Shared by FX normalization, the FXmanipulator and the param engine's chain, so all apply the
     same dynamics. The detector reads |x| below 1e-6 as −120 dB. time_axis=-1 takes channel-first
-    (channels, n) signals (not copied when C-contiguous float64)."""
-    if time_axis not in (0, -1):
-        raise ValueError(f"time_axis {time_axis}: 0 for (n, channels) or -1 for (channels, n)")
-    x = np.asarray(x)
-    planar = np.ascontiguousarray(as_2d(x).T if time_axis == 0 else np.atleast_2d(x), dtype=np.float64)
-    out = np.empty_like(planar)
-    alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
-    alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
-    for channel, result in zip(planar, out):
-        _compress_channel(channel, float(threshold_db), 1.0 - 1.0 / float(ratio), alpha_attack, alpha_release, result)
-    return (out.T if time_axis == 0 else out).reshape(x.shape)
+    (channels, n) signals (not copied when C-contiguous float64). The whole-signal call of
+    `Compressor`, starting from rest."""
+    return Compressor(threshold_db, ratio, attack_ms, release_ms, sr, time_axis)(x)
+
+
+class Compressor:
+    """`compress` as a streamable effect (audio/streams.py): its stream carries each channel's
+    smoothed gain reduction from one block to the next, so blocks come out as the whole signal
+    would, with no look-ahead."""
+
+    def __init__(self, threshold_db: float, ratio: float, attack_ms: float, release_ms: float,
+                 sr: int = WORKING_RATE, time_axis: int = 0):
+        if time_axis not in (0, -1):
+            raise ValueError(f"time_axis {time_axis}: 0 for (n, channels) or -1 for (channels, n)")
+        self.threshold_db, self.slope = float(threshold_db), 1.0 - 1.0 / float(ratio)
+        self.alpha_attack = float(np.exp(-1.0 / (0.001 * sr * attack_ms)))
+        self.alpha_release = float(np.exp(-1.0 / (0.001 * sr * release_ms)))
+        self.time_axis = time_axis
+
+    def stream(self, n_samples: int) -> "CompressorStream":
+        return CompressorStream(self)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        return self.stream(x.shape[self.time_axis]).push(x, last=True)
+
+
+class CompressorStream:
+    def __init__(self, compressor: Compressor):
+        self.compressor = compressor
+        self.smoothed: np.ndarray | None = None   # per channel, dB of gain reduction; None: at rest
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        c, x = self.compressor, np.asarray(block)
+        planar = np.ascontiguousarray(as_2d(x).T if c.time_axis == 0 else np.atleast_2d(x), dtype=np.float64)
+        if self.smoothed is None:
+            self.smoothed = np.zeros(planar.shape[0])
+        out = np.empty_like(planar)
+        for i, (channel, result) in enumerate(zip(planar, out)):
+            self.smoothed[i] = _compress_channel(channel, c.threshold_db, c.slope, c.alpha_attack, c.alpha_release,
+                                                 self.smoothed[i], result)
+        return (out.T if c.time_axis == 0 else out).reshape(x.shape)
 
 
 # --- RBJ biquads (Audio EQ Cookbook) ----------------------------------------------------------------
@@ -323,11 +400,12 @@ def gain_to_lufs(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> n
 # --- compressor kernel ---------------------------------------------------------------------------------
 
 @numba.njit(cache=True, nogil=True)
-def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, out):
-    # The detector level 20·log10|x| is only needed above the threshold (below it the target gain
-    # reduction is 0), and the gain only while some reduction is smoothed in: skipping both where
-    # they cannot matter makes a pass 2-3x faster than computing them for every sample.
-    smoothed = 0.0
+def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, smoothed, out):
+    # Compresses x into out from the smoothed gain reduction `smoothed` (dB) and returns the one
+    # after x's last sample, where the next block starts. The detector level 20·log10|x| is only
+    # needed above the threshold (below it the target gain reduction is 0), and the gain only while
+    # some reduction is smoothed in: skipping both where they cannot matter makes a pass 2-3x faster
+    # than computing them for every sample.
     to_gain = -math.log(10.0) / 20.0
     to_db = 20.0 / math.log(10.0)
     threshold_amp = max(10.0 ** (threshold_db / 20.0), 1e-6)
@@ -338,6 +416,7 @@ def _compress_channel(x, threshold_db, slope, alpha_attack, alpha_release, out):
         alpha = alpha_attack if gain_reduction > smoothed else alpha_release
         smoothed = alpha * smoothed + (1.0 - alpha) * gain_reduction
         out[n] = x[n] * math.exp(to_gain * smoothed) if smoothed > 0.0 else x[n]
+    return smoothed
 
 
 # --- long-term average spectra (what a job's report.png draws) -----------------------------------------------------------------------------
@@ -351,12 +430,53 @@ def average_spectrum_db(x: np.ndarray, sr: int = WORKING_RATE) -> np.ndarray:
     """Long-term average power spectrum of the mid channel (Welch, 4096-point Hann), averaged into
     the SPECTRUM_BAND_EDGES_HZ bands so that curves of different material are readable side by
     side; dB, one value per band (a band holding no FFT bin takes the spectrum at its centre)."""
-    mid = np.asarray(x, dtype=np.float64).mean(axis=1) if x.ndim == 2 else np.asarray(x, dtype=np.float64)
-    if mid.shape[0] < SPECTRUM_FFT:
-        mid = np.pad(mid, (0, SPECTRUM_FFT - mid.shape[0]))
-    freqs, power = signal.welch(mid, fs=sr, nperseg=SPECTRUM_FFT)
-    bands = np.empty(len(SPECTRUM_BAND_CENTRES_HZ))
-    for i, (lo, hi) in enumerate(zip(SPECTRUM_BAND_EDGES_HZ[:-1], SPECTRUM_BAND_EDGES_HZ[1:])):
-        sel = (freqs >= lo) & (freqs < hi)
-        bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
-    return 10.0 * np.log10(bands + 1e-20)
+    meter = SpectrumMeter(sr)
+    meter.push(x)
+    return meter.spectrum_db()
+
+
+class SpectrumMeter:
+    """average_spectrum_db of a signal fed block by block, in any partition: Welch's segments
+    (SPECTRUM_FFT samples, half overlapping, each less its mean, Hann-windowed; density scaling)
+    counted from the first sample, their power spectra summed as they complete. A signal shorter
+    than one segment is measured zero-padded to one, as scipy's welch would not."""
+
+    def __init__(self, sr: int = WORKING_RATE):
+        self.sr = sr
+        self.window = signal.get_window("hann", SPECTRUM_FFT)
+        self.held = History()                     # mid samples from the next segment's start on
+        self.total = np.zeros(SPECTRUM_FFT // 2 + 1)
+        self.segments = 0
+
+    def push(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float64)
+        self.held.append(block.mean(axis=1) if block.ndim == 2 else block)
+        hop = SPECTRUM_FFT // 2
+        count = (self.held.end - self.held.start - SPECTRUM_FFT) // hop + 1
+        if count > 0:
+            mid = self.held.window(self.held.start, self.held.start + (count - 1) * hop + SPECTRUM_FFT)
+            segments = np.lib.stride_tricks.sliding_window_view(mid, SPECTRUM_FFT)[::hop]
+            for first in range(0, count, 256):  # a few at a time: no song-long spectrogram
+                self.total += self._power(segments[first:first + 256])
+            self.segments += count
+            self.held.forget(self.held.start + count * hop)
+
+    def _power(self, segments: np.ndarray) -> np.ndarray:
+        """The summed |FFT|² of detrended, windowed segments (segments, SPECTRUM_FFT)."""
+        detrended = segments - segments.mean(axis=1, keepdims=True)
+        return np.sum(np.abs(scipy.fft.rfft(detrended * self.window, axis=1)) ** 2, axis=0)
+
+    def spectrum_db(self) -> np.ndarray:
+        """The bands' levels (dB) of what came in so far."""
+        total, segments = self.total, self.segments
+        if segments == 0:
+            held = self.held.data if self.held.data is not None else np.zeros(0)
+            total, segments = self._power(np.pad(held, (0, SPECTRUM_FFT - held.shape[0]))[None]), 1
+        power = total / (segments * self.sr * np.sum(self.window ** 2))
+        power[1:-1] *= 2.0  # one-sided: the negative frequencies' share
+        freqs = np.fft.rfftfreq(SPECTRUM_FFT, 1.0 / self.sr)
+        bands = np.empty(len(SPECTRUM_BAND_CENTRES_HZ))
+        for i, (lo, hi) in enumerate(zip(SPECTRUM_BAND_EDGES_HZ[:-1], SPECTRUM_BAND_EDGES_HZ[1:])):
+            sel = (freqs >= lo) & (freqs < hi)
+            bands[i] = power[sel].mean() if sel.any() else np.interp(np.sqrt(lo * hi), freqs, power)
+        return 10.0 * np.log10(bands + 1e-20)

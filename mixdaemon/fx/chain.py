@@ -3,8 +3,10 @@ track, with settings in the units a DAW shows.
 
     EQ (low shelf, three peaks, high shelf) → compressor → width → pan → reverb send → gain
 
-Each stage is a small callable object (pedalboard's style); `StemChain.stages()` lists the active
-ones and `render(stem, chain)` runs them. The parameters mirror the FXmanipulator (§2.2) so a
+Each stage is a small callable object (pedalboard's style) and a streamable effect
+(audio/streams.py); `StemChain.stages()` lists the active ones, `chain_effect(chain)` runs them
+block by block with their state carried (a stem of any length in memory bounded by the block size)
+and `render(stem, chain)` is that stream fed the whole stem. The parameters mirror the FXmanipulator (§2.2) so a
 predictor can learn them from its draws (`chain_from_draw`), and they are saved per job as
 `fx_params.json` (`write_fx_params`), which integrations/reaper/mixdaemon_apply_fx_params.lua turns
 into ReaEQ / ReaComp / track volume, pan and width.
@@ -41,8 +43,9 @@ from typing import Mapping
 
 import numpy as np
 import pedalboard
+from scipy import signal
 
-from mixdaemon.audio import dsp
+from mixdaemon.audio import dsp, streams
 from mixdaemon.files import atomic_write
 from mixdaemon.fx.manipulator import Imager, Panner
 
@@ -54,6 +57,7 @@ BAND_KINDS = ("low_shelf", "peak", "peak", "peak", "high_shelf")
 SHELF_Q = 0.707
 REVERB_DAMPING = 0.5
 DEFAULT_ROOM_SIZE = 0.6  # what an impulse-response reverb of the FXmanipulator maps to [U→R]
+REVERB_BLOCK = 65536     # the longest piece the reverb send's plugin is given (ReverbSendStream)
 
 PRIME_SECONDS = 0.25  # five times the longest attack the param engine sets: the detector has settled
 
@@ -152,34 +156,77 @@ class StemChain:
 # --- stages -----------------------------------------------------------------------------------------
 # Each stage maps a float64 channel-first (2, n) signal to another: every stage then works on
 # contiguous channels (the compressor's loop, scipy's filters, pedalboard's planar buffers), and a
-# chain copies its audio only on the way in and out of `render`.
+# chain copies its audio only on the way in and out of `render`. Each is streamable over such
+# channel-first blocks (time along the last axis), keeping its state from one block to the next,
+# and its whole-signal call is its stream fed in one block.
 
-class EqStage:
+class Stage:
+    """A stage's whole-signal call, for stages that define `stream`."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.stream(x.shape[-1]).push(x, last=True)
+
+
+class EqStage(Stage):
     def __init__(self, sos: np.ndarray):
         self.sos = sos
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return dsp.apply_sos(x, self.sos, time_axis=-1)
+    def stream(self, n_samples: int) -> "EqStream":
+        return EqStream(self.sos)
 
 
-class CompressorStage:
+class EqStream:
+    """The biquad cascade with its filter memories carried from block to block (zero at the start)."""
+
+    def __init__(self, sos: np.ndarray):
+        self.sos, self.memories = sos, None
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.asarray(block, dtype=np.float64)
+        if block.shape[-1] == 0:   # scipy cannot filter an empty block
+            return block.copy()
+        if self.memories is None:
+            self.memories = np.zeros((self.sos.shape[0],) + block.shape[:-1] + (2,))
+        out, self.memories = signal.sosfilt(self.sos, block, axis=-1, zi=self.memories)
+        return out
+
+
+class CompressorStage(Stage):
     """dsp.compress with its detector settled first on the stem's opening PRIME_SECONDS played
     backwards (then dropped): a stem that starts mid-note starts at the gain reduction the compressor
     has a moment later, not at none — from rest, its first attack time would pass uncompressed, a
     burst as loud as the gain reduction once the output gain makes up for it. A stem that starts
-    from silence is compressed as from rest."""
+    from silence is compressed as from rest. Streamed, it holds its output back until the opening
+    has come in."""
 
     def __init__(self, settings: CompressorSettings, sr: int):
         self.settings, self.sr = settings, sr
+        self.compressor = dsp.Compressor(settings.threshold_db, settings.ratio, settings.attack_ms,
+                                         settings.release_ms, sr, time_axis=-1)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        s = self.settings
-        lead = min(int(PRIME_SECONDS * self.sr), x.shape[-1] - 1)
-        primed = np.concatenate([x[:, lead:0:-1], x], axis=-1)
-        return dsp.compress(primed, s.threshold_db, s.ratio, s.attack_ms, s.release_ms, self.sr, time_axis=-1)[:, lead:]
+    def stream(self, n_samples: int) -> "PrimedCompressorStream":
+        return PrimedCompressorStream(self.compressor.stream(n_samples),
+                                      max(0, min(int(PRIME_SECONDS * self.sr), n_samples - 1)))
 
 
-class StereoStage:
+class PrimedCompressorStream:
+    def __init__(self, compressor: dsp.CompressorStream, lead: int):
+        self.compressor, self.lead = compressor, lead
+        self.opening: list[np.ndarray] | None = []   # blocks held until the priming; None once primed
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.opening is None:
+            return self.compressor.push(block, last)
+        self.opening.append(block)
+        held = self.opening[0] if len(self.opening) == 1 else np.concatenate(self.opening, axis=-1)
+        if held.shape[-1] <= self.lead and not last:
+            return np.empty(held.shape[:-1] + (0,))
+        self.opening = None
+        self.compressor.push(held[..., self.lead:0:-1])
+        return self.compressor.push(held, last)
+
+
+class StereoStage(Stage):
     """Width (side gain, mid kept), then balance pan: one 2×2 matrix on (L, R).
     With M = L+R, S = L−R scaled by w: L' = a·L + b·R, R' = b·L + a·R, a = (1+w)/2, b = (1−w)/2."""
 
@@ -188,27 +235,50 @@ class StereoStage:
         g_left, g_right = balance_gains(pan)
         self.matrix = np.array([[a * g_left, b * g_left], [b * g_right, a * g_right]])  # y = matrix @ x
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def stream(self, n_samples: int) -> streams.Samplewise:
+        return streams.Samplewise(self.apply)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
         return np.dot(self.matrix, x, out=np.empty_like(x))
 
 
-class ReverbSendStage:
+class ReverbSendStage(Stage):
     def __init__(self, reverb: ReverbSend, sr: int):
-        self.sr = sr
+        self.reverb, self.sr = reverb, sr
         self.level = float(dsp.db_to_amp(reverb.send_db))
-        self.plugin = pedalboard.Reverb(room_size=reverb.room_size, damping=REVERB_DAMPING, wet_level=1.0,
-                                        dry_level=0.0, width=1.0)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        wet = self.plugin(x.astype(np.float32), self.sr, reset=True)
-        return x + self.level * wet
+    def stream(self, n_samples: int) -> "ReverbSendStream":
+        return ReverbSendStream(self)
 
 
-class GainStage:
+class ReverbSendStream:
+    """The send through its own pedalboard.Reverb, its tail carried across blocks. pedalboard prepares
+    a plugin for the longest block it has been given and, given a longer one, prepares it again,
+    which clears the reverb: so the plugin is prepared once for REVERB_BLOCK samples, with silence
+    (which leaves a cleared reverb cleared, to the bit), and then fed pieces no longer than that."""
+
+    def __init__(self, stage: ReverbSendStage):
+        self.stage, self.plugin = stage, None
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        stage, dry = self.stage, block.astype(np.float32)
+        if self.plugin is None:
+            self.plugin = pedalboard.Reverb(room_size=stage.reverb.room_size, damping=REVERB_DAMPING, wet_level=1.0,
+                                            dry_level=0.0, width=1.0)
+            self.plugin(np.zeros(dry.shape[:-1] + (REVERB_BLOCK,), np.float32), stage.sr, reset=True)
+        wet = [self.plugin(dry[..., start:start + REVERB_BLOCK], stage.sr, reset=False)
+               for start in range(0, dry.shape[-1], REVERB_BLOCK)]
+        return block + stage.level * np.concatenate(wet, axis=-1) if wet else block.copy()
+
+
+class GainStage(Stage):
     def __init__(self, gain_db: float):
         self.factor = float(dsp.db_to_amp(gain_db))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def stream(self, n_samples: int) -> streams.Samplewise:
+        return streams.Samplewise(self.apply)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
         return x * self.factor
 
 
@@ -217,16 +287,45 @@ def balance_gains(pan: float) -> tuple[float, float]:
     return (1.0 - pan, 1.0) if pan > 0 else (1.0, 1.0 + pan)
 
 
+class ChainEffect:
+    """A stem's chain as a streamable effect (audio/streams.py): (m, 2) blocks in, float32 (m', 2)
+    out, each block made channel-first once for all the stages; the compressor's priming holds the
+    first PRIME_SECONDS back."""
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+
+    def stream(self, n_samples: int) -> "ChainStream":
+        return ChainStream(streams.Chain(stage.stream(n_samples) for stage in self.stages))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return streams.whole(self, x)
+
+
+class ChainStream:
+    def __init__(self, planar: streams.Chain):
+        self.planar = planar
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(block)
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"stem: shape {x.shape}; expected (n, 2) stereo")
+        out = self.planar.push(np.ascontiguousarray(x.T, dtype=np.float64), last)
+        return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def chain_effect(chain: StemChain, sr: int = dsp.WORKING_RATE) -> ChainEffect:
+    """The chain's active stages as one streamable effect: what renders a stem block by block."""
+    return ChainEffect(chain.stages(sr))
+
+
 def render(stem: np.ndarray, chain: StemChain, sr: int = dsp.WORKING_RATE) -> np.ndarray:
-    """The stem through the chain: float32 (n, 2), not clipped (limiting is mastering's job)."""
-    x = np.asarray(stem)
-    if x.ndim != 2 or x.shape[1] != 2:
-        raise ValueError(f"stem: shape {x.shape}; expected (n, 2) stereo")
-    return np.ascontiguousarray(run_stages(chain.stages(sr), np.ascontiguousarray(x.T, dtype=np.float64)).T,
-                                dtype=np.float32)
+    """The stem through the chain: float32 (n, 2), not clipped (limiting is mastering's job); the
+    chain's stream fed in one block."""
+    return streams.whole(chain_effect(chain, sr), stem)
 
 
-def run_stages(stages: list, planar: np.ndarray) -> np.ndarray:
+def run_stages(stages: list[Stage], planar: np.ndarray) -> np.ndarray:
     """A channel-first (2, n) float64 signal through stages in order."""
     for stage in stages:
         planar = stage(planar)

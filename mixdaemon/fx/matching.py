@@ -31,8 +31,10 @@ small callable that applies it, scaled by an `amount` (0: nothing, 1: all the wa
 - level — `loudness_gain_db`: the gain that brings the stem to the reference stem's integrated
   loudness (BS.1770), last, so that the balance between the stems is the reference's.
 
-The measurements of one stem take a few tens of milliseconds per minute of audio; the FIR and the
-gain envelope are FFT convolution and one pass. A reverb send costs about a second for a 3-minute
+Every effect is streamable (audio/streams.py): fitted once, it renders a song of any length block
+by block, its whole-signal call being its stream fed in one block. The measurements of one stem take
+a few tens of milliseconds per minute of audio; the FIR and the gain envelope are FFT convolution
+and one pass. A reverb send costs about a second for a 3-minute
 stem (its fit on 12 s of windows, then one FFT convolution).
 """
 from __future__ import annotations
@@ -42,10 +44,10 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import scipy.fft
-from scipy import signal
 
 from mixdaemon.audio.dsp import ABSOLUTE_GATE_LUFS, WORKING_RATE, db_to_amp, frame_signal, loudness_lufs
-from mixdaemon.audio.mastering import limiter_gain, true_peak_dbtp
+from mixdaemon.audio.mastering import LimiterGain, true_peak_dbtp
+from mixdaemon.audio.streams import History, Samplewise, whole
 from mixdaemon.fx.features import excerpt
 
 # --- eq -----------------------------------------------------------------------------------------------
@@ -57,6 +59,9 @@ EQ_SMOOTHING_OCTAVES = 0.5       # a reference of other notes differs in content
 EQ_FLOOR_DB = 60.0
 MAX_EQ_DB = 15.0
 EQ_TAPS = 4096 + 1
+EQ_FFT_BLOCK = 8 * (EQ_TAPS - 1)  # the FIR's overlap-save FFTs: 7/8 of each is output
+_EQ_FFTS_AT_ONCE = 32             # ~1 M samples transformed per call: the speed of one big call, and
+                                  # a song's spectra never all in memory
 _EQ_BIN_HZ = np.fft.rfftfreq(EQ_FFT, 1.0 / WORKING_RATE)
 _EQ_WINDOW = np.hanning(EQ_FFT).astype(np.float32)
 _EQ_FIT_RANGE_HZ = (40.0, 16000.0)  # where the curve's mean is taken
@@ -117,15 +122,76 @@ class EqCurve:
         impulse = np.roll(impulse, (EQ_TAPS - 1) // 2)
         return np.append(impulse, impulse[0]) * np.hanning(EQ_TAPS)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def stream(self, n_samples: int) -> "_CentredFirStream | Samplewise":
         if not np.any(self.gains_db):
-            return np.asarray(x, dtype=np.float32)
-        # float32 FFT convolution of both channels at once: 5x faster than float64 per channel, and
-        # the error stays >120 dB below the signal
-        taps = self.taps().astype(np.float32)
-        delay = (EQ_TAPS - 1) // 2
-        padded = np.pad(np.asarray(x, dtype=np.float32), ((delay, delay), (0, 0)))
-        return signal.oaconvolve(padded, taps[:, None], mode="valid", axes=0)[:x.shape[0]]
+            return Samplewise(_float32)
+        return _CentredFirStream(self.taps().astype(np.float32), n_samples)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32)
+
+
+def _span(held: History, a: int, b: int, n: int) -> np.ndarray:
+    """Samples a..b of a signal of n samples whose samples from a (or 0) on are held: zeros outside
+    0..n, one copy."""
+    out = np.zeros((b - a,) + held.data.shape[1:], dtype=held.data.dtype)
+    lo, hi = max(a, 0), min(b, n)
+    out[lo - a:hi - a] = held.window(lo, hi)
+    return out
+
+
+class _Held(History):
+    """A stream's input held until the output of its samples is made: `take(m)` gives the next m
+    samples in order and forgets them."""
+
+    def __init__(self):
+        super().__init__()
+        self.done = 0
+
+    def take(self, m: int) -> np.ndarray:
+        out = self.window(self.done, self.done + m)
+        self.done += m
+        self.forget(self.done)
+        return out
+
+
+class _CentredFirStream:
+    """A linear-phase FIR (odd length, under EQ_FFT_BLOCK) with its delay taken out, so that the
+    output stays aligned with the input: each output sample reads the input `delay` samples either
+    side (zeros beyond the signal). Overlap-save: a push gives the whole FFT blocks' worth of
+    samples whose reach is held (all the rest at the last)."""
+
+    def __init__(self, taps: np.ndarray, n_samples: int):
+        self.reach, self.n = taps.shape[0] - 1, int(n_samples)
+        self.delay, self.step = self.reach // 2, EQ_FFT_BLOCK - self.reach
+        # float32 FFTs of both channels at once: 5x faster than float64 per channel, and the error
+        # stays >120 dB below the signal
+        self.response = scipy.fft.rfft(taps.astype(np.float32), EQ_FFT_BLOCK)
+        self.held = History()
+        self.done = 0
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        self.held.append(np.asarray(block, dtype=np.float32))
+        ready = (self.n if last else min(self.n, self.held.end - self.delay)) - self.done
+        count = ready if last else ready // self.step * self.step
+        if count <= 0:
+            return self.held.data[:0]
+        blocks, channels = -(-count // self.step), self.held.data.shape[1:]
+        start = self.done - self.delay
+        segment = _span(self.held, start, start + blocks * self.step + self.reach, self.n)
+        frames = np.lib.stride_tricks.sliding_window_view(segment, EQ_FFT_BLOCK, axis=0)[::self.step]
+        out = np.empty((blocks, self.step) + channels, dtype=np.float32)
+        for i in range(0, blocks, _EQ_FFTS_AT_ONCE):
+            spectra = scipy.fft.rfft(frames[i:i + _EQ_FFTS_AT_ONCE], axis=-1) * self.response
+            circular = scipy.fft.irfft(spectra, EQ_FFT_BLOCK, axis=-1)  # (blocks, channels, EQ_FFT_BLOCK)
+            out[i:i + _EQ_FFTS_AT_ONCE] = np.moveaxis(circular[..., self.reach:], -1, 1)
+        self.held.forget(self.done + count - self.delay)
+        self.done += count
+        return out.reshape((-1,) + channels)[:count]
 
 
 # --- dynamics ---------------------------------------------------------------------------------------------
@@ -178,22 +244,23 @@ def _active(levels_db: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _smooth_gain(target_db, alpha_attack, alpha_release):
-    # One-pole smoothing of a gain curve: falling gains (more reduction) follow fast, rising slowly.
+def _smooth_gain(target_db, alpha_attack, alpha_release, state):
+    # One-pole smoothing of a gain curve from `state` (the gain before target_db[0]): falling gains
+    # (more reduction) follow fast, rising slowly. The curve and its last value.
     out = np.empty_like(target_db)
-    state = target_db[0]
     for i in range(target_db.shape[0]):
         alpha = alpha_attack if target_db[i] < state else alpha_release
         state = alpha * state + (1.0 - alpha) * target_db[i]
         out[i] = state
-    return out
+    return out, state
 
 
 @dataclass
 class LevelMap:
     """A static level curve on one detector's levels: input levels `points_db` (re the input's
     median level) map to `points_db + gains_db`; between points linear, beyond them the end gains
-    hold."""
+    hold. Its stream reads each window's level as soon as the window is in (detector.window +
+    detector.hop samples ahead of the output at most)."""
 
     detector: Detector
     points_db: np.ndarray
@@ -228,21 +295,85 @@ class LevelMap:
     def scaled(self, amount: float) -> "LevelMap":
         return LevelMap(self.detector, self.points_db, self.gains_db * amount, self.median_db)
 
-    def gain_envelope_db(self, levels_db: np.ndarray) -> np.ndarray:
-        """The smoothed gain (dB) per detector window of a stem whose levels these are."""
+    def gain_envelope_db(self, levels_db: np.ndarray, state: float | None = None) -> tuple[np.ndarray, float]:
+        """The smoothed gain (dB) per detector window of a stem whose levels these are, from the
+        smoothing's `state` (the gain of the window before; None: the first window's own), and the
+        state after them."""
         target = np.interp(levels_db - self.median_db, self.points_db, self.gains_db)
         hop_s = self.detector.hop / WORKING_RATE
         attack, release = (float(np.exp(-hop_s / (ms / 1000.0)))
                            for ms in (self.detector.attack_ms, self.detector.release_ms))
-        return _smooth_gain(target, attack, release)
+        return _smooth_gain(target, attack, release, target[0] if state is None else state)
+
+    def stream(self, n_samples: int) -> "_LevelMapStream | Samplewise":
+        if not np.any(self.gains_db):
+            return Samplewise(_float32)
+        return _LevelMapStream(self, n_samples)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if not np.any(self.gains_db):
-            return np.asarray(x, dtype=np.float32)
-        gains = db_to_amp(self.gain_envelope_db(short_term_levels_db(x, self.detector)))
-        where = np.arange(gains.shape[0]) * self.detector.hop + self.detector.lag
-        per_sample = np.interp(np.arange(x.shape[0]), where, gains).astype(np.float32)
-        return np.asarray(x, dtype=np.float32) * per_sample[:, None]
+        return whole(self, x)
+
+
+class _LevelMapStream:
+    """short_term_levels_db's windows (starts every hop from sample 0, the last at most n − window
+    in; each cut at n) measured as they come in, their gains smoothed in order, and the output's
+    per-sample gain interpolated between the gains placed `lag` after their windows' starts. Power
+    is summed as one float64 running sum over the signal, as the whole-signal levels are, and only
+    its values at window edges are kept."""
+
+    def __init__(self, level_map: LevelMap, n_samples: int):
+        self.map, self.n = level_map, int(n_samples)
+        d = level_map.detector
+        self.windows = len(range(0, max(1, self.n - d.window + 1), d.hop))
+        self.held = _Held()                        # the input not yet output
+        self.at_starts, self.at_ends = History(), History()  # running power sums at windows' edges, per window
+        self.gains = History()                     # smoothed gains (amplitude) per window
+        self.total, self.state = 0.0, None         # the running sum so far; the smoothing's state
+        self.measured = 0                          # windows measured
+
+    def _edge(self, k: np.ndarray, end: bool) -> np.ndarray:
+        d = self.map.detector
+        return np.minimum(k * d.hop + d.window, self.n) if end else k * d.hop
+
+    def _sums_at_edges(self, x: np.ndarray) -> None:
+        """The running sums of power at the window edges that fall within x (the next block)."""
+        power = np.einsum("ij,ij->i", x, x) / np.float32(x.shape[1])
+        # one sequential float64 sum continued from the last block: the whole signal's values
+        running = np.cumsum(np.concatenate([[self.total], power]), dtype=np.float64)
+        first, self.total = self.held.end - x.shape[0], float(running[-1])
+        last_start = min(self.windows, self.held.end // self.map.detector.hop + 1)  # no window starts later
+        for edges, end in ((self.at_starts, False), (self.at_ends, True)):
+            k = np.arange(edges.end, last_start)
+            positions = self._edge(k, end)
+            positions = positions[positions <= self.held.end]
+            edges.append(running[positions - first])
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(block, dtype=np.float32)
+        self.held.append(x)
+        self._sums_at_edges(x)
+        d = self.map.detector
+        ready = min(self.at_starts.end, self.at_ends.end)
+        if ready > self.measured:
+            k = np.arange(self.measured, ready)
+            sums = self.at_ends.window(self.measured, ready) - self.at_starts.window(self.measured, ready)
+            mean = sums / np.maximum(self._edge(k, True) - self._edge(k, False), 1)
+            gains_db, self.state = self.map.gain_envelope_db(10.0 * np.log10(np.maximum(mean, 1e-20)), self.state)
+            self.gains.append(db_to_amp(gains_db))
+            self.at_starts.forget(ready)
+            self.at_ends.forget(ready)
+            self.measured = ready
+        # a sample's gain is read between the two windows placed either side of it (after the last
+        # one's place, its gain holds)
+        stop = self.held.end if self.measured == self.windows else \
+            min(self.held.end, int(np.floor((self.measured - 1) * d.hop + d.lag)) + 1) if self.measured else 0
+        if stop <= self.held.done:
+            return self.held.data[:0]
+        first = min(self.measured - 1, max(0, int(np.floor((self.held.done - d.lag) / d.hop))))
+        where = np.arange(first, self.measured) * d.hop + d.lag
+        per_sample = np.interp(np.arange(self.held.done, stop), where, self.gains.window(first, self.measured)).astype(np.float32)
+        self.gains.forget(min(self.measured - 1, max(0, int(np.floor((stop - d.lag) / d.hop)))))
+        return self.held.take(stop - self.held.done) * per_sample[:, None]
 
 
 MAX_PEAK_CUT_DB = 12.0
@@ -262,12 +393,39 @@ def peak_to_loudness_db(x: np.ndarray, lufs: float | None = None) -> float:
 
 
 @dataclass
+class PeakLimiter:
+    """A look-ahead limiter (audio.mastering's gain, peak-limiter times) on the sample peak, at
+    ceiling_db dBFS. The sample peak, not the true peak: the job's own limiter keeps the true peak
+    under its ceiling; here the peaks only need to come down (and the true-peak envelope costs 10x)."""
+
+    ceiling_db: float
+
+    def stream(self, n_samples: int) -> "_PeakLimiterStream":
+        return _PeakLimiterStream(LimiterGain(float(db_to_amp(self.ceiling_db)), lookahead_ms=PEAK_LOOKAHEAD_MS,
+                                              release_ms=PEAK_RELEASE_MS).stream(n_samples))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+class _PeakLimiterStream:
+    def __init__(self, gain):
+        self.gain, self.held = gain, _Held()
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(block, dtype=np.float32)
+        self.held.append(x)
+        gain = self.gain.push(np.max(np.abs(x), axis=1), last)
+        return self.held.take(gain.shape[0]) * gain[:, None].astype(np.float32)
+
+
+@dataclass
 class PeakCeiling:
-    """A look-ahead peak limiter (audio.mastering's) whose ceiling is chosen so that the stem's
-    peaks stand `plr_db` above its loudness, as the reference's do; a stem less peaky than that is
-    left as it is (a limiter cannot add peaks). Limiting lowers the loudness too, so the cut is
-    searched (secant steps on peak-to-loudness against the cut, PEAK_TRIALS limiter passes on an
-    excerpt); the ceiling found is applied relative to the whole stem's loudness."""
+    """A PeakLimiter whose ceiling is chosen so that the stem's peaks stand `plr_db` above its
+    loudness, as the reference's do; a stem less peaky than that is left as it is (a limiter cannot
+    add peaks). Limiting lowers the loudness too, so the cut is searched (secant steps on
+    peak-to-loudness against the cut, PEAK_TRIALS limiter passes on an excerpt); the ceiling found
+    is applied relative to the whole stem's loudness."""
 
     plr_db: float
     amount: float = 1.0
@@ -291,26 +449,24 @@ class PeakCeiling:
         # secant steps on (cut, peak-to-loudness), from the excess itself as the first cut
         previous, cut = (0.0, start), min(start - target, MAX_PEAK_CUT_DB)
         for _ in range(PEAK_TRIALS):
-            plr = peak_to_loudness_db(self._limited(part, peak_db - cut))
+            plr = peak_to_loudness_db(PeakLimiter(peak_db - cut)(part))
             if abs(plr - target) < 0.2 or (cut >= MAX_PEAK_CUT_DB and plr > target):
                 break
             slope = (plr - previous[1]) / (cut - previous[0]) if abs(cut - previous[0]) > 1e-6 else -1.0
             previous, cut = (cut, plr), float(np.clip(cut + (target - plr) / min(slope, -0.05), 0.0, MAX_PEAK_CUT_DB))
         return peak_db - cut - loudness
 
-    @staticmethod
-    def _limited(x: np.ndarray, ceiling_db: float) -> np.ndarray:
-        # The sample peak, not the true peak: the job's own limiter keeps the true peak under its
-        # ceiling; here the peaks only need to come down (and the true-peak envelope costs 10x).
-        ceiling = float(db_to_amp(ceiling_db))
-        gain = limiter_gain(np.max(np.abs(x), axis=1), ceiling,
-                            lookahead_ms=PEAK_LOOKAHEAD_MS, release_ms=PEAK_RELEASE_MS)
-        return x * gain[:, None].astype(np.float32)
+    def limiter_for(self, x: np.ndarray) -> PeakLimiter | None:
+        """The limiter that gives x the wanted peak-to-loudness ratio, its ceiling found on x and
+        placed re x's loudness; None when x is no peakier than that already."""
+        x = np.asarray(x, dtype=np.float32)
+        ceiling = self.ceiling_re_loudness_db(x)
+        return None if ceiling is None else PeakLimiter(loudness_lufs(x) + ceiling)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        ceiling = self.ceiling_re_loudness_db(x)
-        return x if ceiling is None else self._limited(x, loudness_lufs(x) + ceiling)
+        limiter = self.limiter_for(x)
+        return x if limiter is None else limiter(x)
 
 
 # --- width and balance ---------------------------------------------------------------------------------
@@ -390,6 +546,9 @@ class StereoMatch:
     def scaled(self, amount: float) -> "StereoMatch":
         return StereoMatch(self.side_gain ** amount if self.side_gain > 0 else (1.0 - amount),
                            self.balance_db * amount)
+
+    def stream(self, n_samples: int) -> Samplewise:
+        return Samplewise(self)  # one matrix for every sample
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if abs(self.side_gain - 1.0) < 1e-6 and abs(self.balance_db) < 1e-6:
@@ -474,19 +633,46 @@ def reverb_impulse(decay_s: float) -> np.ndarray:
     return np.concatenate([np.zeros((int(REVERB_PRE_DELAY_S * WORKING_RATE), 2)), tail]).astype(np.float32)
 
 
+@dataclass
+class _Reverberation:
+    """A mono send convolved with a stereo impulse response, cut to the send's length: (n, 2)
+    float32 by overlap-add of float32 FFTs over blocks of _REVERB_BLOCK from the signal's start (a
+    second-long response costs a third of what scipy's oaconvolve takes on minutes of audio). Its
+    stream convolves each block once it is all in (or the last), the tail carried to the next:
+    the same sums as on the whole signal, whatever the pushes."""
+
+    impulse: np.ndarray
+
+    def stream(self, n_samples: int) -> "_ReverberationStream":
+        return _ReverberationStream(self.impulse, n_samples)
+
+
+class _ReverberationStream:
+    def __init__(self, impulse: np.ndarray, n_samples: int):
+        self.step = max(1, min(_REVERB_BLOCK, int(n_samples)))
+        self.size = scipy.fft.next_fast_len(self.step + impulse.shape[0] - 1, real=True)
+        self.response = scipy.fft.rfft(impulse, self.size, axis=0)
+        self.send = _Held()                                        # the send not yet convolved
+        self.tail = np.zeros((self.size, 2), dtype=np.float32)    # the output from send.done on
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        self.send.append(np.asarray(block, dtype=np.float32))
+        pending = self.send.end - self.send.done
+        count = pending if last else pending // self.step * self.step  # whole blocks but at the end
+        if count == 0:
+            return self.tail[:0]
+        out = np.zeros((count + self.size, 2), dtype=np.float32)
+        out[:self.size] = self.tail
+        for start in range(0, count, self.step):
+            spectrum = scipy.fft.rfft(self.send.take(min(self.step, count - start)), self.size)
+            out[start:start + self.size] += scipy.fft.irfft(spectrum[:, None] * self.response, self.size, axis=0)
+        self.tail = out[count:].copy()
+        return out[:count]
+
+
 def _reverberated(send: np.ndarray, impulse: np.ndarray) -> np.ndarray:
-    """The mono `send` convolved with the stereo impulse response, cut to the send's length:
-    (n, 2) float32 by overlap-add of float32 FFTs (blocks of _REVERB_BLOCK: a second-long response
-    costs a third of what scipy's oaconvolve takes on minutes of audio)."""
-    n, taps = send.shape[0], impulse.shape[0]
-    step = min(_REVERB_BLOCK, n)
-    size = scipy.fft.next_fast_len(step + taps - 1, real=True)
-    response = scipy.fft.rfft(impulse, size, axis=0)
-    out = np.zeros((n + size, 2), dtype=np.float32)
-    for start in range(0, n, step):
-        block = scipy.fft.rfft(send[start:start + step], size)
-        out[start:start + size] += scipy.fft.irfft(block[:, None] * response, size, axis=0)
-    return out[:n]
+    """The mono `send` convolved with the stereo impulse response, cut to the send's length."""
+    return whole(_Reverberation(impulse), send)
 
 
 def _space_windows(n: int, power: np.ndarray) -> list[tuple[int, int]]:
@@ -550,12 +736,27 @@ class SyntheticReverb:
             return SyntheticReverb(self.decay_s)
         return SyntheticReverb(self.decay_s, self.send_db + 20.0 * float(np.log10(amount)))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
+    def stream(self, n_samples: int) -> "_SendStream | Samplewise":
         if self.send_db is None:
-            return x
-        wet = _reverberated(x.mean(axis=1), reverb_impulse(self.decay_s))
-        return x + np.float32(db_to_amp(self.send_db)) * wet
+            return Samplewise(_float32)
+        return _SendStream(_Reverberation(reverb_impulse(self.decay_s)).stream(n_samples),
+                           np.float32(db_to_amp(self.send_db)))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+class _SendStream:
+    """The stem plus its send's reverb (which lags the stem by up to a _REVERB_BLOCK)."""
+
+    def __init__(self, wet, gain: np.float32):
+        self.wet, self.gain, self.held = wet, gain, _Held()
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.asarray(block, dtype=np.float32)
+        self.held.append(x)
+        wet = self.wet.push(x.mean(axis=1), last)
+        return self.held.take(wet.shape[0]) + self.gain * wet
 
 
 # --- level -----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdaemon.audio.dsp import WORKING_RATE, integrated_loudness
+from mixdaemon.audio.dsp import WORKING_RATE, average_spectrum_db, integrated_loudness
 from mixdaemon.audio.io import write_audio
 from mixdaemon.audio.mastering import limit_linked
 from mixdaemon.audio.stems import SILENCE_DBFS, load_song
@@ -35,7 +35,6 @@ from mixdaemon.errors import ConfigError, MixdaemonError, StemLayoutError
 from mixdaemon.fx.normalization import ReverbNormalization, add_reverb, normalize_stems
 from mixdaemon.fx.stats import default_stats_path
 from mixdaemon.mixing.settings import AutomixSettings
-from mixdaemon.mixing.transfer import spectra_of
 from mixdaemon.nets.automix import INPUT_STEMS, model_context
 from mixdaemon.progress import Progress, no_progress
 
@@ -213,7 +212,8 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
     if spectra:
         t0 = time.perf_counter()
         progress("measuring spectra", 0.99)
-        measured = spectra_of(before=tracks, after={MIX_NAME: mix})
+        measured = {label: {name: average_spectrum_db(x) for name, x in named.items()}
+                    for label, named in (("before", tracks), ("after", {MIX_NAME: mix}))}
         timings["spectra"] = time.perf_counter() - t0
     progress("done", 1.0)
 

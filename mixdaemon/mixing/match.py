@@ -24,77 +24,115 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from mixdaemon.audio.dsp import loudness_lufs, rms_dbfs
+from mixdaemon.audio.streams import ChainOf, Gain
 from mixdaemon.fx import matching
-from mixdaemon.mixing.engine import Conversion
+from mixdaemon.mixing.engine import PLANS, Conversion, Measured, Plan
+from mixdaemon.mixing.measure import measured_whole
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.progress import Progress, no_progress
 
 SILENT_RMS_DBFS = -60.0  # a reference stem quieter than this has no style to copy
 
 
-def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
-               aspects: frozenset[str] = frozenset(Controls().aspects), progress: Progress = no_progress) -> np.ndarray:
-    """x moved toward the reference stem in `aspects`, by `amount`; x itself when there is nothing to
-    move toward (silent input or reference) or amount is 0. `progress` after each step."""
+def fit_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
+             aspects: frozenset[str] = frozenset(Controls().aspects), *, x_lufs: float | None = None,
+             reference_lufs: float | None = None, progress: Progress = no_progress
+             ) -> tuple[ChainOf, np.ndarray] | None:
+    """The effects that move x toward the reference stem in `aspects`, by `amount`, fitted on x and
+    the reference as given (excerpts, or whole stems), and x through them; None when there is
+    nothing to move toward (silent input or reference) or amount is 0. `progress` after each step.
+
+    x_lufs and reference_lufs are the loudness of the whole stems the excerpts come from (measured
+    on x and the reference when not given): the level step lands the whole stem, not the excerpt,
+    on the reference's loudness, by the loudness change the other steps make to the excerpt."""
     x = np.asarray(x, dtype=np.float32)
     if amount <= 0.0 or not np.any(x) or rms_dbfs(reference) < SILENT_RMS_DBFS:
-        return x
-    y = x
+        return None
+    effects, y = [], x
     steps = [a for a in ("eq", "dynamics", "space", "width", "level") if a in aspects]
     done = iter(range(1, len(steps) + 1))
-    reference_lufs = loudness_lufs(reference)  # measured once: the peak and level steps use it
+
+    def apply(effect) -> None:
+        nonlocal y
+        effects.append(effect)
+        y = effect(y)
+    excerpt_lufs = loudness_lufs(reference)  # the peak step compares excerpts with excerpts
     if "eq" in aspects:
-        curve = matching.EqCurve.between(matching.smoothed_spectrum_db(matching.long_term_spectrum(y)),
-                                         matching.smoothed_spectrum_db(matching.long_term_spectrum(reference)))
-        y = curve.scaled(amount)(y)
+        apply(matching.EqCurve.between(matching.smoothed_spectrum_db(matching.long_term_spectrum(y)),
+                                       matching.smoothed_spectrum_db(matching.long_term_spectrum(reference)))
+              .scaled(amount))
         progress("eq", next(done) / len(steps))
     if "dynamics" in aspects:
         for detector in (matching.PHRASE, matching.NOTE):
             level_map = matching.LevelMap.between(y, reference, detector)
             if level_map is not None:
-                y = level_map.scaled(amount)(y)
-        y = matching.PeakCeiling(matching.peak_to_loudness_db(reference, reference_lufs)).scaled(amount)(y)
+                apply(level_map.scaled(amount))
+        limiter = matching.PeakCeiling(matching.peak_to_loudness_db(reference, excerpt_lufs)).scaled(amount) \
+            .limiter_for(y)
+        if limiter is not None:
+            apply(limiter)
         progress("dynamics", next(done) / len(steps))
     if "space" in aspects:
-        y = matching.SyntheticReverb.between(y, reference).scaled(amount)(y)
+        reverb = matching.SyntheticReverb.between(y, reference).scaled(amount)
+        if reverb.send_db is not None:
+            apply(reverb)
         progress("space", next(done) / len(steps))
     if "width" in aspects:
-        y = matching.StereoMatch.between(matching.frame_covariances(y), matching.frame_covariances(reference)).scaled(amount)(y)
+        apply(matching.StereoMatch.between(matching.frame_covariances(y), matching.frame_covariances(reference))
+              .scaled(amount))
         progress("width", next(done) / len(steps))
     if "level" in aspects:
-        gain_db = matching.loudness_gain_db(loudness_lufs(y), reference_lufs)
-        y = y * np.float32(10.0 ** (amount * gain_db / 20.0))
+        change_db = loudness_lufs(y) - loudness_lufs(x) if effects else 0.0
+        whole_lufs = loudness_lufs(x) if x_lufs is None else x_lufs
+        gain_db = matching.loudness_gain_db(whole_lufs + change_db,
+                                            excerpt_lufs if reference_lufs is None else reference_lufs)
+        apply(Gain(amount * gain_db))
         progress("level", next(done) / len(steps))
-    return y
+    return ChainOf(effects), y
+
+
+def match_stem(x: np.ndarray, reference: np.ndarray, amount: float = 1.0,
+               aspects: frozenset[str] = frozenset(Controls().aspects), progress: Progress = no_progress) -> np.ndarray:
+    """x moved toward the reference stem in `aspects`, by `amount` (fitted on the whole stems); x
+    itself when there is nothing to move toward."""
+    fitted = fit_stem(x, reference, amount, aspects, progress=progress)
+    return np.asarray(x, dtype=np.float32) if fitted is None else fitted[1]
 
 
 class MatchingEngine:
     name = "match"
     info = {"name": "match", "kind": "feature matching: EQ, dynamics, reverb, width and loudness measured on the reference stems"}
-    capabilities: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset({PLANS})
 
     def __init__(self, controls: Controls | None = None, workers: int = 2):
         self.controls = controls or Controls()
         self.workers = workers
 
-    def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
-                progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
-        names = list(input_stems)
+    def plan(self, song: Measured, reference: Measured, progress: Progress = no_progress) -> Plan:
+        names = list(song.excerpts)
         # Stems run side by side: the bar follows the steps done over all of them, under one label.
         steps_done = dict.fromkeys(names, 0.0)
 
-        def one(name: str) -> np.ndarray:
-            reference = reference_stems.get(name)
-            x = np.asarray(input_stems[name], dtype=np.float32)
+        def one(name: str):
+            x = song.excerpts[name]
 
             def stem_progress(_step: str, fraction: float) -> None:
                 steps_done[name] = fraction
                 progress("matching stems", sum(steps_done.values()) / len(names))
-            y = x if reference is None else match_stem(x, reference, self.controls.amount_for(name),
-                                                       self.controls.aspects, progress=stem_progress)
+            fitted = None if name not in reference.excerpts else fit_stem(
+                x, reference.excerpts[name], self.controls.amount_for(name), self.controls.aspects,
+                x_lufs=song.loudness.get(name), reference_lufs=reference.loudness.get(name), progress=stem_progress)
             stem_progress("", 1.0)
-            return y
+            return fitted
 
         progress("matching stems", 0.0)
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-            return Conversion(dict(zip(names, pool.map(one, names))))
+            fitted = dict(zip(names, pool.map(one, names)))
+        effects = {name: None if f is None else f[0] for name, f in fitted.items()}
+        rendered = {name: song.excerpts[name] if f is None else f[1] for name, f in fitted.items()} \
+            if song.whole else None
+        return Plan(effects, rendered=rendered)
+
+    def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
+                progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
+        return Conversion(self.plan(measured_whole(input_stems), measured_whole(reference_stems), progress).rendered)

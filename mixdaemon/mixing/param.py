@@ -23,6 +23,9 @@ Per stem:
    Without "level" the gain stays 0 dB.
 The conversion's chains (fx_params.json) are the chains applied, gains included.
 
+The engine plans (mixing/engine.py's PLANS): steps 1–3 run on each stem's excerpt (the whole stem
+for a short song) and the chains found render the whole song as streams.
+
 Stems run in a thread pool (`workers`): the heavy parts (FFTs, scipy's biquads, the numba
 compressor, pedalboard) release the GIL.
 """
@@ -36,7 +39,8 @@ import numpy as np
 from mixdaemon.defaults import DEFAULT_PREDICTOR
 from mixdaemon.fx import chain as fxchain
 from mixdaemon.fx import features as fxfeatures
-from mixdaemon.mixing.engine import FX_PARAMS, Conversion
+from mixdaemon.mixing.engine import FX_PARAMS, PLANS, Conversion, Measured, Plan
+from mixdaemon.mixing.measure import measured_whole
 from mixdaemon.mixing.param_estimation import REFINED_ASPECTS, ParamPredictor, estimate_chain
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.progress import Progress, no_progress
@@ -61,7 +65,7 @@ def controlled_chain(chain: fxchain.StemChain, amount: float) -> fxchain.StemCha
 
 class ParamEngine:
     name = "param"
-    capabilities = frozenset({FX_PARAMS})
+    capabilities = frozenset({FX_PARAMS, PLANS})
 
     def __init__(self, predictor: ParamPredictor, *, controls: Controls | None = None, workers: int = 2):
         self.predictor = predictor
@@ -97,15 +101,15 @@ class ParamEngine:
         levels = (x_features.level_db, reference_features.level_db) if self.controls.moves("level") else None
         return fxchain.render(x, chain), chain, levels
 
-    def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
-                progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
-        """The converted stems and the chain applied to each (fx.chain.StemChain); a stem without a
-        reference stem keeps its sound."""
-        names = list(input_stems)
+    def plan(self, song: Measured, reference: Measured, progress: Progress = no_progress) -> Plan:
+        """Each stem's chain estimated on its excerpt, the output gain included; the chains (fx.chain.
+        StemChain) are what the stems are rendered with. A stem without a reference stem keeps its
+        sound."""
+        names = list(song.excerpts)
         done = []
 
         def one(name):
-            result = self.render_stem(name, input_stems[name], reference_stems.get(name))
+            result = self.render_stem(name, song.excerpts[name], reference.excerpts.get(name))
             done.append(name)
             progress(f"estimating and rendering {name}", 0.05 + 0.9 * len(done) / len(names))
             return result
@@ -116,13 +120,20 @@ class ParamEngine:
         shifts = [reference - level for level, reference in
                   (levels for _, _, levels in results.values() if levels is not None)]
         highest_shift = float(np.median(shifts)) + MAX_BOOST_OVER_SONG_DB if shifts else 0.0
-        stems, chains = {}, {}
-        for name, (rendered, chain, levels) in results.items():
+        rendered, chains = {}, {}
+        for name, (excerpt, chain, levels) in results.items():
             gain_db = 0.0
             if levels is not None:
-                level, reference = levels
-                target = level + min(reference - level, highest_shift)
-                gain_db = fxfeatures.gain_to_level(rendered, target, MAX_GAIN_DB) * self.controls.amount_for(name)
+                level, reference_level = levels
+                target = level + min(reference_level - level, highest_shift)
+                gain_db = fxfeatures.gain_to_level(excerpt, target, MAX_GAIN_DB) * self.controls.amount_for(name)
             chains[name] = replace(chain, gain_db=gain_db)
-            stems[name] = rendered * np.float32(fxchain.dsp.db_to_amp(gain_db)) if gain_db else rendered
-        return Conversion(stems, chains)
+            rendered[name] = excerpt * np.float32(fxchain.dsp.db_to_amp(gain_db)) if gain_db else excerpt
+        return Plan({name: fxchain.chain_effect(chain) for name, chain in chains.items()}, chains,
+                    rendered if song.whole else None)
+
+    def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
+                progress: Progress = no_progress, reference_b_stems=None) -> Conversion:
+        """The converted stems and the chain applied to each (fx.chain.StemChain)."""
+        plan = self.plan(measured_whole(input_stems), measured_whole(reference_stems), progress)
+        return Conversion(plan.rendered, plan.chains)

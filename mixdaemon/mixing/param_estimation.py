@@ -161,7 +161,7 @@ class ParamPredictor:
         return 1.0 / (1.0 + np.exp(-h))
 
     def save(self, path: str | Path) -> Path:
-        from mixdaemon.nets.store import save_param_predictor
+        from mixdaemon.nets.repo import save_param_predictor
         tensors = {"feature_mean": self.mean, "feature_std": self.std}
         for k, (weight, bias) in enumerate(self.layers):
             tensors[f"layer{k}.weight"], tensors[f"layer{k}.bias"] = weight, bias
@@ -171,8 +171,8 @@ class ParamPredictor:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "ParamPredictor":
-        """A predictor file, or a name in the model store (nets/store.py's store_dir(), `NAME.safetensors`)."""
-        from mixdaemon.nets.store import load_param_predictor
+        """A predictor file, or a name in the model store (nets/repo.py's store_dir(), `NAME.safetensors`)."""
+        from mixdaemon.nets.repo import load_param_predictor
         tensors, metadata, path, sha256 = load_param_predictor(name_or_path)
         if metadata.get("slots") != [s.name for s in PREDICTED_SLOTS] \
                 or metadata.get("feature_size") != fxfeatures.PAIR_FEATURE_SIZE:

@@ -1,32 +1,40 @@
 """One style-transfer job, top to bottom: the API that the CLI and the daemon both call.
 
-    load input and reference (audio/stems.py) → separate mixtures into stems (mixing/separation.py)
-    → the engine converts each input stem toward the reference's mixing style (mixing/match.py,
-      mixing/neural.py, mixing/param.py) → linked true-peak limiting and remix (audio/mastering.py)
-    → atomic writes (audio/io.py) → the param engine's FX settings as fx_params.json (fx/chain.py)
+    open input and reference (audio/stems.py) → separate mixtures into stems (mixing/separation.py)
+    → measure each song (mixing/measure.py: whole when short, else one pass and excerpts)
+    → the engine plans each input stem's conversion toward the reference's mixing style on those
+      measurements (mixing/match.py, mixing/param.py; mixing/neural.py converts whole stems)
+    → render: the planned effects, the linked true-peak limiter (audio/mastering.py) and the writers
+      (audio/io.py, atomic), block by block over the whole song, the loudness meters fed on the way
+    → the param engine's FX settings as fx_params.json (fx/chain.py)
 
-`transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job manifest
-and, from the spectra it asks for, a report.
+Memory is bounded by the measurement and one block, not by the song's length, for the engines that
+plan; the neural engine holds the song (up to defaults.NEURAL_MAX_MINUTES), as does separating a
+mixture. `transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job
+manifest and, from the spectra it asks for, a report.
 """
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mixdaemon import defaults
-from mixdaemon.audio.dsp import average_spectrum_db, loudness_lufs
-from mixdaemon.audio.io import write_audio
-from mixdaemon.audio.mastering import limit_linked
-from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, Song, load_song
+from mixdaemon.audio.dsp import WORKING_RATE
+from mixdaemon.audio.io import AudioWriter
+from mixdaemon.audio.mastering import LinkedLimiter
+from mixdaemon.audio.stems import SILENCE_DBFS, STEM_NAMES, SongSource, open_song
+from mixdaemon.audio.streams import Streamable
 from mixdaemon.errors import MixdaemonError
 from mixdaemon.fx.chain import FX_PARAMS_NAME, write_fx_params
-from mixdaemon.mixing.engine import REFERENCE_B
+from mixdaemon.mixing.engine import PLANS, REFERENCE_B
 from mixdaemon.mixing.factory import make_engine
+from mixdaemon.mixing.measure import InMemory, Measurement, Meters, Tracks, measure
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.progress import Progress, no_progress, span
 
@@ -50,36 +58,24 @@ class TransferResult:
     spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def _loudness_tables(*tables: dict[str, np.ndarray]) -> list[dict[str, float]]:
-    """Integrated loudness per track of each table, None-free (silence reads as -70 LUFS, the
-    absolute gate); the tracks measured in parallel (the K-weighting filter releases the GIL)."""
-    tracks = [x for table in tables for x in table.values()]
-    with ThreadPoolExecutor(max_workers=defaults.job_threads()) as pool:
-        values = iter(pool.map(loudness_lufs, tracks))
-    return [{name: round(next(values), 2) for name in table} for table in tables]
-
-
-def _with_mixture(song: Song) -> dict[str, np.ndarray]:
-    """A loaded song's tracks as the user gave them: its stems and their sum, or its mixture."""
-    if song.mixture is not None:
-        return {"mixture": song.mixture}
-    return {**song.stems, "mixture": np.sum(list(song.stems.values()), axis=0)}
-
-
-def spectra_of(**tracks: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """{label: {track: average_spectrum_db}} of named groups of tracks (before, after, reference)."""
-    return {label: {name: average_spectrum_db(x) for name, x in named.items()} for label, named in tracks.items()}
-
-
-def _as_stems(song: Song, what: str, settings: TransferSettings, progress: Progress) -> dict[str, np.ndarray]:
+def _tracks(song: SongSource, what: str, settings: TransferSettings, progress: Progress) -> Tracks:
+    """A song's stems as Tracks: its files, or its mixture separated (in memory)."""
     if song.mixture is None:
-        return song.stems
+        return song
     from mixdaemon.mixing.separation import (
         Separator,  # demucs and its model load only when a mixture needs it
     )
 
+    mixture = song.mixture.read_all()
+    _refuse_silence(float(np.max(np.abs(mixture), initial=0.0)), song, what)
     separator = Separator(settings.separation_model, model_dir=settings.separation_dir)
-    return separator.separate(song.mixture, progress=span(progress, 0.0, 1.0, f"separating {what}"))
+    return InMemory(separator.separate(mixture, progress=span(progress, 0.0, 1.0, f"separating {what}")))
+
+
+def _refuse_silence(peak: float, song: SongSource, what: str) -> None:
+    if peak < 10 ** (SILENCE_DBFS / 20):
+        raise MixdaemonError(f"{song.path}: the {what} is silent (every sample below {SILENCE_DBFS:g} dBFS); "
+                             "nothing to convert")
 
 
 def check_output_folder(out_dir: Path, input_files: list[str], overwrite: bool,
@@ -110,82 +106,147 @@ def transfer(input_path: str | os.PathLike, reference_path: str | os.PathLike, o
     `engine` lets a long-lived caller (the daemon) pass an engine it already built, so models load
     once; otherwise one is made from settings. With `spectra`, the result also holds each track's
     long-term average spectrum before, after and in the reference (what the daemon's report draws),
-    measured on the audio in memory.
+    measured on the blocks as they pass.
     """
-    settings = settings or TransferSettings()
+    with ThreadPoolExecutor(max_workers=defaults.job_threads()) as pool:
+        return _transfer(input_path, reference_path, out_dir, settings or TransferSettings(), progress, overwrite,
+                         engine, reference_b_path, spectra, pool)
+
+
+def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, progress: Progress, overwrite: bool,
+              engine, reference_b_path, spectra: bool, pool: Executor) -> TransferResult:
+    """transfer()'s job, its stems and meters side by side in `pool`."""
     timings: dict[str, float] = {}
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    # The job's share of the bar: reading 0–5 %, separating mixtures (when there are any) up to
-    # 45 %, converting up to 88 %, limiting, writing and measuring the rest.
-    song = load_song(input_path, progress=span(progress, 0.0, 0.03, "reading input"))
-    reference = load_song(reference_path, progress=span(progress, 0.03, 0.02, "reading reference"))
-    reference_b = load_song(reference_b_path) if reference_b_path is not None else None
+    song = open_song(input_path)
+    reference = open_song(reference_path)
+    reference_b = open_song(reference_b_path) if reference_b_path is not None else None
     protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
     check_output_folder(out_dir, protected, overwrite, fx_params=settings.engine == "param")
-    for what, path, loaded in (("input", input_path, song), ("reference", reference_path, reference)):
-        if loaded.is_silent:
-            raise MixdaemonError(f"{path}: the {what} is silent (every sample below {SILENCE_DBFS:g} dBFS); "
-                                 "nothing to convert")
-    timings["load"] = time.perf_counter() - t0
+    planning = PLANS in engine.capabilities if engine is not None else settings.engine != "neural"
+    if reference_b is not None and settings.engine != "neural":
+        raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
+    if not planning and song.n_samples > defaults.NEURAL_MAX_MINUTES * 60 * WORKING_RATE:
+        raise MixdaemonError(f"{song.path}: {song.n_samples / WORKING_RATE / 60:.0f} minutes long; the "
+                             f"{settings.engine} engine converts a song in memory, up to "
+                             f"{defaults.NEURAL_MAX_MINUTES} minutes: use --engine match or param")
+    timings["open"] = time.perf_counter() - t0
 
+    # The job's share of the bar: separating mixtures (when there are any) up to 40 %, measuring
+    # to 45 %, planning (for a short song the plan is the render) and rendering the rest.
     t0 = time.perf_counter()
     mixtures = [s for s in (song, reference, reference_b) if s is not None and s.mixture is not None]
     share = 0.4 / max(1, len(mixtures))
-    at = iter(0.05 + share * i for i in range(len(mixtures)))
+    at = iter(share * i for i in range(len(mixtures)))
 
-    def separated(loaded: Song | None, what: str) -> dict[str, np.ndarray] | None:
-        if loaded is None:
-            return None
-        return _as_stems(loaded, what, settings, span(progress, next(at), share) if loaded.mixture is not None
-                         else no_progress)
-    input_stems = separated(song, "input")
-    reference_stems = separated(reference, "reference")
-    reference_b_stems = separated(reference_b, "reference B")
-    converting_from = 0.05 + 0.4 * bool(mixtures)
+    def tracks_of(loaded: SongSource, what: str) -> Tracks:
+        return _tracks(loaded, what, settings, span(progress, next(at), share) if loaded.mixture is not None
+                       else no_progress)
+    input_tracks, reference_tracks = tracks_of(song, "input"), tracks_of(reference, "reference")
+    reference_b_tracks = tracks_of(reference_b, "reference B") if reference_b is not None else None
     timings["separate"] = time.perf_counter() - t0
+    measuring_from = 0.4 * bool(mixtures)
+
+    t0 = time.perf_counter()
+    measured = measure(input_tracks, spectra, span(progress, measuring_from, 0.03, "reading input"), pool)
+    _refuse_silence(measured.peak, song, "input")
+    reference_measured = measure(reference_tracks, spectra, span(progress, measuring_from + 0.03, 0.02,
+                                                                 "reading reference"), pool)
+    _refuse_silence(reference_measured.peak, reference, "reference")
+    timings["measure"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     engine = engine or make_engine(settings)
-    if reference_b_stems is not None and REFERENCE_B not in engine.capabilities:
+    if reference_b_tracks is not None and REFERENCE_B not in engine.capabilities:
         raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
-    conversion = engine.convert(input_stems, reference_stems, reference_b_stems=reference_b_stems,
-                                progress=span(progress, converting_from, 0.88 - converting_from))
-    converted = conversion.stems
+    planning_from = measuring_from + 0.05
+    render_from = 0.85 if measured.measured.whole or not planning else planning_from + 0.3
+    plan_progress = span(progress, planning_from, render_from - planning_from)
+    chains, effects, render_tracks = None, {}, input_tracks
+    if PLANS in engine.capabilities:
+        plan = engine.plan(measured.measured, reference_measured.measured, progress=plan_progress)
+        chains = plan.chains
+        if plan.rendered is not None:
+            render_tracks = InMemory(plan.rendered)
+        else:
+            effects = plan.effects
+    else:
+        whole = measured.measured.excerpts if measured.measured.whole else \
+            {name: input_tracks.excerpt(name, [(0, input_tracks.n_samples)]) for name in input_tracks.names}
+        reference_b_stems = None if reference_b_tracks is None else measure(reference_b_tracks).measured.excerpts
+        conversion = engine.convert(whole, reference_measured.measured.excerpts, reference_b_stems=reference_b_stems,
+                                    progress=plan_progress)
+        chains, render_tracks = conversion.chains, InMemory(conversion.stems)
     timings["convert"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress("limiting", 0.88)
-    limited, mixture, mixture_true_peak = limit_linked(converted, settings.ceiling_dbtp)
-    formats, output_notes = song.output_formats({**limited, "mixture": mixture})
-    outputs = {}
-    for i, (name, samples) in enumerate((*limited.items(), ("mixture", mixture))):
-        progress(f"writing {name}", 0.92 + 0.01 * i)
-        path = write_audio(out_dir / f"{name}.wav", samples, out_rate=formats[name].rate,
-                           channels=formats[name].channels, subtype=settings.subtype, protected=protected)
-        outputs[name] = str(path)
+    after = Meters(list(render_tracks.names), spectra, pool)
+    outputs, widened, true_peak = _render(render_tracks, effects, song, out_dir, settings, protected, after, pool,
+                                          span(progress, render_from, 0.98 - render_from))
     fx_params = None
-    if conversion.chains is not None:
+    if chains is not None:
         # The controls beside the engine: whoever applies the chains sees how far they were asked
         # to move (amount, stem_amount) and which aspects they were allowed to move (match).
-        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, conversion.chains,
+        fx_params = str(write_fx_params(out_dir / FX_PARAMS_NAME, chains,
                                         {**engine.info, **settings.controls().as_dict()}))
-    timings["write"] = time.perf_counter() - t0
-    measured = {}
-    if spectra:
-        t0 = time.perf_counter()
-        progress("measuring spectra", 0.97)
-        measured = spectra_of(before=_with_mixture(song), after={**limited, "mixture": mixture},
-                            reference=_with_mixture(reference))
-        timings["spectra"] = time.perf_counter() - t0
-    progress("measuring loudness", 0.98)
-    before, after, reference_loudness = _loudness_tables(
-        {**input_stems, "mixture": np.sum(list(input_stems.values()), axis=0)},
-        {**limited, "mixture": mixture}, {**reference_stems, "mixture": np.sum(list(reference_stems.values()), axis=0)})
+    timings["render"] = time.perf_counter() - t0
     progress("done", 1.0)
     return TransferResult(
         outputs=outputs, engine=settings.engine, model=engine.info,
-        loudness_before=before, loudness_after=after, reference_loudness=reference_loudness,
-        true_peak_dbtp=round(mixture_true_peak, 2), seconds_audio=round(song.n_samples / 44100, 3),
-        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params, spectra=measured,
-        notes=[*song.notes, *reference.notes, *(reference_b.notes if reference_b else []), *output_notes])
+        loudness_before=measured.meters.lufs(), loudness_after=after.lufs(),
+        reference_loudness=reference_measured.meters.lufs(),
+        true_peak_dbtp=round(true_peak, 2), seconds_audio=round(song.n_samples / WORKING_RATE, 3),
+        timings={k: round(v, 3) for k, v in timings.items()}, fx_params=fx_params,
+        spectra=_spectra(measured, after, reference_measured) if spectra else {},
+        notes=[*song.notes, *reference.notes, *(reference_b.notes if reference_b else []),
+               *song.output_notes(widened)])
+
+
+def _spectra(measured: Measurement, after: Meters, reference: Measurement) -> dict[str, dict[str, np.ndarray]]:
+    return {"before": measured.meters.spectra_db(), "after": after.spectra_db(),
+            "reference": reference.meters.spectra_db()}
+
+
+def _render(tracks: Tracks, effects: dict[str, Streamable | None], song: SongSource, out_dir: Path,
+            settings: TransferSettings, protected: list[str], after: Meters, pool: Executor,
+            progress: Progress) -> tuple[dict[str, str], list[str], float]:
+    """Render the song block by block: each stem through its effect (none: as it is), the linked
+    limiter over all of them, each limited stem and their sum written and metered. The written
+    paths, the tracks written in stereo although their files were mono, and the mix's true peak."""
+    n, names = tracks.n_samples, list(tracks.names)
+    streams = {name: effects[name].stream(n) for name in names if effects.get(name) is not None}
+    limiter = LinkedLimiter(settings.ceiling_dbtp).stream(n)
+    # Effects with different look-aheads give their output in different amounts per block; the
+    # limiter takes the stems in step, so what runs ahead waits here.
+    waiting: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    block = int(defaults.RENDER_BLOCK_SECONDS * WORKING_RATE)
+    with ExitStack() as files:
+        writers = {name: files.enter_context(AudioWriter(out_dir / f"{name}.wav", **song.output_format(name),
+                                                         subtype=settings.subtype, protected=protected))
+                   for name in (*names, "mixture")}
+        for start, blocks in tracks.blocks(block):
+            last = start + block >= n
+            # the stems side by side, then the writers (resampling, encoding) and the meters: the
+            # filters, FFTs and libsndfile release the GIL
+            rendered = pool.map(lambda item: streams[item[0]].push(item[1], last) if item[0] in streams else item[1],
+                                blocks.items())
+            for name, y in zip(blocks, rendered):
+                waiting[name].append(y)
+            ready = min(sum(part.shape[0] for part in parts) for parts in waiting.values())
+            in_step = {name: _take(waiting[name], ready) for name in names}
+            limited, mixture = limiter.push(in_step, last)
+            written = pool.map(lambda item: writers[item[0]].write(item[1]), [*limited.items(), ("mixture", mixture)])
+            after.push(limited, mixture)
+            list(written)
+            progress("rendering" if not last else "writing", min(1.0, (start + block) / max(n, 1)))
+    outputs = {name: str(writer.path) for name, writer in writers.items()}
+    widened = [name for name, writer in writers.items() if writer.widened]
+    return outputs, widened, limiter.true_peak_dbtp
+
+
+def _take(parts: list[np.ndarray], count: int) -> np.ndarray:
+    """The first `count` samples of the queued blocks, removed from the queue."""
+    joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    parts[:] = [joined[count:]] if joined.shape[0] > count else []
+    return joined[:count]

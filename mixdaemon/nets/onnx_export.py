@@ -22,7 +22,7 @@ split into Shape/Gather/Div/Slice chains.
 
 **Artifact cache.** Exported graphs and built TensorRT plans are build artifacts, kept in
 ``<store>/cache/<weights sha256[:16]>/<name>-<key digest[:16]><suffix>`` next to ``<file>.json``
-holding the full key. The store is the user's model store (nets/store.py's store_dir():
+holding the full key. The store is the user's model store (nets/repo.py's store_dir():
 ``$MIXDAEMON_ENGINES``, else the per-user data folder, e.g. ``~/.local/share/mixdaemon/engines``),
 never the shipped models' read-only package data ``mixdaemon.engines``, so artifacts are built the
 same way for an installed wheel as for a source checkout. The key names everything the artifact depends on (weights hash, model config, precision,
@@ -52,7 +52,7 @@ from mixdaemon import defaults
 from mixdaemon.errors import ConfigError, ModelFileError
 from mixdaemon.files import atomic_path, atomic_write
 from mixdaemon.nets.mst import AUDIO_CHANNELS, ClonerConfig, FXencoder, MixFXcloner
-from mixdaemon.nets.store import store_dir
+from mixdaemon.nets.repo import store_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Every MST model file, read and written in one place.
+"""The networks' model files, read and written in one place: MST pairs, automix models, and the
+authors' checkpoints they are imported from. Where the files are and how a name finds one, and
+the torch-free parameter predictors, are nets/repo.py's; this module is the part that needs torch.
 
 **Authors' checkpoints** (``FXencoder_ps.pt``, ``MixFXcloner_ps.pt``): ``torch.save`` of
 ``{"model": state_dict, ...}`` from a DDP-wrapped model, so every key starts with ``module.``; other
@@ -33,34 +35,11 @@ each, ``<store>/<name>.safetensors``: the state_dict's tensor names as they are,
        "architecture": "automix" | "wave-u-net", "config": {...}, "weights_sha256": "...",
        "normalization": {"order": "fxnorm", "stats_sha256": "..."},  # what its inputs must be
        "provenance": {...}, "training": {...} | null}
-
-**Parameter predictors** (the param engine, mixing/param_estimation.py's ParamPredictor) are small
-MLPs stored the same way, ``<store>/<name>.safetensors``, with metadata ::
-
-      {"format": "mixdaemon-param-predictor", "format_version": 1, "created": "<UTC ISO date>",
-       "slots": [...], "feature_size": N, "provenance": {...}}   # what it predicts, from what
-
-All kinds share the store; each loader refuses the other kinds with a message that says which kind
-the file holds, and `list_models` lists them all.
-
-**The model store** is two folders of such files, searched in this order for a model by name:
-
-- the user's store, where imported and trained models (and the built ONNX graphs and TensorRT plans,
-  nets/onnx_export.py) are written: the ``store`` argument, else ``$MIXDAEMON_ENGINES``, else
-  ``engines/`` in the per-user data folder (platformdirs: ``~/.local/share/mixdaemon/engines`` on
-  Linux, honouring XDG_DATA_HOME; ``~/Library/Application Support/mixdaemon/engines`` on macOS;
-  ``%LOCALAPPDATA%\\mixdaemon\\engines`` on Windows);
-- the shipped models, read-only and always present: the repository's ``engines/`` folder, which a
-  wheel installs as the data package ``mixdaemon/engines`` (pyproject.toml).
-
-A user model of the same name as a shipped one is the one found; `list_models` shows both.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -69,29 +48,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
-import platformdirs
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
-from mixdaemon.errors import ConfigError, MixdaemonError, ModelFileError
-from mixdaemon.files import atomic_path, file_sha256
+from mixdaemon.errors import ConfigError, ModelFileError
+from mixdaemon.files import file_sha256
 from mixdaemon.nets.automix import ARCHITECTURES as AUTOMIX_ARCHITECTURES
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
+from mixdaemon.nets.repo import (
+    MODEL_SUFFIX,
+    list_models,
+    metadata_errors,
+    model_path,
+    named_file,
+    read_metadata,
+    store_dir,
+    write_model_file,
+)
 
 log = logging.getLogger(__name__)
 
-ENGINES_ENV = "MIXDAEMON_ENGINES"
-PAIR_SUFFIX = ".safetensors"
 FORMAT = "mixdaemon-mst-pair"
 FORMAT_VERSION = 1
-METADATA_KEY = "mixdaemon"
 KINDS = {"fxencoder": (FXencoder, EncoderConfig), "mixfxcloner": (MixFXcloner, ClonerConfig)}
 AUTOMIX_FORMAT = "mixdaemon-automix"
 AUTOMIX_FORMAT_VERSION = 1
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LISTED = 4  # tensor names spelled out per kind of mismatch; the rest are counted
 
 
@@ -124,56 +106,6 @@ class AutomixModelInfo:
     normalization: dict  # {"order": ..., "stats_sha256": ...}: how the inputs were FX-normalized
     provenance: dict
     training: dict | None
-
-
-# --- the store ------------------------------------------------------------------------------------
-
-# Where the shipped models are: installed from a wheel, the data package beside this one; in a
-# source checkout (editable installs included), engines/ at the repository's root.
-_INSTALLED_SHIPPED = Path(__file__).resolve().parents[1] / "engines"
-_CHECKOUT_SHIPPED = Path(__file__).resolve().parents[2] / "engines"
-
-
-def shipped_store() -> Path:
-    """The folder of the models that ship with mixdaemon (read-only)."""
-    return _INSTALLED_SHIPPED if _INSTALLED_SHIPPED.is_dir() else _CHECKOUT_SHIPPED
-
-
-def store_dir(store: str | os.PathLike | None = None) -> Path:
-    """The user's store, where models are written: the argument, else $MIXDAEMON_ENGINES, else
-    engines/ in the per-user data folder."""
-    if store is not None:
-        return Path(store).expanduser()
-    if os.environ.get(ENGINES_ENV):
-        return Path(os.environ[ENGINES_ENV]).expanduser()
-    return platformdirs.user_data_path("mixdaemon", appauthor=False) / "engines"
-
-
-def store_folders(store: str | os.PathLike | None = None) -> list[Path]:
-    """The folders a model is looked up in by name, in order: the user's store, the shipped models."""
-    user, shipped = store_dir(store), shipped_store()
-    same = user.is_dir() and shipped.is_dir() and os.path.samefile(user, shipped)
-    return [user] if same else [user, shipped]
-
-
-def _where(store: str | os.PathLike | None) -> str:
-    """The store's folders as an error names them."""
-    return " or ".join(str(folder) for folder in store_folders(store))
-
-
-def _pair_path(name: str, store: Path) -> Path:
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"model pair name {name!r}: use letters, digits, '.', '_' and '-' (not first)")
-    return store / f"{name}{PAIR_SUFFIX}"
-
-
-def _stored_file(name: str, store: str | os.PathLike | None) -> Path | None:
-    """The file of the model called `name`: the first of the store's folders that holds one."""
-    for folder in store_folders(store):
-        path = _pair_path(name, folder)
-        if path.is_file():
-            return path
-    return None
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -267,7 +199,7 @@ def import_authors_checkpoints(encoder_path: str | os.PathLike, cloner_path: str
                                store: str | os.PathLike | None = None, name: str = "mst-official",
                                overwrite: bool = False) -> Path:
     """Check the authors' FXencoder and MixFXcloner files and store them as one pair; returns its path."""
-    path = _pair_path(name, store_dir(store))
+    path = named_file(name, store_dir(store))
     if path.exists() and not overwrite:
         raise ModelFileError(f"{path}: a model pair named {name!r} already exists (remove it or import with overwrite)")
     models, provenance = {}, {}
@@ -300,65 +232,26 @@ def save_pair(path: str | os.PathLike, encoder: FXencoder, cloner: MixFXcloner, 
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "training": training, "models": models}
-    _write_model_file(path, tensors, metadata)
+    write_model_file(path, tensors, metadata, safetensors.torch.save_file)
     return _pair_info(path, metadata)
 
 
-def _write_model_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Write atomically: a reader never sees half a file."""
-    with atomic_path(path) as partial:
-        safetensors.torch.save_file(tensors, partial, metadata={METADATA_KEY: json.dumps(metadata)})
-
-
-@contextlib.contextmanager
-def _metadata_errors(path: Path):
-    """A missing key or a bad value in a file's metadata → a ModelFileError naming the file."""
-    try:
-        yield
-    except ModelFileError:
-        raise
-    except KeyError as e:
-        raise ModelFileError(f"{path}: metadata key {e} is missing") from None
-    except (MixdaemonError, TypeError) as e:
-        raise ModelFileError(f"{path}: bad metadata ({e})") from None
-
-
 def _pair_info(path: Path, metadata: dict) -> PairInfo:
-    with _metadata_errors(path):
+    with metadata_errors(path):
         if metadata["format"] != FORMAT or metadata["format_version"] != FORMAT_VERSION:
             raise ModelFileError(f"{path}: format {metadata['format']!r} version {metadata['format_version']!r} "
                                  f"(this mixdaemon reads {FORMAT!r} version {FORMAT_VERSION})")
         infos = {kind: ModelInfo(kind, config_cls.from_dict(metadata["models"][kind]["config"]),
                                  metadata["models"][kind]["weights_sha256"], metadata["models"][kind]["provenance"])
                  for kind, (_, config_cls) in KINDS.items()}
-        return PairInfo(path.name.removesuffix(PAIR_SUFFIX), path, metadata["created"], infos["fxencoder"],
+        return PairInfo(path.name.removesuffix(MODEL_SUFFIX), path, metadata["created"], infos["fxencoder"],
                         infos["mixfxcloner"], metadata["training"])
-
-
-def _read_metadata(path: Path, what: str) -> dict:
-    """The "mixdaemon" metadata of a model file, without reading its tensors."""
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    try:
-        with safetensors.safe_open(path, framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except Exception as e:  # safetensors' header errors have no public base class
-        raise ModelFileError(f"{path}: not a readable safetensors file ({e})") from None
-    if raw is None:
-        raise ModelFileError(f"{path}: no {METADATA_KEY!r} metadata: not a mixdaemon {what}")
-    try:
-        metadata = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path}: metadata is not valid JSON ({e})") from None
-    if not isinstance(metadata, dict):
-        raise ModelFileError(f"{path}: metadata is not a JSON object")
-    return metadata
 
 
 def read_pair_info(path: str | os.PathLike) -> PairInfo:
     """A pair file's metadata, without reading its tensors."""
     path = Path(path)
-    metadata = _read_metadata(path, "model pair")
+    metadata = read_metadata(path, "model pair")
     if metadata.get("format") == AUTOMIX_FORMAT:
         raise ModelFileError(f"{path}: an automix model, not an MST model pair (use it with mixdaemon automix)")
     return _pair_info(path, metadata)
@@ -407,45 +300,6 @@ def list_pairs(store: str | os.PathLike | None = None) -> list[PairInfo]:
     return pairs
 
 
-@dataclass(frozen=True)
-class StoredModel:
-    name: str  # the file name without .safetensors
-    path: Path
-    format: str
-    metadata: dict
-    hidden: bool  # a model of the same name earlier in the store is the one its name finds
-
-
-def list_models(store: str | os.PathLike | None = None) -> list[StoredModel]:
-    """Every readable model file in the store, the user's folder first, by name within each folder;
-    unreadable files are skipped with a warning."""
-    models, seen = [], set()
-    for folder in store_folders(store):
-        for path in sorted(folder.glob(f"*{PAIR_SUFFIX}")):
-            try:
-                metadata = _read_metadata(path, "model")
-            except ModelFileError as e:
-                log.warning("skipping %s", e)
-                continue
-            name = path.name.removesuffix(PAIR_SUFFIX)
-            models.append(StoredModel(name, path, str(metadata.get("format")), metadata, hidden=name in seen))
-            seen.add(name)
-    return models
-
-
-def model_path(name_or_path: str | os.PathLike, fmt: str, what: str, store: str | os.PathLike | None = None) -> Path:
-    """The file of a model of format `fmt` given by store name (e.g. "automix-default") or by path;
-    a missing name lists the store's models of that format."""
-    given = Path(name_or_path)
-    if given.suffix == PAIR_SUFFIX or len(given.parts) > 1:
-        return given
-    path = _stored_file(str(name_or_path), store)
-    if path is None:
-        names = ", ".join(dict.fromkeys(m.name for m in list_models(store) if m.format == fmt)) or "none"
-        raise ModelFileError(f"no {what} named {str(name_or_path)!r} in {_where(store)} (available: {names})")
-    return path
-
-
 # --- automix models ---------------------------------------------------------------------------------
 
 def save_automix_model(path: str | os.PathLike, model: nn.Module, architecture: str, *, normalization: dict,
@@ -459,14 +313,14 @@ def save_automix_model(path: str | os.PathLike, model: nn.Module, architecture: 
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "architecture": architecture, "config": model.config.to_dict(), "weights_sha256": weights_sha256(state),
                 "normalization": normalization, "provenance": provenance or {}, "training": training}
-    _write_model_file(path, state, metadata)
+    write_model_file(path, state, metadata, safetensors.torch.save_file)
     return _automix_info(path, metadata)
 
 
 def _automix_info(path: Path, metadata: dict) -> AutomixModelInfo:
     if metadata.get("format") == FORMAT:
         raise ModelFileError(f"{path}: an MST model pair, not an automix model (use it with --engine neural)")
-    with _metadata_errors(path):
+    with metadata_errors(path):
         if metadata["format"] != AUTOMIX_FORMAT or metadata["format_version"] != AUTOMIX_FORMAT_VERSION:
             raise ModelFileError(f"{path}: format {metadata['format']!r} version {metadata['format_version']!r} "
                                  f"(this mixdaemon reads {AUTOMIX_FORMAT!r} version {AUTOMIX_FORMAT_VERSION})")
@@ -474,7 +328,7 @@ def _automix_info(path: Path, metadata: dict) -> AutomixModelInfo:
         if architecture not in AUTOMIX_ARCHITECTURES:
             raise ModelFileError(f"{path}: unknown automix architecture {architecture!r}")
         AUTOMIX_ARCHITECTURES[architecture][1].from_dict(metadata["config"])  # a bad config fails here, by name
-        return AutomixModelInfo(path.name.removesuffix(PAIR_SUFFIX), path, metadata["created"], architecture,
+        return AutomixModelInfo(path.name.removesuffix(MODEL_SUFFIX), path, metadata["created"], architecture,
                                 metadata["config"], metadata["weights_sha256"], metadata["normalization"],
                                 metadata["provenance"], metadata["training"])
 
@@ -482,7 +336,7 @@ def _automix_info(path: Path, metadata: dict) -> AutomixModelInfo:
 def read_automix_info(path: str | os.PathLike) -> AutomixModelInfo:
     """An automix model file's metadata, without reading its tensors."""
     path = Path(path)
-    return _automix_info(path, _read_metadata(path, "automix model"))
+    return _automix_info(path, read_metadata(path, "automix model"))
 
 
 def load_automix_model(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None,
@@ -498,39 +352,3 @@ def load_automix_model(name_or_path: str | os.PathLike, store: str | os.PathLike
         raise ModelFileError(f"{info.path}: the weights do not match their recorded sha256 (damaged or edited file)")
     config = AUTOMIX_ARCHITECTURES[info.architecture][1].from_dict(info.config)
     return _build(info.architecture, config, state, str(info.path)).to(device), info
-
-
-# --- parameter predictors ---------------------------------------------------------------------------
-
-PREDICTOR_FORMAT = "mixdaemon-param-predictor"
-PREDICTOR_FORMAT_VERSION = 1
-
-
-def save_param_predictor(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], description: dict) -> Path:
-    """Write a parameter predictor (float32 tensors) atomically; `description` (slots, feature_size,
-    provenance) goes into its metadata."""
-    path = Path(path)
-    metadata = {"format": PREDICTOR_FORMAT, "format_version": PREDICTOR_FORMAT_VERSION,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **description}
-    _write_model_file(path, {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in tensors.items()},
-                      metadata)
-    return path
-
-
-def load_param_predictor(name_or_path: str | os.PathLike, store: str | os.PathLike | None = None):
-    """(tensors as float64 numpy arrays, metadata, path, file sha256) of a parameter predictor by
-    store name (e.g. "params-default") or path."""
-    try:
-        path = model_path(name_or_path, PREDICTOR_FORMAT, "parameter predictor", store)
-        metadata = _read_metadata(path, "parameter predictor")
-    except ModelFileError as e:
-        raise ModelFileError(f"{e}; train one with `mixdaemon train params`") from None
-    if metadata.get("format") != PREDICTOR_FORMAT or metadata.get("format_version") != PREDICTOR_FORMAT_VERSION:
-        raise ModelFileError(f"{path}: format {metadata.get('format')!r} version {metadata.get('format_version')!r}, "
-                             f"not a parameter predictor ({PREDICTOR_FORMAT!r} version {PREDICTOR_FORMAT_VERSION}; "
-                             "train one with `mixdaemon train params`)")
-    try:
-        tensors = {k: v.double().numpy() for k, v in safetensors.torch.load_file(path).items()}
-    except Exception as e:
-        raise ModelFileError(f"{path}: cannot read the tensors ({e})") from None
-    return tensors, metadata, path, file_sha256(path)

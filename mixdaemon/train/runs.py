@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 
 from mixdaemon.fx.stats import default_stats_path
-from mixdaemon.nets.store import store_dir
+from mixdaemon.nets.repo import store_dir
 from mixdaemon.progress import Progress, no_progress, span
 
 PREPARING = 0.1  # of a run's progress: normalizing the songs into the cache (slow once, then read back)

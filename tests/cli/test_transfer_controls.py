@@ -11,7 +11,8 @@ from mixdaemon.audio.examples import synth_song
 from mixdaemon.audio.io import read_audio, write_audio
 from mixdaemon.cli.main import main
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
-from mixdaemon.nets.store import ENGINES_ENV, save_pair
+from mixdaemon.nets.repo import ENGINES_ENV
+from mixdaemon.nets.store import save_pair
 from tests.support.models import v2_model
 
 STEMS = ("drums", "bass", "other", "vocals")

@@ -1,5 +1,6 @@
-"""The interpretable FX chain: each stage does what its setting says, fx_params.json holds the
-settings in user units, and FXmanipulator draws map onto equivalent settings."""
+"""The interpretable FX chain: each stage does what its setting says, a chain streamed block by block
+renders what the whole stem does, fx_params.json holds the settings in user units, and FXmanipulator
+draws map onto equivalent settings."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,15 @@ import json
 import numpy as np
 import pytest
 
+from mixdaemon.audio import dsp, streams
+from mixdaemon.audio.io import read_audio
 from mixdaemon.fx.chain import (
+    PRIME_SECONDS,
     CompressorSettings,
     EqBand,
     ReverbSend,
     StemChain,
+    chain_effect,
     chain_from_draw,
     default_eq,
     eq_response_db,
@@ -82,6 +87,49 @@ def test_reverb_send_leaves_a_tail_after_the_sound_stops():
     wet = render(burst, StemChain(reverb=ReverbSend(-6.0, 0.8)))
     tail = slice(int(0.4 * SR), int(0.8 * SR))
     assert np.max(np.abs(burst[tail])) == 0.0 and rms_db(wet[tail]) > -60.0
+
+
+def every_stage(threshold_db: float) -> StemChain:
+    return StemChain([EqBand("low_shelf", 90.0, 4.0), EqBand("peak", 450.0, -5.0, 1.2), EqBand("peak", 2200.0, 3.0, 0.8),
+                      EqBand("peak", 6500.0, -2.0, 2.0), EqBand("high_shelf", 9000.0, 5.0)],
+                     CompressorSettings(threshold_db, 8.0, 0.3, 60.0), width=1.6, pan=0.35, reverb=ReverbSend(-8.0, 0.85),
+                     gain_db=4.0)
+
+
+@pytest.mark.parametrize("compressed", [True, False])  # the compressor's opening held back or not
+@pytest.mark.parametrize("sizes", [[1, 4095, 13, 100000], [44100]])
+def test_a_chain_streamed_in_any_blocks_renders_what_the_whole_stem_does(real_stems, sizes, compressed):
+    # from a second in, where the drums play: the stem's opening is near silence, which would hide a
+    # reverb tail or a gain reduction lost between blocks
+    drums = read_audio(real_stems / "song_a" / "drums.wav").samples[SR:]
+    chain = every_stage(dsp.db(np.max(np.abs(drums))) - 20.0)
+    if not compressed:
+        chain.compressor = CompressorSettings()
+    assert len(chain.stages()) == 4 + compressed
+    whole = render(drums, chain)
+    assert whole.shape == drums.shape and whole.dtype == np.float32
+    np.testing.assert_allclose(streams.in_blocks(chain_effect(chain), drums, sizes), whole, rtol=0, atol=1e-4)
+
+
+def test_a_streamed_chain_holds_back_only_the_compressor_opening(rng):
+    x = noise(rng, seconds=2.0)
+    chain = every_stage(-30.0)
+    stream, lead = chain_effect(chain).stream(x.shape[0]), int(PRIME_SECONDS * SR)
+    out, taken = [], 0
+    for start in range(0, x.shape[0], 4096):
+        block = x[start:start + 4096]
+        out.append(stream.push(block, last=start + 4096 >= x.shape[0]))
+        taken += block.shape[0]
+        assert sum(o.shape[0] for o in out) == (0 if taken <= lead else taken)
+    np.testing.assert_allclose(np.concatenate(out), render(x, chain), rtol=0, atol=1e-4)
+
+
+def test_the_compressor_carries_its_gain_reduction_across_blocks(rng):
+    x = rng.standard_normal((30000, 2)) * np.linspace(0.01, 1.0, 30000)[:, None]
+    compressor = dsp.Compressor(-24.0, 6.0, 0.5, 40.0)
+    whole = dsp.compress(x, -24.0, 6.0, 0.5, 40.0)
+    np.testing.assert_array_equal(streams.in_blocks(compressor, x, [1, 4095, 13, 7000]), whole)
+    np.testing.assert_array_equal(streams.in_blocks(compressor, x[:, 0], [999]), whole[:, 0])  # mono
 
 
 def test_fx_params_json_holds_the_settings_in_user_units(tmp_path):

@@ -12,7 +12,8 @@ from mixdaemon.mixing import neural
 from mixdaemon.mixing.neural import NeuralEngine
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
-from mixdaemon.nets.store import ENGINES_ENV, save_pair
+from mixdaemon.nets.repo import ENGINES_ENV
+from mixdaemon.nets.store import save_pair
 from tests.support.models import v2_model
 
 torch.set_num_threads(2)

@@ -2,6 +2,8 @@
 imported into the store; pair files round-trip exactly and damaged or mismatched files are refused by
 name."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,18 +14,14 @@ import torch
 
 from mixdaemon.errors import ModelFileError
 from mixdaemon.nets.mst import ClonerConfig, EncoderConfig, FXencoder, MixFXcloner
+from mixdaemon.nets.repo import ENGINES_ENV, load_param_predictor, save_param_predictor, store_dir, store_folders
 from mixdaemon.nets.store import (
-    ENGINES_ENV,
     import_authors_checkpoints,
     list_pairs,
     load_authors_checkpoint,
     load_pair,
     load_pair_file,
-    load_param_predictor,
     save_pair,
-    save_param_predictor,
-    store_dir,
-    store_folders,
     weights_sha256,
 )
 
@@ -218,3 +216,17 @@ def test_models_list_shows_every_kind_in_the_store(tmp_path, capsys):
     assert [p.name for p in list_pairs(tmp_path) if p.path.parent == tmp_path] == ["pair"]
     with pytest.raises(ModelFileError, match="not a parameter predictor"):
         load_param_predictor("pair", tmp_path)
+
+
+def test_param_engine_loads_its_predictor_without_torch(tmp_path):
+    """A param-engine job reads the shipped predictor, and does not spend seconds importing torch."""
+    script = ("import sys\n"
+              "from mixdaemon.mixing.param import ParamEngine\n"
+              "from mixdaemon.mixing.settings import TransferSettings\n"
+              "engine = ParamEngine.from_settings(TransferSettings(engine='param'))\n"
+              "print(engine.predictor.path.name, 'torch' in sys.modules)\n")
+    env = {**os.environ, ENGINES_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["params-default.safetensors", "False"]
+
