@@ -12,8 +12,8 @@ BACKEND = "auto"
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")  # of the exported graphs and TensorRT plans
 # --precision: what the CPU backends compute the networks in (nets/precision.py); "auto" picks by
-# measured speed and error against fp32
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# measured speed and error against fp32 (no int8: 7–20 dB SNR against fp32, nets/precision.py)
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION = "auto"
 
 # Shipped models, by name in the model store (engines/MODEL_CARD.md).
@@ -24,6 +24,12 @@ DEFAULT_AUTOMIX_MODEL = "automix-default"
 CHUNK_SECONDS = 12.0          # neural: output audio per MixFXcloner call
 AUTOMIX_CHUNK_SECONDS = 10.0  # automix: output audio per network call
 BATCH_SIZE = 1
+# neural: gradient steps that refine each reference embedding (nets/refine.py; 0 = the encoder's
+# embedding as it is), on REFINE_SECONDS of the input stem against REFINE_REFERENCE_SECONDS of the
+# reference stem (audible excerpts)
+REFINE_STEPS = 0
+REFINE_SECONDS = 4.0
+REFINE_REFERENCE_SECONDS = 12.0
 # A transfer's memory is bounded by these, not by the song's length (mixing/measure.py): a song up to
 # ANALYSIS_SECONDS is measured whole; a longer one on ANALYSIS_WINDOWS excerpts of
 # ANALYSIS_WINDOW_SECONDS per stem; the converted song is rendered RENDER_BLOCK_SECONDS at a time.

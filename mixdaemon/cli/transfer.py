@@ -15,14 +15,20 @@ def add_transfer_options(p) -> None:
                    help="match (the default, the closest to the reference on unseen material: 0.37 of the "
                         "input's distance per stem, Matchering 0.50): measured EQ, dynamics, reverb, width and "
                         "level per stem, no model; param (0.37): an FX chain per stem you can read and tweak, "
-                        "written to fx_params.json; neural (0.75): the FXencoder + MixFXcloner research model, "
-                        "weaker today (docs/BENCHMARKS.md)")
+                        "written to fx_params.json; neural (0.51): the FXencoder + MixFXcloner research model, "
+                        "landed on the reference stems by the match engine's steps (docs/BENCHMARKS.md)")
     p.add_argument("--model", help="neural: model pair name in the model store, or a model file; "
                                    f"param: parameter predictor (default: {defaults.DEFAULT_PREDICTOR})")
     p.add_argument("--backend", default=defaults.BACKEND, choices=defaults.BACKENDS)
     p.add_argument("--chunk-seconds", type=float, default=defaults.CHUNK_SECONDS,
                    help="neural: audio per conversion chunk")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="neural: chunks converted together")
+    p.add_argument("--refine-steps", type=int, default=defaults.REFINE_STEPS, metavar="N",
+                   help="neural: gradient steps that move each reference embedding so that the converted stem "
+                        f"measures like the reference stem (0 = the encoder's embedding; default {defaults.REFINE_STEPS})")
+    p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.INFERENCE_PRECISIONS,
+                   help="neural: what the MixFXcloner computes in on the CPU; auto keeps fp32 where nothing lower "
+                        "is measured to win (docs/BENCHMARKS.md); bf16 needs a CPU with native bf16")
     p.add_argument("--stats", help="FX-normalization statistics file (default: the shipped statistics)")
     p.add_argument("--separation-model", default=defaults.SEPARATION_MODEL, help="demucs model for mixtures")
     p.add_argument("--separation-dir", help="local folder of demucs models (offline use)")
@@ -36,7 +42,7 @@ def add_transfer_options(p) -> None:
     p.add_argument("--match", default=",".join(defaults.ASPECTS), metavar="ASPECTS",
                    help=f"what moves toward the reference, comma-separated, of {', '.join(defaults.ASPECTS)} "
                         "(default: all); e.g. --match level,eq leaves dynamics, width and space alone (the neural "
-                        "engine: only those aspects of the network's output are taken)")
+                        "engine: only those aspects of its landed output are taken)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -63,9 +69,9 @@ def settings_from_args(args):
     from mixdaemon.mixing.settings import TransferSettings, validated
     return validated(TransferSettings, dict(
         engine=args.engine, model=args.model, backend=args.backend, chunk_seconds=args.chunk_seconds,
-        batch_size=args.batch_size, stats=args.stats, separation_model=args.separation_model,
+        batch_size=args.batch_size, refine_steps=args.refine_steps, stats=args.stats, separation_model=args.separation_model,
         separation_dir=args.separation_dir, ceiling_dbtp=args.ceiling, seed=args.seed, amount=args.amount,
-        stem_amount=stem_amounts(args.stem_amount), match=aspect_list(args.match)))
+        stem_amount=stem_amounts(args.stem_amount), match=aspect_list(args.match), precision=args.precision))
 
 
 def run_transfer(args, input_path, reference_path, out_dir) -> int:

@@ -5,11 +5,25 @@ One engine object holds one loaded model pair on one inference backend (nets/bac
 ONNX Runtime or torch, `--backend`), so a daemon worker loads the models, and exports their ONNX
 graphs or builds their TensorRT plans, once and converts many songs with them.
 
-The user's controls (mixing/settings.py's Controls): `amount` a per stem blends the network's output
+After the network, each stem is landed on its reference stem (docs/BENCHMARKS.md, "Style transfer
+on unseen material"):
+- its tone, dynamics, space and width by the match engine's measured steps (mixing/match.py's
+  match_stem), which take the network's output where the network left it: on stems and effects unlike
+  its training material the small default pair moves them only part of the way, or the wrong way;
+- its loudness to the reference stem's (fx/matching.loudness_gain_db), so that the balance is the
+  reference's: the network's output level follows the FX-normalized input more than the reference,
+  and balance is what a listener hears first. With a second reference both landings fade from one
+  reference to the other over the song, as the embedding does.
+
+With `refine_steps` > 0 each reference embedding is first refined (nets/refine.py): gradient steps
+that move the cloner's conversion of an excerpt of the input stem toward the reference stem's
+measured spectral shape, width and level distribution (off by default: measured, it did not help).
+
+The user's controls (mixing/settings.py's Controls): `amount` a per stem blends the landed output
 with the input stem, x + a·(y − x), so 0 returns the input untouched (and the network does not run
-for that stem). The network moves every aspect of the mix at once; with `match` naming only some,
-the network's output is what the input moves toward, in those aspects only, by the match engine's
-steps (mixing/match.py's match_stem): `--match level` takes just the network's balance.
+for that stem), and moves the loudness by a times the way to the reference's. With `match` naming
+only some aspects, the landed output is what the input moves toward, in those aspects only, by the
+match engine's steps, and the level step runs only when `level` is named.
 """
 from __future__ import annotations
 
@@ -18,7 +32,10 @@ import logging
 import numpy as np
 
 from mixdaemon import defaults
+from mixdaemon.audio.dsp import db_to_amp, loudness_lufs
 from mixdaemon.errors import MixdaemonError, ModelFileError
+from mixdaemon.fx.features import excerpt
+from mixdaemon.fx.matching import loudness_gain_db
 from mixdaemon.fx.normalization import normalize_stems
 from mixdaemon.fx.stats import FxStats, default_stats_path
 from mixdaemon.mixing.engine import REFERENCE_B, Conversion
@@ -26,10 +43,15 @@ from mixdaemon.mixing.match import match_stem
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.nets.backends import Backend, create_backend
 from mixdaemon.nets.inference import convert, embed_reference, interpolated_embedding
+from mixdaemon.nets.mst import MixFXcloner
+from mixdaemon.nets.refine import refine_embedding
 from mixdaemon.nets.store import load_pair
 from mixdaemon.progress import Progress, no_progress, span
 
 log = logging.getLogger(__name__)
+
+# What the landing after the network moves (the match engine's steps but the level, which comes last)
+LANDING_ASPECTS = frozenset(defaults.ASPECTS) - {"level"}
 
 
 class NeuralEngine:
@@ -37,14 +59,19 @@ class NeuralEngine:
     capabilities = frozenset({REFERENCE_B})
 
     def __init__(self, backend: Backend, pair_info, stats: FxStats, *, chunk_seconds: float = defaults.CHUNK_SECONDS,
-                 batch_size: int = defaults.BATCH_SIZE, seed: int = defaults.SEED, controls: Controls = Controls()):
+                 batch_size: int = defaults.BATCH_SIZE, seed: int = defaults.SEED, controls: Controls = Controls(),
+                 cloner: MixFXcloner | None = None, refine_steps: int = 0):
+        if refine_steps and cloner is None:
+            raise ValueError("refine_steps needs the torch cloner")
         self.backend = backend
+        self.cloner, self.refine_steps = cloner, refine_steps
         self.stats = stats
         self.chunk_seconds, self.batch_size, self.seed = chunk_seconds, batch_size, seed
         self.controls = controls
         self.info = {"name": pair_info.name, "path": str(pair_info.path),
                      "encoder_sha256": pair_info.encoder.weights_sha256,
-                     "cloner_sha256": pair_info.cloner.weights_sha256, "backend": backend.describe()}
+                     "cloner_sha256": pair_info.cloner.weights_sha256, "backend": backend.describe(),
+                     "refine_steps": refine_steps}
 
     @classmethod
     def from_settings(cls, settings) -> "NeuralEngine":
@@ -60,9 +87,10 @@ class NeuralEngine:
         stats = FxStats.load(settings.stats or default_stats_path("mst"))
         log.info("neural engine: model pair %s (%s)", info.name, info.path)
         backend = create_backend(settings.backend, encoder, cloner, info, chunk_seconds=settings.chunk_seconds,
-                                 batch_size=settings.batch_size)
+                                 batch_size=settings.batch_size, precision=settings.precision)
         return cls(backend, info, stats, chunk_seconds=settings.chunk_seconds,
-                   batch_size=settings.batch_size, seed=settings.seed, controls=controls)
+                   batch_size=settings.batch_size, seed=settings.seed, controls=controls,
+                   cloner=cloner, refine_steps=settings.refine_steps)
 
     def embed(self, stems: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
         """Embedding per reference stem; a silent reference stem (nothing above embed_reference's
@@ -83,33 +111,71 @@ class NeuralEngine:
         # silent input, no usable reference stem) are returned as they came.
         wanted = [name for name, x in input_stems.items() if self.controls.amount_for(name) > 0 and np.any(x)]
         progress("embedding reference", 0.02)
-        embeddings = self.embed({name: reference_stems[name] for name in wanted if name in reference_stems})
-        if reference_b_stems is not None:
-            embeddings_b = self.embed({name: reference_b_stems[name] for name in wanted if name in reference_b_stems})
-            embeddings = {name: interpolated_embedding(e, embeddings_b[name])
-                          if e is not None and embeddings_b.get(name) is not None else e
-                          for name, e in embeddings.items()}
-        moving = {name: input_stems[name] for name in wanted if embeddings.get(name) is not None}
+        references = [reference_stems] if reference_b_stems is None else [reference_stems, reference_b_stems]
+        embedded = [self.embed({name: r[name] for name in wanted if name in r}) for r in references]
+        # A stem moves when its first reference stem has a style; a silent second one is not faded to.
+        moving = [name for name in wanted if embedded[0].get(name) is not None]
         progress("normalizing input", 0.1)
-        normalized = normalize_stems(moving, self.stats, order="mst_inference", seed=self.seed) if moving else {}
+        normalized = normalize_stems({name: input_stems[name] for name in moving}, self.stats,
+                                     order="mst_inference", seed=self.seed) if moving else {}
         converted = {name: np.asarray(x, dtype=np.float32) for name, x in input_stems.items()}
         for i, name in enumerate(moving):
             # No clamp before the network (the authors clamp): the final loudness step can leave a
             # rare peak above full scale, and clipping it would distort what the cloner hears.
-            e = embeddings[name]
+            x_normalized = normalized[name].astype(np.float32)
             start, width = 0.15 + 0.8 * i / len(moving), 0.8 / len(moving)
-            y = convert(self.backend, normalized[name].astype(np.float32), e,
+            styles = [(r[name], e[name]) for r, e in zip(references, embedded) if e.get(name) is not None]
+            if self.refine_steps:
+                progress(f"refining {name}", start)
+                ends = [self._refined(x_normalized, reference, e) for reference, e in styles]
+            else:
+                ends = [e for _, e in styles]
+            e = ends[0] if len(ends) == 1 else interpolated_embedding(*ends)
+            y = convert(self.backend, x_normalized, e,
                         chunk_seconds=None if callable(e) else self.chunk_seconds, batch_size=self.batch_size,
                         stream=None, progress=span(progress, start, width, f"converting {name}"))
+            progress(f"landing {name} on the reference", start + width)
+            y = _landed(y, [reference for reference, _ in styles])
             amount, x = self.controls.amount_for(name), converted[name]
             if self.controls.aspects != frozenset(defaults.ASPECTS):
-                # Only some aspects move: the network's output is the sound to move toward, and the
-                # match engine's steps take from it just those (its level, its EQ...), by the amount.
-                y = match_stem(x, y, amount, self.controls.aspects)
+                # Only some aspects move: the landed output is the sound to move toward, and the
+                # match engine's steps take from it just those (its EQ, its width...), by the amount.
+                y = match_stem(x, y, amount, self.controls.aspects - {"level"})
             elif amount < 1:
                 y = x + np.float32(amount) * (y - x)
+            if self.controls.moves("level"):
+                y = _balanced(y, loudness_lufs(x), [loudness_lufs(reference) for reference, _ in styles], amount)
             converted[name] = y
         return Conversion(converted)
+
+    def _refined(self, x_normalized: np.ndarray, reference: np.ndarray, embedding: np.ndarray) -> np.ndarray:
+        refined, distances = refine_embedding(self.cloner, excerpt(x_normalized, defaults.REFINE_SECONDS, windows=2),
+                                              excerpt(reference, defaults.REFINE_REFERENCE_SECONDS), embedding,
+                                              self.refine_steps)
+        log.debug("refined embedding: style distance %.2f dB → %.2f dB", distances[0], min(distances))
+        return refined
+
+
+def _landed(y: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
+    """The network's output moved onto the reference stem's measured tone, dynamics, space and
+    width by the match engine's steps (the level is _balanced's); with two references, the two
+    landings crossfaded over the song as the embedding fades."""
+    landed = [match_stem(y, reference, 1.0, LANDING_ASPECTS) for reference in references]
+    if len(landed) == 1:
+        return landed[0]
+    fade = np.linspace(0.0, 1.0, len(y), dtype=np.float32)[:, None]
+    return landed[0] + fade * (landed[1] - landed[0])
+
+
+def _balanced(y: np.ndarray, x_lufs: float, reference_lufs: list[float], amount: float) -> np.ndarray:
+    """y with the loudness x_lufs + amount·(reference − x_lufs), the reference's loudness fading
+    from the first to the second in dB over the song when there are two (a gain ramp)."""
+    y_lufs = loudness_lufs(y)
+    gains_db = [loudness_gain_db(y_lufs, x_lufs + amount * loudness_gain_db(x_lufs, r)) for r in reference_lufs]
+    if len(gains_db) == 1 or gains_db[0] == gains_db[1]:
+        return y * np.float32(db_to_amp(gains_db[0]))
+    ramp_db = np.linspace(gains_db[0], gains_db[1], len(y), dtype=np.float32)
+    return y * db_to_amp(ramp_db)[:, None].astype(np.float32)
 
 
 class StyleEncoder:

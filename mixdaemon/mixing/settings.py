@@ -39,6 +39,8 @@ class TransferSettings:
     backend: Literal[defaults.BACKENDS] = defaults.BACKEND
     chunk_seconds: Annotated[float, Gt(0)] = defaults.CHUNK_SECONDS
     batch_size: Annotated[int, Ge(1)] = defaults.BATCH_SIZE
+    refine_steps: Annotated[int, Ge(0), Le(200)] = defaults.REFINE_STEPS  # neural: gradient steps on each reference embedding
+    precision: Literal[defaults.INFERENCE_PRECISIONS] = defaults.PRECISION  # neural: what the cloner computes in
     stats: str | None = None  # FX-normalization statistics file; None = the shipped default
     separation_model: str = defaults.SEPARATION_MODEL
     separation_dir: str | None = None

@@ -47,6 +47,8 @@ from mixdaemon.nets.onnx_export import (
     output_names,
     stream_state_shapes,
 )
+from mixdaemon.nets.precision import PRECISIONS as CLONER_PRECISIONS
+from mixdaemon.nets.precision import bf16_cloner, resolve_precision
 from mixdaemon.nets.store import weights_sha256
 from mixdaemon.progress import Progress, no_progress
 
@@ -118,16 +120,23 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, encoder: FXencoder | None = None, cloner: MixFXcloner | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, precision: str = "fp32"):
+        """precision: what the cloner computes in, "fp32" or "bf16" (nets/precision.py); the encoder is fp32."""
         models = [m for m in (encoder, cloner) if m is not None]
         if not models:
             raise ValueError("TorchBackend needs an encoder, a cloner or both")
         self.torch_device = torch.device(device) if device is not None else next(models[0].parameters()).device
         self.encoder = encoder.to(self.torch_device).eval() if encoder is not None else None
         self.cloner = cloner.to(self.torch_device).eval() if cloner is not None else None
+        if precision not in CLONER_PRECISIONS:
+            raise ConfigError(f"TorchBackend precision {precision!r}: expected one of {', '.join(CLONER_PRECISIONS)}")
+        self._whole = self.cloner
         self._stream = ClonerStream(self.cloner).eval() if cloner is not None else None
+        if cloner is not None and precision == "bf16":
+            self._whole, self._stream = bf16_cloner(self.cloner)
+        device_text = str(self.torch_device) + ("" if precision == "fp32" else f", {precision} convolutions")
         super().__init__(encoder.config if encoder is not None else None,
-                         cloner.config if cloner is not None else None, str(self.torch_device))
+                         cloner.config if cloner is not None else None, device_text)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.torch_device)
@@ -140,7 +149,7 @@ class TorchBackend(Backend):
     def convert(self, chunks, embedding):
         self._cloner_config()
         with torch.inference_mode():
-            return self.cloner(self._tensor(chunks), self._tensor(embedding)).cpu().numpy()
+            return self._whole(self._tensor(chunks), self._tensor(embedding)).cpu().numpy()
 
     def stream(self, block, embedding, position, length, states):
         self._cloner_config()
@@ -303,26 +312,35 @@ def choose_backend(requested: str = "auto") -> str:
 
 
 def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXcloner | None, pair_info=None, *,
-                   store=None, threads: int | None = None, precision: str = DEFAULT_TENSORRT_PRECISION,
+                   store=None, threads: int | None = None, precision: str = defaults.PRECISION,
+                   tensorrt_precision: str = DEFAULT_TENSORRT_PRECISION,
                    chunk_seconds: float = defaults.CHUNK_SECONDS, batch_size: int = defaults.BATCH_SIZE,
                    progress: Progress | None = None) -> Backend:
     """The chosen backend (choose_backend) for these models. pair_info (store.PairInfo) gives the
     recorded weights hashes, which key the artifact cache; without it they are computed. Missing
     ONNX graphs are exported and missing TensorRT plans built here (progress: `progress`, else the
-    log), so a daemon pays for it at start."""
+    log), so a daemon pays for it at start. precision: what the cloner computes in
+    (defaults.INFERENCE_PRECISIONS, nets/precision.py); bf16 runs on torch, so "auto" then picks it."""
     name = choose_backend(requested)
+    computed = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu") if cloner is not None else "fp32"
+    if computed != "fp32" and name != "torch":
+        if requested != "auto":
+            raise ConfigError(f"precision {computed!r} runs on the torch backend, not {requested!r}")
+        log.info("backend auto → torch (precision %s runs on torch)", computed)
+        name = "torch"
     encoder_sha = pair_info.encoder.weights_sha256 if pair_info is not None else None
     cloner_sha = pair_info.cloner.weights_sha256 if pair_info is not None else None
     if name == "tensorrt":
         backend = TensorRTBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store,
-                                              precision=precision, chunk_seconds=chunk_seconds, batch_size=batch_size,
+                                              precision=tensorrt_precision, chunk_seconds=chunk_seconds,
+                                              batch_size=batch_size,
                                               progress=progress or PhaseLog("TensorRT build", log.info))
     elif name == "onnxruntime":
         backend = OnnxRuntimeBackend.from_models(encoder, cloner, encoder_sha, cloner_sha, store=store, threads=threads)
     else:
         if threads:
             torch.set_num_threads(threads)
-        backend = TorchBackend(encoder, cloner, "cuda" if torch.cuda.is_available() else "cpu")
+        backend = TorchBackend(encoder, cloner, "cuda" if torch.cuda.is_available() else "cpu", computed)
     log.info("neural backend: %s", backend.describe())
     return backend
 
