@@ -134,7 +134,7 @@ class NeuralEngine:
             y = convert(self.backend, x_normalized, e,
                         chunk_seconds=None if callable(e) else self.chunk_seconds, batch_size=self.batch_size,
                         stream=None, progress=span(progress, start, width, f"converting {name}"))
-            progress(f"landing {name} on the reference", start + width)
+            progress(f"landing {name}", start + width)
             y = _landed(y, [reference for reference, _ in styles])
             amount, x = self.controls.amount_for(name), converted[name]
             if self.controls.aspects != frozenset(defaults.ASPECTS):
