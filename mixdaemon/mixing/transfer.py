@@ -125,7 +125,10 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
     protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
     check_output_folder(out_dir, protected, overwrite, fx_params=settings.engine == "param")
     planning = PLANS in engine.capabilities if engine is not None else settings.engine != "neural"
-    if reference_b is not None and settings.engine != "neural":
+    # Refused before any work: the engine is built after the separation, so without one given its
+    # capability is read off its kind (only the neural engine fades).
+    fades = REFERENCE_B in engine.capabilities if engine is not None else settings.engine == "neural"
+    if reference_b is not None and not fades:
         raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
     if not planning and song.n_samples > defaults.NEURAL_MAX_MINUTES * 60 * WORKING_RATE:
         raise MixdaemonError(f"{song.path}: {song.n_samples / WORKING_RATE / 60:.0f} minutes long; the "
@@ -158,8 +161,6 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
 
     t0 = time.perf_counter()
     engine = engine or make_engine(settings)
-    if reference_b_tracks is not None and REFERENCE_B not in engine.capabilities:
-        raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
     planning_from = measuring_from + 0.05
     render_from = 0.85 if measured.measured.whole or not planning else planning_from + 0.3
     plan_progress = span(progress, planning_from, render_from - planning_from)

@@ -109,6 +109,17 @@ def test_output_folder_equal_to_input_folder_is_refused(short_songs, tmp_path, c
     assert {p.name: p.read_bytes() for p in song.iterdir()} == before
 
 
+@pytest.mark.parametrize("engine", ["match", "param"])
+def test_a_second_reference_with_an_engine_that_cannot_fade_is_refused_in_one_line(short_songs, tmp_path, capsys,
+                                                                                   engine):
+    out = tmp_path / "out"
+    code = main(["transfer", str(short_songs / "song_a"), "--reference", str(short_songs / "song_b"),
+                 "--reference-b", str(short_songs / "song_a"), "--out", str(out), "--engine", engine, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "cannot fade between two references" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def _corrupt(p):
     p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
 
