@@ -122,7 +122,7 @@ class NeuralEngine:
         for i, name in enumerate(moving):
             # No clamp before the network (the authors clamp): the final loudness step can leave a
             # rare peak above full scale, and clipping it would distort what the cloner hears.
-            x_normalized = normalized[name].astype(np.float32)
+            x_normalized = np.asarray(normalized[name], dtype=np.float32)  # no copy of a float32 stem
             start, width = 0.15 + 0.8 * i / len(moving), 0.8 / len(moving)
             styles = [(r[name], e[name]) for r, e in zip(references, embedded) if e.get(name) is not None]
             if self.refine_steps:
