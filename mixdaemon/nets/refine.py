@@ -79,29 +79,23 @@ def refine_embedding(cloner: MixFXcloner, x: np.ndarray, reference: np.ndarray, 
     """(the refined embedding [D], the style distance in dB before each step and after the last).
 
     x: the network's input excerpt (n, 2) float32 (FX-normalized, as the cloner sees it);
-    reference: the reference stem's excerpt (m, 2). The cloner's weights are not changed."""
+    reference: the reference stem's excerpt (m, 2). The cloner (in eval mode, as the model store
+    loads it) is only read: the gradient is taken with respect to the embedding alone, so no state
+    of the shared module changes and other conversions may use it meanwhile."""
+    if cloner.training:
+        raise ValueError("refine_embedding needs the cloner in eval mode (BatchNorm would learn from the excerpt)")
     target = style_measures(torch.from_numpy(np.ascontiguousarray(reference.T, dtype=np.float32)))
     audio = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32))[None]
     e = torch.tensor(np.asarray(embedding, np.float32)[None], requires_grad=True)
     optimizer = torch.optim.Adam([e], lr=learning_rate)
-    was_training = cloner.training
-    cloner.eval()
-    for p in cloner.parameters():
-        p.requires_grad_(False)
     distances, best, best_distance = [], e.detach().clone(), float("inf")
-    try:
-        for step in range(steps + 1):
-            optimizer.zero_grad()
-            distance = style_distance(style_measures(cloner(audio, e)[0]), target)
-            distances.append(float(distance.detach()))
-            if distances[-1] < best_distance:
-                best, best_distance = e.detach().clone(), distances[-1]
-            if step == steps:
-                break
-            distance.backward()
-            optimizer.step()
-    finally:
-        for p in cloner.parameters():
-            p.requires_grad_(True)
-        cloner.train(was_training)
+    for step in range(steps + 1):
+        distance = style_distance(style_measures(cloner(audio, e)[0]), target)
+        distances.append(float(distance.detach()))
+        if distances[-1] < best_distance:
+            best, best_distance = e.detach().clone(), distances[-1]
+        if step == steps:
+            break
+        e.grad, = torch.autograd.grad(distance, e)
+        optimizer.step()
     return best[0].numpy(), distances

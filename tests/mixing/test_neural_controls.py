@@ -170,3 +170,12 @@ def test_the_tone_lands_on_the_reference_stems_tone(song):
         return float(spectrum[treble].mean() - spectrum[middle].mean())
     assert treble_db(dark) < treble_db(stems["other"]) - 15.0
     assert abs(treble_db(out) - treble_db(dark)) < 3.0, (treble_db(out), treble_db(dark), treble_db(stems["other"]))
+
+
+def test_refine_steps_change_the_conversion_and_keep_the_balance(engine_with, song):
+    stems, reference = song
+    plain = engine_with().convert(stems, reference).stems
+    refined = engine_with(refine_steps=2).convert(stems, reference).stems
+    assert any(not np.allclose(refined[name], plain[name], atol=1e-4) for name in stems)
+    for name in stems:
+        assert abs(loudness_lufs(refined[name]) - loudness_lufs(reference[name])) < 0.1, name
