@@ -11,6 +11,8 @@ Per cloner size (``full``: the authors' architecture; ``default``: the shipped d
 - the authors' code: eager torch fp32, the MixFXcloner module on the whole excerpt in one call;
 - ``fp32``: today's path, inference.convert on ONNX Runtime (a stem this short is one call; long
   songs stream, docs/BENCHMARKS.md "Inference backends");
+- ``fp32 stream`` and ``bf16 stream``: the same backends as a stream of 1-s blocks (ClonerStream),
+  the path a long song takes;
 - ``bf16``: inference.convert on TorchBackend(precision="bf16") (nets/precision.py). Timed where the
   CPU has native bf16; without it only for the shipped default (the full-size cloner's emulated bf16
   convolutions take minutes per stem), and its SNR is then also measured on the same arithmetic
@@ -49,7 +51,8 @@ from mixdaemon.audio.io import read_audio  # noqa: E402
 from mixdaemon.nets.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
 from mixdaemon.nets.inference import convert, embed_reference  # noqa: E402
 from mixdaemon.nets.mst import FXencoder, MixFXcloner  # noqa: E402
-from mixdaemon.nets.precision import Bf16Convolution, bf16_cloner, cpu_has_native_bf16, snr_db  # noqa: E402
+from mixdaemon.nets.onnx_export import ClonerGraph  # noqa: E402
+from mixdaemon.nets.precision import Bf16Block, Bf16ClonerGraph, cpu_has_native_bf16, snr_db  # noqa: E402
 from mixdaemon.nets.store import load_pair  # noqa: E402
 
 SR = 44100
@@ -91,20 +94,18 @@ def models(size: str, seconds: float, seed: int = 0) -> tuple[FXencoder, MixFXcl
     return encoder, cloner, "authors' architecture, random weights, BatchNorm statistics from song_c's stems"
 
 
-class EmulatedBf16Convolution(Bf16Convolution):
-    """Bf16Convolution's arithmetic on float32 kernels: bf16 operands, float32 sums, bf16 result."""
+class EmulatedBf16Block(Bf16Block):
+    """Bf16Block's arithmetic on float32 kernels: bf16 operands, float32 sums, bf16 result."""
 
     def convolve(self, x, padding):
-        def bf16(t):
-            return t.to(torch.bfloat16).float()
-
-        return bf16(nn.functional.conv1d(bf16(x), self.weight.float(), self.bias.float(), padding=padding,
-                                         dilation=self.block.dilation))
+        out = nn.functional.conv1d(x.float().transpose(1, 2), self.weight.float()[:, :, 0], self.bias.float(),
+                                   padding=padding, dilation=self.dilation)
+        return out.to(torch.bfloat16).transpose(1, 2)
 
 
 def emulated_bf16(cloner: MixFXcloner):
-    whole, _ = bf16_cloner(cloner)
-    whole.blocks = nn.ModuleList(EmulatedBf16Convolution(block.block) for block in whole.blocks)
+    whole = Bf16ClonerGraph(cloner).eval()
+    whole.blocks = nn.ModuleList(EmulatedBf16Block(block) for block in ClonerGraph(cloner, torch.float32).blocks)
     return lambda audio, embedding: whole(torch.from_numpy(audio.T[None].copy()),
                                           torch.from_numpy(embedding[None])).numpy()[0].T
 
@@ -129,6 +130,11 @@ def measure(size: str, seconds: float, threads: int, store: str, native: bool) -
     time_bf16 = native or size == "default"
     if time_bf16:
         contenders["bf16 (torch, bf16 convolutions)"] = lambda a, e: convert(bf16, a, e)
+    # long songs run as a stream (1-s blocks here): the path a job takes past one window
+    contenders["fp32 stream (ONNX Runtime, 1-s blocks)"] = lambda a, e: convert(ort, a, e, chunk_seconds=1.0,
+                                                                                stream=True)
+    if time_bf16:
+        contenders["bf16 stream (torch, 1-s blocks)"] = lambda a, e: convert(bf16, a, e, chunk_seconds=1.0, stream=True)
     emulated = None if native else emulated_bf16(cloner)
     warm = stem("song_a", "drums", 1.0, 2.0)
     warm_style = np.zeros(cloner.config.cond_dim, np.float32)

@@ -320,9 +320,14 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
     recorded weights hashes, which key the artifact cache; without it they are computed. Missing
     ONNX graphs are exported and missing TensorRT plans built here (progress: `progress`, else the
     log), so a daemon pays for it at start. precision: what the cloner computes in
-    (defaults.INFERENCE_PRECISIONS, nets/precision.py); bf16 runs on torch, so "auto" then picks it."""
+    (defaults.INFERENCE_PRECISIONS, nets/precision.py); bf16 runs on torch, so an "auto" backend
+    then picks torch."""
     name = choose_backend(requested)
-    computed = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu") if cloner is not None else "fp32"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto" and requested not in ("auto", "torch"):
+        computed = "fp32"  # a backend named outright computes in fp32 unless bf16 is asked for as well
+    else:
+        computed = resolve_precision(precision, device, cloner.config.channel_width) if cloner is not None else "fp32"
     if computed != "fp32" and name != "torch":
         if requested != "auto":
             raise ConfigError(f"precision {computed!r} runs on the torch backend, not {requested!r}")
@@ -340,7 +345,7 @@ def create_backend(requested: str, encoder: FXencoder | None, cloner: MixFXclone
     else:
         if threads:
             torch.set_num_threads(threads)
-        backend = TorchBackend(encoder, cloner, "cuda" if torch.cuda.is_available() else "cpu", computed)
+        backend = TorchBackend(encoder, cloner, device, computed)
     log.info("neural backend: %s", backend.describe())
     return backend
 

@@ -77,7 +77,19 @@ def test_auto_keeps_fp32_and_bf16_needs_native_bf16(monkeypatch, caplog, cloner)
         create_backend("auto", None, cloner, precision="bf16")
     assert resolve_precision("bf16", device="cuda") == "bf16"  # GPUs compute bf16 natively
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto") == "fp32"  # not measured to win anywhere yet (nets/precision.py)
+    assert resolve_precision("auto", width=24) == "fp32"  # the shipped default's width: slower in bf16
+    assert resolve_precision("auto", device="cuda", width=128) == "fp32"
+
+
+def test_auto_computes_a_full_width_cloner_in_bf16_on_native_bf16_unless_a_graph_backend_is_named(
+        native_bf16, caplog):
+    wide = MixFXcloner(ClonerConfig(nblocks=2, channel_width=precision.BF16_MIN_WIDTH, kernel_size=3, cond_dim=16))
+    with caplog.at_level(logging.INFO, logger="mixdaemon.nets.precision"):
+        backend = create_backend("auto", None, wide, precision="auto")
+    assert backend.describe() == "torch on cpu, bf16 convolutions"
+    assert "precision auto → bf16 (native bf16, cloner width 128" in caplog.text
+    assert create_backend("onnxruntime", None, wide, precision="auto").describe().startswith("onnxruntime")
+    assert "bf16" not in create_backend("auto", None, wide, precision="fp32").describe()  # the switch that keeps fp32
 
 
 def test_bf16_runs_on_torch_and_auto_picks_torch_for_it(native_bf16, cloner):
