@@ -27,8 +27,9 @@ def add_transfer_options(p) -> None:
                    help="neural: gradient steps that move each reference embedding so that the converted stem "
                         f"measures like the reference stem (0 = the encoder's embedding; default {defaults.REFINE_STEPS})")
     p.add_argument("--precision", default=defaults.PRECISION, choices=defaults.INFERENCE_PRECISIONS,
-                   help="neural: what the MixFXcloner computes in on the CPU; auto keeps fp32 where nothing lower "
-                        "is measured to win (docs/BENCHMARKS.md); bf16 needs a CPU with native bf16")
+                   help="neural: what the MixFXcloner computes in on the CPU; auto picks bf16 where it is measured "
+                        "to win (a full-width cloner on a CPU with native bf16), else fp32 (docs/BENCHMARKS.md); "
+                        "bf16 needs a CPU with native bf16")
     p.add_argument("--stats", help="FX-normalization statistics file (default: the shipped statistics)")
     p.add_argument("--separation-model", default=defaults.SEPARATION_MODEL, help="demucs model for mixtures")
     p.add_argument("--separation-dir", help="local folder of demucs models (offline use)")
