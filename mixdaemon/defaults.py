@@ -37,7 +37,8 @@ ANALYSIS_SECONDS = 60.0
 ANALYSIS_WINDOWS = 6
 ANALYSIS_WINDOW_SECONDS = 10.0
 RENDER_BLOCK_SECONDS = 10
-# The neural engine converts a song in memory: longer songs are refused before any work.
+# A fade to a second reference (--reference-b) converts the song in memory: longer songs are refused
+# before any work.
 NEURAL_MAX_MINUTES = 20
 SEPARATION_MODEL = "htdemucs"  # demucs model for mixtures
 CEILING_DBTP = -1.0           # true-peak ceiling of every written stem and mix

@@ -46,10 +46,14 @@ def rms_dbfs(x: np.ndarray) -> float:
 def rms_match(y: np.ndarray, x: np.ndarray, measure: slice = slice(None)) -> np.ndarray:
     """Scale y to x's RMS over the whole segment and all channels (docs/ALGORITHMS.md §2.1), measured
     over the samples `measure` selects (the whole signal by default)."""
+    return y * rms_scale(y, x, measure)
+
+
+def rms_scale(y: np.ndarray, x: np.ndarray, measure: slice = slice(None)) -> float:
+    """The gain rms_match applies to y."""
     xm, ym = x[measure].ravel(), y[measure].ravel()
     # dot products: ~2x faster than mean(square()) and no temporary arrays
-    scale = np.sqrt((np.dot(xm, xm) / max(xm.size, 1)) / max(1e-7, np.dot(ym, ym) / max(ym.size, 1)))
-    return y * scale
+    return float(np.sqrt((np.dot(xm, xm) / max(xm.size, 1)) / max(1e-7, np.dot(ym, ym) / max(ym.size, 1))))
 
 
 # --- loudness -------------------------------------------------------------------------------------
@@ -171,11 +175,17 @@ def lufs_norm(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.n
     §1.0; the result may therefore land below the target). The 1e-10 offset keeps an all-zero
     signal measurable, as in the reference implementation."""
     x = np.asarray(x, dtype=np.float64)
+    return x * lufs_norm_gain(x, target_lufs, sr)
+
+
+def lufs_norm_gain(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> float:
+    """The gain lufs_norm applies to x (1 where x is too short or silent to measure)."""
+    x = np.asarray(x, dtype=np.float64)
     loudness = integrated_loudness(x + 1e-10, sr)
     if not np.isfinite(loudness):
-        return x.copy()
-    y = x * 10.0 ** ((target_lufs - loudness) / 20.0)
-    return y / max(1.0, peak(y) + 1e-6)
+        return 1.0
+    gain = 10.0 ** ((target_lufs - loudness) / 20.0)
+    return gain / max(1.0, gain * peak(x) + 1e-6)
 
 
 # --- STFT without centring (the statistics' convention) --------------------------------------------
@@ -340,61 +350,6 @@ def average_magnitude_spectrum(x: np.ndarray, n_fft: int, hop: int, block_frames
         frames = frame_signal(x[first * hop:(last - 1) * hop + n_fft].astype(np.float32), n_fft, hop)
         total += np.abs(scipy.fft.rfft(frames * window, axis=-1)).sum(axis=0, dtype=np.float64)
     return total / max(1, n_frames)
-
-
-def _fir_valid(x: np.ndarray, taps: np.ndarray, block: int = 16384) -> np.ndarray:
-    """'valid'-mode convolution of a 1-D signal with an FIR by overlap-save: one batched rFFT over
-    all blocks (about twice as fast as scipy's oaconvolve for a 1001-tap filter on minutes of audio)."""
-    n_taps = taps.shape[0]
-    block = max(block, 2 * n_taps)
-    step = block - n_taps + 1
-    n_out = x.shape[0] - n_taps + 1
-    n_blocks = -(-n_out // step)
-    padded = np.concatenate([x, np.zeros(n_blocks * step + n_taps - 1 - x.shape[0])])
-    blocks = np.lib.stride_tricks.sliding_window_view(padded, block)[::step][:n_blocks]
-    spectrum = np.fft.rfft(blocks, axis=-1) * np.fft.rfft(taps, block)
-    return np.fft.irfft(spectrum, block, axis=-1)[:, n_taps - 1:].reshape(-1)[:n_out]
-
-
-def fir_filtfilt(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """Zero-phase FIR filtering along axis 0: the same result as scipy.signal.filtfilt(taps, 1, x,
-    axis=0) (odd extension of 3·len(taps) samples at both ends, steady-state initial conditions),
-    computed with FFT convolution, which is far faster than filtfilt's direct form for long FIRs.
-    For an FIR, a steady-state start is the same as a history of constant input, which is what the
-    prepended constant block below provides."""
-    x = np.asarray(x, dtype=np.float64)
-    taps = np.asarray(taps, dtype=np.float64)
-    n_taps, padlen = taps.shape[0], 3 * taps.shape[0]
-    if x.shape[0] <= padlen:
-        raise ValueError(f"fir_filtfilt: signal of {x.shape[0]} samples is too short for {n_taps} taps "
-                         f"(needs more than {padlen})")
-    columns = as_2d(x)
-    out = np.empty_like(columns)
-    for c in range(columns.shape[1]):
-        col = columns[:, c]
-        if not (np.any(col[:padlen + 1]) or np.any(col[-padlen - 1:])):
-            # Zero-padded input: the extension and both passes' initial states are zero, so the two
-            # passes are one convolution with the taps' autocorrelation (half the work).
-            kernel = np.convolve(taps, taps[::-1])
-            edge = np.zeros(n_taps - 1)
-            out[:, c] = _fir_valid(np.concatenate([edge, col, edge]), kernel)
-            continue
-        y = np.concatenate([2.0 * col[0] - col[padlen:0:-1], col, 2.0 * col[-1] - col[-2:-padlen - 2:-1]])
-        for _ in range(2):  # forward pass, then the same on the time-reversed result
-            y = _fir_valid(np.concatenate([np.full(n_taps - 1, y[0]), y]), taps)[::-1]
-        out[:, c] = y[padlen:padlen + col.shape[0]]
-    return out.reshape(x.shape)
-
-
-def gain_to_lufs(x: np.ndarray, target_lufs: float, sr: int = WORKING_RATE) -> np.ndarray:
-    """Gain x so that its integrated loudness is exactly target_lufs, with no anti-clip division
-    (unlike lufs_norm): for float pipelines that must hit the target, so peaks may exceed 1. Silence
-    and signals too short to measure are returned unchanged."""
-    x = np.asarray(x, dtype=np.float64)
-    loudness = integrated_loudness(x, sr)
-    if not np.isfinite(loudness):
-        return x.copy()
-    return x * 10.0 ** ((target_lufs - loudness) / 20.0)
 
 
 # --- compressor kernel ---------------------------------------------------------------------------------

@@ -140,3 +140,32 @@ class History:
             cut = min(position, self.end) - self.start
             self.data = self.data[cut:]
             self.start += cut
+
+
+class Blend:
+    """x + amount·(effect(x) − x): an effect part of the way, the dry signal held until the effect's
+    output for the same samples comes out of its look-ahead."""
+
+    def __init__(self, effect: Streamable, amount: float):
+        self.effect, self.amount = effect, np.float32(amount)
+
+    def stream(self, n_samples: int) -> "_BlendStream":
+        return _BlendStream(self.effect.stream(n_samples), self.amount)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+class _BlendStream:
+    def __init__(self, wet: Stream, amount: np.float32):
+        self.wet, self.amount = wet, amount
+        self.dry, self.done = History(), 0
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.asarray(block, dtype=np.float32)
+        self.dry.append(block)
+        wet = self.wet.push(block, last)
+        dry = self.dry.window(self.done, self.done + wet.shape[0])
+        self.done += wet.shape[0]
+        self.dry.forget(self.done)
+        return dry + self.amount * (wet - dry)

@@ -122,10 +122,10 @@ class EqCurve:
         impulse = np.roll(impulse, (EQ_TAPS - 1) // 2)
         return np.append(impulse, impulse[0]) * np.hanning(EQ_TAPS)
 
-    def stream(self, n_samples: int) -> "_CentredFirStream | Samplewise":
+    def stream(self, n_samples: int) -> "CentredFirStream | Samplewise":
         if not np.any(self.gains_db):
             return Samplewise(_float32)
-        return _CentredFirStream(self.taps().astype(np.float32), n_samples)
+        return CentredFirStream(self.taps().astype(np.float32), n_samples)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return whole(self, x)
@@ -159,18 +159,19 @@ class _Held(History):
         return out
 
 
-class _CentredFirStream:
-    """A linear-phase FIR (odd length, under EQ_FFT_BLOCK) with its delay taken out, so that the
-    output stays aligned with the input: each output sample reads the input `delay` samples either
-    side (zeros beyond the signal). Overlap-save: a push gives the whole FFT blocks' worth of
-    samples whose reach is held (all the rest at the last)."""
+class CentredFirStream:
+    """A linear-phase FIR (odd length, under EQ_FFT_BLOCK; taps [L] for every channel, or [channels,
+    L] one per channel) with its delay taken out, so that the output stays aligned with the input:
+    each output sample reads the input `delay` samples either side (zeros beyond the signal).
+    Overlap-save: a push gives the whole FFT blocks' worth of samples whose reach is held (all the
+    rest at the last)."""
 
     def __init__(self, taps: np.ndarray, n_samples: int):
-        self.reach, self.n = taps.shape[0] - 1, int(n_samples)
+        self.reach, self.n = taps.shape[-1] - 1, int(n_samples)
         self.delay, self.step = self.reach // 2, EQ_FFT_BLOCK - self.reach
         # float32 FFTs of both channels at once: 5x faster than float64 per channel, and the error
         # stays >120 dB below the signal
-        self.response = scipy.fft.rfft(taps.astype(np.float32), EQ_FFT_BLOCK)
+        self.response = scipy.fft.rfft(taps.astype(np.float32), EQ_FFT_BLOCK, axis=-1)
         self.held = History()
         self.done = 0
 

@@ -72,7 +72,9 @@ from scipy import signal
 from mixdaemon import defaults
 from mixdaemon.audio import dsp
 from mixdaemon.audio.dsp import WORKING_RATE as SR
+from mixdaemon.audio.streams import ChainOf, Gain, History, Samplewise, Streamable, whole
 from mixdaemon.errors import ConfigError, StemLayoutError
+from mixdaemon.fx.matching import CentredFirStream
 from mixdaemon.fx.stats import FFT_SIZE, FxStats
 from mixdaemon.progress import Progress, no_progress
 
@@ -259,7 +261,100 @@ def peak_normalize(x: np.ndarray, target_db: float) -> np.ndarray:
 class Step(Protocol):
     name: str
 
+    def fit(self, x: np.ndarray) -> Streamable:
+        """The step's effect with every quantity it measures measured on x (streamable:
+        audio/streams.py), so that a fit on an excerpt can be applied to the whole song."""
+
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class _Fitted:
+    """A step's call: the effect fitted on x, applied to x."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x)(x)
+
+
+class PerChannel:
+    """An effect per channel (None: the channel passes as it is), for the steps that measure and
+    process each channel on its own."""
+
+    def __init__(self, effects: list[Streamable | None]):
+        self.effects = effects
+
+    def stream(self, n_samples: int) -> Samplewise:
+        streams = [None if e is None else e.stream(n_samples) for e in self.effects]
+        return _PerChannelStream(streams)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+class _PerChannelStream:
+    """The channels' streams side by side; they take no look-ahead, so each block comes out whole."""
+
+    def __init__(self, streams: list):
+        self.streams = streams
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        out = np.array(block, dtype=np.float32)
+        for c, stream in enumerate(self.streams):
+            if stream is not None:
+                out[:, c] = stream.push(out[:, c], last)
+        return out
+
+
+class ChannelFir:
+    """A centred FIR per channel (kernels [channels, L], L odd), gains folded in."""
+
+    def __init__(self, kernels: np.ndarray):
+        self.kernels = np.asarray(kernels, dtype=np.float32)
+
+    def stream(self, n_samples: int) -> CentredFirStream:
+        return CentredFirStream(self.kernels, n_samples)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
+
+
+class Mix:
+    """A fixed 2×2 mix of the channels: out = x @ matrix."""
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = np.asarray(matrix, dtype=np.float32)
+
+    def stream(self, n_samples: int) -> Samplewise:
+        return Samplewise(self)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        # einsum, not @: OpenBLAS threads busy-wait on such skinny products and cost seconds of CPU
+        # on a loaded machine
+        return np.einsum("ni,ij->nj", np.asarray(x, dtype=np.float32), self.matrix)
+
+
+class WholeSignal:
+    """An effect that needs the whole signal at once (the panning step's STFT over the stem): its
+    stream holds every block until the last, so it is for whole-stem jobs (automix), not long songs."""
+
+    def __init__(self, apply: Callable[[np.ndarray], np.ndarray]):
+        self.apply = apply
+
+    def stream(self, n_samples: int) -> "_WholeSignalStream":
+        return _WholeSignalStream(self.apply)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.apply(x), dtype=np.float32)
+
+
+class _WholeSignalStream:
+    def __init__(self, apply):
+        self.apply, self.held = apply, History()
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        self.held.append(np.asarray(block))
+        if not last:
+            return self.held.data[:0]
+        return np.asarray(self.apply(self.held.data), dtype=np.float32)
 
 
 def _channel_is_quiet(channel: np.ndarray, min_db: float) -> bool:
@@ -284,8 +379,14 @@ class LoudnessMatch:
     def __init__(self, target_lufs: float):
         self.target_lufs = float(target_lufs)
 
+    def fit(self, x: np.ndarray, lufs: float | None = None) -> Gain:
+        """The gain to the target; `lufs`: the loudness to take for x's (that of the whole stem an
+        excerpt x comes from), measured on x when not given or not finite."""
+        loudness = lufs if lufs is not None and np.isfinite(lufs) else dsp.integrated_loudness(np.asarray(x, np.float64))
+        return Gain(self.target_lufs - loudness if np.isfinite(loudness) else 0.0)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return dsp.gain_to_lufs(x, self.target_lufs)
+        return self.fit(x)(x)
 
 
 def stem_spectrum(x: np.ndarray) -> np.ndarray:
@@ -295,7 +396,7 @@ def stem_spectrum(x: np.ndarray) -> np.ndarray:
     return dsp.average_magnitude_spectrum(y, FFT_SIZE, FFT_HOP).mean(axis=0)
 
 
-class EqMatch:
+class EqMatch(_Fitted):
     """§1.2 per channel: lufs_norm to −30 LUFS (mono measurement), long-term spectrum A(k), then a
     1001-tap firwin2 FIR with gain sqrt(ref/A) run forwards and backwards (net |H| = ref/A), with the
     net gain clamped to ±max_gain_db and A floored at EQ_SPECTRUM_FLOOR (§5.2.4)."""
@@ -314,16 +415,20 @@ class EqMatch:
         gain = self.target_db - dsp.db(np.maximum(spectrum, EQ_SPECTRUM_FLOOR))
         return np.clip(gain, -self.max_gain_db, self.max_gain_db)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = x.copy()
+    def fit(self, x: np.ndarray) -> ChannelFir:
+        """Per channel, the lufs_norm gain and the FIR pair run forwards and backwards as one
+        centred kernel (the taps' autocorrelation): on a zero-padded signal, as the steps get, that
+        is what scipy.signal.filtfilt computes; a quiet channel's kernel is a unit impulse."""
+        kernels = np.zeros((x.shape[1], 2 * EQ_TAPS - 1))
         for c in range(x.shape[1]):
             if _channel_is_quiet(x[:, c], self.min_db):
+                kernels[c, EQ_TAPS - 1] = 1.0
                 continue
-            channel = dsp.lufs_norm(x[:, c], EQ_LUFS)
-            per_pass_gain = dsp.db_to_amp(self.net_gain_db(channel) / 2.0)
+            gain = dsp.lufs_norm_gain(x[:, c], EQ_LUFS)
+            per_pass_gain = dsp.db_to_amp(self.net_gain_db(gain * np.asarray(x[:, c], np.float64)) / 2.0)
             taps = signal.firwin2(EQ_TAPS, self._grid, per_pass_gain, window="hamming")
-            out[:, c] = dsp.fir_filtfilt(channel, taps)
-        return out
+            kernels[c] = gain * np.convolve(taps, taps[::-1])
+        return ChannelFir(kernels)
 
 
 @dataclass
@@ -420,7 +525,7 @@ def search_compression(x: np.ndarray, mean_db: float, std_db: float, setting: Co
     return y, CompressionResult(stat, float(ratio), float(COMP_THRESHOLDS_DB[index]), level, passes)
 
 
-class CompressionMatch:
+class CompressionMatch(_Fitted):
     """§1.3 per channel: peak-normalise to −10 dBFS, then compress until the onset-peak statistic
     falls below μ+σ (see search_compression). Every non-quiet channel is peak-normalised, also one
     without onsets (the original skipped it and all channels after it)."""
@@ -432,14 +537,20 @@ class CompressionMatch:
         self.setting = setting
         self.min_db = min_db
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = x.copy()
+    def fit(self, x: np.ndarray) -> PerChannel:
+        """Per channel, the peak-normalizing gain and the compressor the search picks (none where
+        the channel's onset peaks are already low enough); a quiet channel passes as it is."""
+        effects: list[Streamable | None] = []
         for c in range(x.shape[1]):
             if _channel_is_quiet(x[:, c], self.min_db):
+                effects.append(None)
                 continue
-            channel = peak_normalize(x[:, c], COMP_PEAK_DB)
-            out[:, c], _ = search_compression(channel, self.mean_db, self.std_db, self.setting)
-        return out
+            gain = Gain(COMP_PEAK_DB - dsp.db(dsp.peak(x[:, c])))
+            _, result = search_compression(np.asarray(gain(x[:, c]), np.float64), self.mean_db, self.std_db,
+                                           self.setting)
+            effects.append(gain if result.ratio is None else ChainOf([gain, dsp.Compressor(
+                result.threshold_db, result.ratio, self.setting.attack_ms, self.setting.release_ms)]))
+        return PerChannel(effects)
 
 
 def _balance(a: np.ndarray, b: np.ndarray, fraction: float, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -454,18 +565,52 @@ def _balance(a: np.ndarray, b: np.ndarray, fraction: float, gram: np.ndarray) ->
     return a * gain_a, b * gain_b
 
 
-def haas(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Widen a near-mono stem: add to one random channel a copy of itself circularly shifted by up to
-    ±40 ms and scaled by U[0.33, 0.66], then restore the input's RMS (§1.4.1)."""
-    channel = int(rng.integers(2))
-    delay = int(rng.integers(-HAAS_MAX_DELAY, HAAS_MAX_DELAY))
-    feedback = float(rng.uniform(*HAAS_FEEDBACK))
-    y = x.copy()
-    y[:, channel] += feedback * np.roll(x[:, channel], delay)
-    return dsp.rms_match(y, x)
+class Haas:
+    """§1.4.1's widening of a near-mono stem: to one channel, a copy of itself delayed by `delay`
+    samples (negative: ahead) times `feedback`; then the whole times `scale`. The original shifts
+    circularly; here the copy is delayed, with zeros before the start (a stream cannot wrap the song's
+    end round to its start). On a zero-padded signal, as the steps get (STEP_PAD ≥ 40 ms), the two
+    are the same."""
+
+    def __init__(self, channel: int, delay: int, feedback: float, scale: float = 1.0):
+        self.channel, self.delay, self.feedback, self.scale = channel, int(delay), float(feedback), float(scale)
+
+    @classmethod
+    def drawn(cls, x: np.ndarray, rng: np.random.Generator) -> "Haas":
+        """A random channel, delay up to ±40 ms and level U[0.33, 0.66], scaled to restore x's RMS."""
+        channel = int(rng.integers(2))
+        delay = int(rng.integers(-HAAS_MAX_DELAY, HAAS_MAX_DELAY))
+        unscaled = cls(channel, delay, float(rng.uniform(*HAAS_FEEDBACK)))
+        return cls(channel, delay, unscaled.feedback, dsp.rms_scale(unscaled(x), x))
+
+    def stream(self, n_samples: int) -> "_HaasStream":
+        return _HaasStream(self, n_samples)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return whole(self, x)
 
 
-class ImagerMatch:
+class _HaasStream:
+    def __init__(self, effect: Haas, n_samples: int):
+        self.effect, self.n = effect, n_samples
+        self.held, self.done = History(), 0
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        e = self.effect
+        self.held.append(np.asarray(block, dtype=np.float32))
+        stop = self.n if last else min(self.held.end, self.held.end + e.delay)  # a copy ahead waits for it
+        a, b = self.done, max(self.done, stop)
+        out = np.array(self.held.window(a, b), dtype=np.float32)
+        lo, hi = max(a - e.delay, 0), min(b - e.delay, self.n)  # where the delayed copy has samples
+        if hi > lo:
+            out[lo + e.delay - a:hi + e.delay - a, e.channel] += np.float32(e.feedback) * \
+                self.held.window(lo, hi)[:, e.channel]
+        self.done = b
+        self.held.forget(b - max(e.delay, 0))
+        return out * np.float32(e.scale)
+
+
+class ImagerMatch(_Fitted):
     """§1.4 (MST): Haas-widen a near-mono stem, then set the mid-energy fraction to the target,
     balance L/R 50/50 (which removes panning) and set the mid fraction again."""
 
@@ -476,19 +621,21 @@ class ImagerMatch:
         self.mono_threshold = mono_threshold
         self.rng = rng
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def fit(self, x: np.ndarray) -> ChainOf:
+        effects = []
         if dsp.mid_energy_fraction(x) > self.mono_threshold:
-            x = haas(x, self.rng)
+            effects.append(Haas.drawn(x, self.rng))
+            x = effects[-1](x)
         # Every operation below is a scalar gain on a mix of the two channels, so the chain is done
         # on 2-vectors of mix coefficients with energies from the 2×2 Gram matrix, and the audio is
         # touched once at the end (the same numbers as processing the signals, several times faster).
-        # einsum, not @: OpenBLAS threads busy-wait on such skinny products and cost seconds of CPU
-        # on a loaded machine.
+        x = np.asarray(x, dtype=np.float64)
         gram = np.einsum("ni,nj->ij", x, x)
         mid, side = _balance(np.array([1.0, 1.0]), np.array([1.0, -1.0]), self.target, gram)
         left, right = _balance((mid + side) / 2.0, (mid - side) / 2.0, 0.5, gram)
         mid, side = _balance(left + right, left - right, self.target, gram)
-        return np.einsum("ni,ij->nj", x, np.stack([(mid + side) / 2.0, (mid - side) / 2.0], axis=1))
+        effects.append(Mix(np.stack([(mid + side) / 2.0, (mid - side) / 2.0], axis=1)))
+        return ChainOf(effects)
 
 
 def _stft_blocks(x: np.ndarray, n_fft: int, hop: int, block_frames: int):
@@ -546,6 +693,11 @@ class PanningMatch:
         sps = signal.savgol_filter(total / max(1, count), 501, 1, mode="mirror")
         lo, hi = (int(np.floor(f * PAN_FFT / SR)) for f in PAN_SIDE_BAND_HZ)
         return float(np.sign(np.mean(np.sign(sps[lo:hi] + 1e-10))))
+
+    def fit(self, x: np.ndarray) -> WholeSignal:
+        """The panning is measured frame by frame on the signal it processes: nothing to carry from
+        an excerpt, so the effect is the step itself on the whole signal."""
+        return WholeSignal(self)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
@@ -627,30 +779,42 @@ def as_stereo(audio: np.ndarray, what: str) -> np.ndarray:
 class StemNormalizer:
     """A chain of steps run through the step wrapper of §1.0: each step gets the stem zero-padded
     by STEP_PAD samples at both ends and is skipped when the padded stem's peak is at or below
-    min_db; the result is cropped back. Call with (n,), (n, 1) or (n, 2) audio; returns float64
+    min_db; the result is cropped back. Call with (n,), (n, 1) or (n, 2) audio; returns float32
     (n, 2)."""
 
     def __init__(self, steps: list[Step], min_db: float):
         self.steps = steps
         self.min_db = min_db
 
-    def __call__(self, audio: np.ndarray, on_step: Callable[[str], None] | None = None) -> np.ndarray:
+    def fit(self, audio: np.ndarray, lufs: float | None = None,
+            on_step: Callable[[str], None] | None = None) -> tuple[ChainOf, np.ndarray]:
+        """(the chain of the steps' effects fitted on audio, audio through it). Applied to audio
+        itself it is the normalization; fitted on an excerpt, it applies the excerpt's measurements
+        to the whole stem, block by block if need be. `lufs`: the whole stem's loudness, for a first
+        loudness step (an excerpt is chosen where the stem is audible: louder than the whole)."""
         x = as_stereo(audio, "stem")
         n = x.shape[0]
-        padded = np.zeros((n + 2 * STEP_PAD, 2))
+        padded = np.zeros((n + 2 * STEP_PAD, 2), dtype=np.float32)
         padded[STEP_PAD:STEP_PAD + n] = x
-        for step in self.steps:
+        effects = []
+        for i, step in enumerate(self.steps):
             if dsp.db(dsp.peak(padded)) > self.min_db:
                 if getattr(step, "padded", True):
-                    padded = step(padded)
+                    effects.append(step.fit(padded))
+                    padded = effects[-1](padded)
                 else:
-                    padded[STEP_PAD:STEP_PAD + n] = step(padded[STEP_PAD:STEP_PAD + n])
+                    centre = padded[STEP_PAD:STEP_PAD + n]
+                    effects.append(step.fit(centre, lufs) if i == 0 and lufs is not None else step.fit(centre))
+                    padded[STEP_PAD:STEP_PAD + n] = effects[-1](centre)
                 # crop back and re-pad, in place: whatever a step left in the padding is dropped
                 padded[:STEP_PAD] = 0.0
                 padded[STEP_PAD + n:] = 0.0
             if on_step is not None:
                 on_step(step.name)
-        return padded[STEP_PAD:STEP_PAD + n]
+        return ChainOf(effects), padded[STEP_PAD:STEP_PAD + n]
+
+    def __call__(self, audio: np.ndarray, on_step: Callable[[str], None] | None = None) -> np.ndarray:
+        return self.fit(audio, on_step=on_step)[1]
 
 
 def stem_seed(seed: int, stem: str, audio: np.ndarray) -> np.random.SeedSequence:
@@ -694,6 +858,17 @@ def build_normalizer(stem: str, stats: FxStats, order: str = "mst_inference",
     return StemNormalizer(steps, min_db)
 
 
+def fit_normalizer(stem: str, audio: np.ndarray, stats: FxStats, order: str = "mst_inference", seed: int = 0,
+                   lufs: float | None = None) -> tuple[ChainOf, np.ndarray]:
+    """(the stem's normalization fitted on `audio`, audio through it): StemNormalizer.fit of the
+    chain normalize_stems builds, seeded as it seeds. For the mst orders every effect streams with a
+    bounded look-ahead (the EQ kernel's half, the Haas copy's 40 ms); the panning step of "fxnorm"
+    holds its whole signal."""
+    x = as_stereo(audio, f"stem {stem!r}")
+    normalizer = build_normalizer(stem, stats, order, np.random.default_rng(stem_seed(seed, stem, x)))
+    return normalizer.fit(x, lufs)
+
+
 def normalize_stems(stems: dict[str, np.ndarray], stats: FxStats, order: str = "mst_inference",
                     seed: int = 0, progress: Progress = no_progress) -> dict[str, np.ndarray]:
     """FX-normalize separated stems (keys among drums/bass/other/vocals; (n,), (n, 1) or (n, 2)
@@ -730,7 +905,7 @@ def normalize_stems(stems: dict[str, np.ndarray], stats: FxStats, order: str = "
         return on_step
 
     def run(name: str) -> np.ndarray:
-        return normalizers[name](inputs[name], report(name)).astype(np.float32)
+        return normalizers[name](inputs[name], report(name))
 
     workers = max(1, min(len(inputs), defaults.job_threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,6 +1,12 @@
 """The neural engine (MST): FX-normalize the input stems, embed each reference stem with the
 FXencoder, and let the MixFXcloner convert each input stem toward its reference stem's embedding.
 
+A job plans it (`plan`, mixing/engine.py's PLANS) so that a song of any length converts in memory
+bounded by a block: each stem's FX normalization is fitted on the song's measurement of it (the
+whole stem of a short song, excerpts of a long one), the cloner runs as a stream, and the landing
+below is fitted on the network's output for that measurement; the job renders the chain block by
+block. A fade to a second reference converts whole stems in memory (`convert` with reference B).
+
 One engine object holds one loaded model pair on one inference backend (nets/backends.py: TensorRT,
 ONNX Runtime or torch, `--backend`), so a daemon worker loads the models, and exports their ONNX
 graphs or builds their TensorRT plans, once and converts many songs with them.
@@ -32,17 +38,19 @@ import logging
 import numpy as np
 
 from mixdaemon import defaults
-from mixdaemon.audio.dsp import db_to_amp, loudness_lufs
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, loudness_lufs
+from mixdaemon.audio.streams import Blend, ChainOf, Gain
 from mixdaemon.errors import MixdaemonError, ModelFileError
 from mixdaemon.fx.features import excerpt
 from mixdaemon.fx.matching import loudness_gain_db
-from mixdaemon.fx.normalization import normalize_stems
+from mixdaemon.fx.normalization import fit_normalizer, normalize_stems
 from mixdaemon.fx.stats import FxStats, default_stats_path
-from mixdaemon.mixing.engine import REFERENCE_B, Conversion
-from mixdaemon.mixing.match import match_stem
+from mixdaemon.mixing.engine import PLANS, REFERENCE_B, Conversion, Measured, Plan
+from mixdaemon.mixing.match import fit_stem, match_stem
+from mixdaemon.mixing.measure import measured_whole
 from mixdaemon.mixing.settings import Controls
 from mixdaemon.nets.backends import Backend, create_backend
-from mixdaemon.nets.inference import convert, embed_reference, interpolated_embedding
+from mixdaemon.nets.inference import ClonerEffect, convert, embed_reference, interpolated_embedding
 from mixdaemon.nets.mst import MixFXcloner
 from mixdaemon.nets.refine import refine_embedding
 from mixdaemon.nets.store import load_pair
@@ -56,7 +64,7 @@ LANDING_ASPECTS = frozenset(defaults.ASPECTS) - {"level"}
 
 class NeuralEngine:
     name = "neural"
-    capabilities = frozenset({REFERENCE_B})
+    capabilities = frozenset({REFERENCE_B, PLANS})
 
     def __init__(self, backend: Backend, pair_info, stats: FxStats, *, chunk_seconds: float = defaults.CHUNK_SECONDS,
                  batch_size: int = defaults.BATCH_SIZE, seed: int = defaults.SEED, controls: Controls = Controls(),
@@ -104,14 +112,76 @@ class NeuralEngine:
                 out[name] = None
         return out
 
+    def plan(self, song: Measured, reference: Measured, progress: Progress = no_progress) -> Plan:
+        """Each stem's conversion toward its reference stem, fitted on the song's measurement (the
+        whole stems of a short song, excerpts of a long one: mixing/measure.py) and streamable over
+        the whole song: the FX normalization fitted on the stem's excerpt, the cloner as a stream,
+        the landing fitted on the network's output for the excerpt, and the level gain."""
+        # Only stems with something to move run through the network; the others (amount 0, a
+        # silent input, no usable reference stem) keep their sound.
+        wanted = [name for name, x in song.excerpts.items()
+                  if self.controls.amount_for(name) > 0 and np.any(x) and name in reference.excerpts]
+        progress("embedding reference", 0.02)
+        embedded = self.embed({name: reference.excerpts[name] for name in wanted})
+        moving = [name for name in wanted if embedded[name] is not None]
+        effects: dict[str, ChainOf | None] = dict.fromkeys(song.excerpts)
+        rendered = {name: np.asarray(x, dtype=np.float32) for name, x in song.excerpts.items()} if song.whole else None
+        for i, name in enumerate(moving):
+            x, ref = np.asarray(song.excerpts[name], dtype=np.float32), reference.excerpts[name]
+            start, width = 0.1 + 0.85 * i / len(moving), 0.85 / len(moving)
+            progress(f"normalizing {name}", start)
+            # No clamp before the network (the authors clamp): the final loudness step can leave a
+            # rare peak above full scale, and clipping it would distort what the cloner hears.
+            normalizer, x_normalized = fit_normalizer(name, x, self.stats, order="mst_inference", seed=self.seed,
+                                                      lufs=song.loudness.get(name))
+            if self.refine_steps:
+                progress(f"refining {name}", start + 0.1 * width)
+                e = self._refined(x_normalized, ref, embedded[name])
+            else:
+                e = embedded[name]
+            y = convert(self.backend, x_normalized, e, chunk_seconds=self.chunk_seconds, batch_size=self.batch_size,
+                        stream=None, progress=span(progress, start + 0.15 * width, 0.7 * width, f"converting {name}"))
+            progress(f"landing {name}", start + 0.85 * width)
+            chain = [normalizer, ClonerEffect(self.backend, e, round(self.chunk_seconds * WORKING_RATE))]
+            landing = fit_stem(y, ref, 1.0, LANDING_ASPECTS)
+            if landing is not None:
+                chain.append(landing[0])
+                y = landing[1]
+            amount = self.controls.amount_for(name)
+            if self.controls.aspects != frozenset(defaults.ASPECTS):
+                # Only some aspects move: the landed output is the sound to move toward, and the
+                # match engine's steps take from it just those (its EQ, its width...), by the amount;
+                # the network then has no part in the render.
+                partial = fit_stem(x, y, amount, self.controls.aspects - {"level"})
+                chain, y = ([partial[0]], partial[1]) if partial is not None else ([], x)
+            elif amount < 1:
+                chain, y = [Blend(ChainOf(chain), amount)], x + np.float32(amount) * (y - x)
+            if self.controls.moves("level"):
+                x_lufs = song.loudness.get(name, loudness_lufs(x))
+                reference_lufs = reference.loudness.get(name, loudness_lufs(ref))
+                # the whole stem's loudness after the chain: the excerpt's change on the whole's level
+                y_lufs = x_lufs + (loudness_lufs(y) - loudness_lufs(x))
+                gain = Gain(loudness_gain_db(y_lufs, x_lufs + amount * loudness_gain_db(x_lufs, reference_lufs)))
+                chain.append(gain)
+                y = gain(y)
+            effects[name] = ChainOf(chain) if chain else None
+            if rendered is not None:
+                rendered[name] = y
+        return Plan(effects, rendered=rendered)
+
     def convert(self, input_stems: dict[str, np.ndarray], reference_stems: dict[str, np.ndarray],
                 progress: Progress = no_progress,
                 reference_b_stems: dict[str, np.ndarray] | None = None) -> Conversion:
-        # Only stems with something to move run through the network; the others (amount 0, a
-        # silent input, no usable reference stem) are returned as they came.
+        if reference_b_stems is None:
+            return Conversion(self.plan(measured_whole(input_stems), measured_whole(reference_stems), progress).rendered)
+        return self._faded(input_stems, [reference_stems, reference_b_stems], progress)
+
+    def _faded(self, input_stems: dict[str, np.ndarray], references: list[dict[str, np.ndarray]],
+               progress: Progress) -> Conversion:
+        """convert() with a second reference, on whole stems in memory: the embedding, the landing
+        and the level fade from the first reference to the second over the song."""
         wanted = [name for name, x in input_stems.items() if self.controls.amount_for(name) > 0 and np.any(x)]
         progress("embedding reference", 0.02)
-        references = [reference_stems] if reference_b_stems is None else [reference_stems, reference_b_stems]
         embedded = [self.embed({name: r[name] for name in wanted if name in r}) for r in references]
         # A stem moves when its first reference stem has a style; a silent second one is not faded to.
         moving = [name for name in wanted if embedded[0].get(name) is not None]
@@ -120,8 +190,6 @@ class NeuralEngine:
                                      order="mst_inference", seed=self.seed) if moving else {}
         converted = {name: np.asarray(x, dtype=np.float32) for name, x in input_stems.items()}
         for i, name in enumerate(moving):
-            # No clamp before the network (the authors clamp): the final loudness step can leave a
-            # rare peak above full scale, and clipping it would distort what the cloner hears.
             x_normalized = np.asarray(normalized[name], dtype=np.float32)  # no copy of a float32 stem
             start, width = 0.15 + 0.8 * i / len(moving), 0.8 / len(moving)
             styles = [(r[name], e[name]) for r, e in zip(references, embedded) if e.get(name) is not None]
@@ -138,9 +206,7 @@ class NeuralEngine:
             y = _landed(y, [reference for reference, _ in styles])
             amount, x = self.controls.amount_for(name), converted[name]
             if self.controls.aspects != frozenset(defaults.ASPECTS):
-                # Only some aspects move: the landed output is the sound to move toward, and the
-                # match engine's steps take from it just those (its EQ, its width...), by the amount.
-                y = match_stem(x, y, amount, self.controls.aspects - {"level"})
+                y = match_stem(x, y, amount, self.controls.aspects - {"level"})  # as in plan()
             elif amount < 1:
                 y = x + np.float32(amount) * (y - x)
             if self.controls.moves("level"):

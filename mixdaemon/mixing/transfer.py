@@ -3,14 +3,14 @@
     open input and reference (audio/stems.py) → separate mixtures into stems (mixing/separation.py)
     → measure each song (mixing/measure.py: whole when short, else one pass and excerpts)
     → the engine plans each input stem's conversion toward the reference's mixing style on those
-      measurements (mixing/match.py, mixing/param.py; mixing/neural.py converts whole stems)
+      measurements (mixing/match.py, mixing/param.py, mixing/neural.py)
     → render: the planned effects, the linked true-peak limiter (audio/mastering.py) and the writers
       (audio/io.py, atomic), block by block over the whole song, the loudness meters fed on the way
     → the param engine's FX settings as fx_params.json (fx/chain.py)
 
-Memory is bounded by the measurement and one block, not by the song's length, for the engines that
-plan; the neural engine holds the song (up to defaults.NEURAL_MAX_MINUTES), as does separating a
-mixture. `transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job
+Memory is bounded by the measurement and one block, not by the song's length; a fade to a second
+reference (the neural engine's --reference-b) holds the song (up to defaults.NEURAL_MAX_MINUTES),
+as does separating a mixture. `transfer()` returns a TransferResult that the CLI prints and the daemon turns into a job
 manifest and, from the spectra it asks for, a report.
 """
 from __future__ import annotations
@@ -124,7 +124,8 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
     reference_b = open_song(reference_b_path) if reference_b_path is not None else None
     protected = song.input_files + reference.input_files + (reference_b.input_files if reference_b else [])
     check_output_folder(out_dir, protected, overwrite, fx_params=settings.engine == "param")
-    planning = PLANS in engine.capabilities if engine is not None else settings.engine != "neural"
+    # Every engine shipped plans; a fade to a second reference is converted whole, in memory.
+    planning = reference_b is None and (PLANS in engine.capabilities if engine is not None else True)
     # Refused before any work: the engine is built after the separation, so without one given its
     # capability is read off its kind (only the neural engine fades).
     fades = REFERENCE_B in engine.capabilities if engine is not None else settings.engine == "neural"
@@ -132,8 +133,8 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
         raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
     if not planning and song.n_samples > defaults.NEURAL_MAX_MINUTES * 60 * WORKING_RATE:
         raise MixdaemonError(f"{song.path}: {song.n_samples / WORKING_RATE / 60:.0f} minutes long; the "
-                             f"{settings.engine} engine converts a song in memory, up to "
-                             f"{defaults.NEURAL_MAX_MINUTES} minutes: use --engine match or param")
+                             f"fade to a second reference is converted in memory, up to "
+                             f"{defaults.NEURAL_MAX_MINUTES} minutes: leave out --reference-b")
     timings["open"] = time.perf_counter() - t0
 
     # The job's share of the bar: separating mixtures (when there are any) up to 40 %, measuring
@@ -165,7 +166,7 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
     render_from = 0.85 if measured.measured.whole or not planning else planning_from + 0.3
     plan_progress = span(progress, planning_from, render_from - planning_from)
     chains, effects, render_tracks = None, {}, input_tracks
-    if PLANS in engine.capabilities:
+    if planning:
         plan = engine.plan(measured.measured, reference_measured.measured, progress=plan_progress)
         chains = plan.chains
         if plan.rendered is not None:

@@ -185,19 +185,58 @@ def convert(cloner: MixFXcloner | Backend, audio: np.ndarray, embedding: np.ndar
 
 def _convert_stream(backend: Backend, audio: np.ndarray, embedding: np.ndarray, chunk: int,
                     progress: Progress) -> np.ndarray:
-    """convert(stream=True): blocks of `chunk` input samples, then the stream's delay of
-    receptive_field // 2 zeros (the padding after the song) to flush the last outputs."""
+    """convert(stream=True): ClonerEffect's stream fed blocks of `chunk` samples."""
     n = len(audio)
-    delay = backend.cloner_config.receptive_field // 2
-    stream_in = np.zeros((2, n + delay), np.float32)
-    stream_in[:, :n] = audio.T
-    states = backend.stream_states()
-    out = np.empty((n, 2), dtype=np.float32)
-    for position in range(0, n + delay, chunk):
-        block = stream_in[None, :, position:position + chunk]
-        y, states = backend.stream(block, embedding, position, n, states)
-        first, end = max(position - delay, 0), min(position + block.shape[-1] - delay, n)
-        if end > first:  # the block's outputs are at song times position − delay …
-            out[first:end] = y[0, :, first - (position - delay):end - (position - delay)].T
-            progress("converting", end / n)
+    stream, out, done = ClonerEffect(backend, embedding, chunk).stream(n), np.empty((n, 2), np.float32), 0
+    for position in range(0, n, chunk):
+        y = stream.push(audio[position:position + chunk], last=position + chunk >= n)
+        out[done:done + len(y)] = y
+        done += len(y)
+        if len(y):
+            progress("converting", done / n)
     return out
+
+
+class ClonerEffect:
+    """The MixFXcloner toward one embedding as a streamable effect (audio/streams.py): a song of any
+    length fed block by block comes out as the whole-song conversion, in memory bounded by the
+    block. The stream (the backend's ClonerStream) delays its output by receptive_field // 2
+    samples, so the first pushes return less than they take, and the last push feeds that many
+    zeros, the padding after the song, to flush the rest. Blocks longer than `chunk` samples go
+    through the network `chunk` at a time (its activations scale with the call's length)."""
+
+    def __init__(self, backend: Backend, embedding: np.ndarray, chunk: int = round(defaults.CHUNK_SECONDS * WORKING_RATE)):
+        self.backend, self.chunk = backend, max(1, int(chunk))
+        self.embedding = np.asarray(embedding, np.float32).reshape(1, -1)
+
+    def stream(self, n_samples: int) -> "_ClonerStream":
+        return _ClonerStream(self, n_samples)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.stream(len(x)).push(x, last=True)
+
+
+class _ClonerStream:
+    def __init__(self, effect: ClonerEffect, n_samples: int):
+        self.effect, self.n = effect, n_samples
+        self.delay = effect.backend.cloner_config.receptive_field // 2
+        self.states = effect.backend.stream_states()
+        self.position = 0  # input samples fed to the network so far (the song's, then the flush's zeros)
+
+    def _feed(self, block: np.ndarray) -> np.ndarray:
+        """block [2, m] through the network: the outputs it makes at song times inside the song."""
+        y, self.states = self.effect.backend.stream(block[None], self.effect.embedding, self.position, self.n,
+                                                    self.states)
+        first = self.position - self.delay  # song time of y's first sample
+        self.position += block.shape[-1]
+        keep_from, keep_to = max(0, -first), max(0, min(block.shape[-1], self.n - first))
+        return y[0, :, keep_from:keep_to].T
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        _check_audio(block)
+        channels = np.ascontiguousarray(np.asarray(block, np.float32).T)
+        if last:  # the padding after the song flushes the outputs still inside the network
+            channels = np.concatenate([channels, np.zeros((2, self.delay), np.float32)], axis=1)
+        chunk = self.effect.chunk
+        parts = [self._feed(channels[:, i:i + chunk]) for i in range(0, channels.shape[1], chunk)]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 2), np.float32)

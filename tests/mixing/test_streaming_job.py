@@ -44,9 +44,13 @@ def _stems(folder):
     return {stem: read_audio(folder / f"{stem}.wav").samples for stem in STEMS}
 
 
-@pytest.mark.parametrize("engine_name", ["match", "param"])
+# The neural engine on torch: the shipped default pair, no ONNX export into the model store
+SETTINGS = {"match": {}, "param": {}, "neural": {"backend": "torch"}}
+
+
+@pytest.mark.parametrize("engine_name", ["match", "param", "neural"])
 def test_each_planned_effect_streamed_in_any_blocks_equals_the_whole_signal_render(songs, engine_name):
-    engine = make_engine(TransferSettings(engine=engine_name))
+    engine = make_engine(TransferSettings(engine=engine_name, **SETTINGS[engine_name]))
     x, ref = _stems(songs["input"]), _stems(songs["reference"])
     plan = engine.plan(measured_whole(x), measured_whole(ref))
     moved = [name for name, effect in plan.effects.items() if effect is not None]
@@ -69,10 +73,10 @@ class _StreamedOnly:
         return dataclasses.replace(self.engine.plan(*args, **kwargs), rendered=None)
 
 
-@pytest.mark.parametrize("engine_name", ["match", "param"])
+@pytest.mark.parametrize("engine_name", ["match", "param", "neural"])
 def test_a_job_rendered_in_one_second_blocks_writes_what_the_whole_signal_job_writes(songs, tmp_path, monkeypatch,
                                                                                       engine_name):
-    settings = TransferSettings(engine=engine_name)
+    settings = TransferSettings(engine=engine_name, **SETTINGS[engine_name])
     whole = transfer(songs["input"], songs["reference"], tmp_path / "whole", settings)
     monkeypatch.setattr(defaults, "RENDER_BLOCK_SECONDS", 1)
     streamed = transfer(songs["input"], songs["reference"], tmp_path / "streamed", settings,
@@ -94,8 +98,9 @@ def _traced_peak(function) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("engine_name", ["match", "neural"])
 def test_a_long_song_is_measured_on_excerpts_and_lands_on_the_reference_in_memory_that_does_not_grow(
-        songs, real_stems, tmp_path, monkeypatch):
+        songs, real_stems, tmp_path, monkeypatch, engine_name):
     # Scaled down so that the test runs in seconds: songs longer than 12 s are measured on six 2-s
     # windows per stem and rendered half a second at a time.
     monkeypatch.setattr(defaults, "ANALYSIS_SECONDS", 12.0)
@@ -105,8 +110,11 @@ def test_a_long_song_is_measured_on_excerpts_and_lands_on_the_reference_in_memor
     long = _song(songs["root"], "song_a", real_stems, 60)
     results = {}
 
+    settings = TransferSettings(engine=engine_name, **SETTINGS[engine_name])
+
     def job(folder):
-        return lambda: results.setdefault(folder.name, transfer(folder, songs["reference"], tmp_path / folder.name))
+        return lambda: results.setdefault(folder.name, transfer(folder, songs["reference"], tmp_path / folder.name,
+                                                                settings))
     peaks = {folder.name: _traced_peak(job(folder)) for folder in (short, long)}
     result = results[long.name]
     # three times the song, not more memory: what a job holds is its measurement (the excerpts, the
