@@ -7,6 +7,14 @@ Each step is a small object that processes one zero-padded stereo stem (like a p
 MIN_DB gate, mono → stereo). `normalize_stems` builds the chain for each stem from an `FxStats`
 (fx/stats.py) in one of the three orders of §1.1 and runs the stems in parallel threads.
 
+A step's `fit(x)` measures what it needs on x and returns a streamable effect (audio/streams.py)
+that applies it; the step's call is that effect fitted on x and applied to x. `fit_normalizer`
+chains the fitted effects, so that a stem's normalization can be fitted on an excerpt and then
+rendered block by block over the whole song (the neural engine's long jobs); `normalize_stems` is
+the same fit on each whole stem. A stream starting from rest (zeros before the start, filter and
+compressor states at rest) sees what a step sees in the zero padding, so the fitted chain on the
+unpadded stem gives the padded steps' result.
+
 Shipped default statistics: `default_stats_path("mst")` → data/fxnorm_default_mst.npz and
 `default_stats_path("fxnorm")` → data/fxnorm_default_fxnorm.npz. They were computed by this project's
 own code (fx/fit.py's `fit`, command: `python benchmarks/fit_default_stats.py`) from the three
@@ -255,7 +263,7 @@ def peak_normalize(x: np.ndarray, target_db: float) -> np.ndarray:
 
 
 # =====================================================================================================
-# Steps. Each takes and returns a zero-padded stereo float64 stem of shape (n, 2).
+# Steps. Each takes a zero-padded stereo stem of shape (n, 2) and returns it float32.
 # =====================================================================================================
 
 class Step(Protocol):
@@ -347,14 +355,15 @@ class WholeSignal:
 
 
 class _WholeSignalStream:
-    def __init__(self, apply):
-        self.apply, self.held = apply, History()
+    def __init__(self, apply: Callable[[np.ndarray], np.ndarray]):
+        self.apply, self.blocks = apply, []
 
     def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
-        self.held.append(np.asarray(block))
+        # kept as a list and joined once: appending to one array would copy it at every push
+        self.blocks.append(np.asarray(block, dtype=np.float32))
         if not last:
-            return self.held.data[:0]
-        return np.asarray(self.apply(self.held.data), dtype=np.float32)
+            return self.blocks[-1][:0]
+        return np.asarray(self.apply(np.concatenate(self.blocks, axis=0)), dtype=np.float32)
 
 
 def _channel_is_quiet(channel: np.ndarray, min_db: float) -> bool:

@@ -132,7 +132,7 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
     if reference_b is not None and not fades:
         raise MixdaemonError(f"the {settings.engine} engine cannot fade between two references; use --engine neural")
     if not planning and song.n_samples > defaults.NEURAL_MAX_MINUTES * 60 * WORKING_RATE:
-        raise MixdaemonError(f"{song.path}: {song.n_samples / WORKING_RATE / 60:.0f} minutes long; the "
+        raise MixdaemonError(f"{song.path}: {song.n_samples / WORKING_RATE / 60:.1f} minutes long; the "
                              f"fade to a second reference is converted in memory, up to "
                              f"{defaults.NEURAL_MAX_MINUTES} minutes: leave out --reference-b")
     timings["open"] = time.perf_counter() - t0

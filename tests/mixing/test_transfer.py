@@ -120,6 +120,19 @@ def test_a_second_reference_with_an_engine_that_cannot_fade_is_refused_in_one_li
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_fade_over_a_song_longer_than_the_in_memory_limit_is_refused_before_any_work(short_songs, tmp_path,
+                                                                                      capsys, monkeypatch):
+    # a fade converts whole stems in memory; without one the neural engine streams a song of any length
+    from mixdaemon import defaults
+    monkeypatch.setattr(defaults, "NEURAL_MAX_MINUTES", 0.1)  # 6 s: the 8-s song is too long
+    out = tmp_path / "out"
+    code = main(["transfer", str(short_songs / "song_a"), "--reference", str(short_songs / "song_b"),
+                 "--reference-b", str(short_songs / "song_a"), "--out", str(out), "--engine", "neural", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "leave out --reference-b" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def _corrupt(p):
     p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
 
