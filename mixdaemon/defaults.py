@@ -21,7 +21,11 @@ DEFAULT_MODEL = "default"               # the MST pair of the neural engine
 DEFAULT_PREDICTOR = "params-default"    # the param engine's predictor
 DEFAULT_AUTOMIX_MODEL = "automix-default"
 
-CHUNK_SECONDS = 12.0          # neural: output audio per MixFXcloner call
+# neural: output audio per MixFXcloner call. The job streams the cloner (each layer keeps the input
+# its next call needs), so short calls recompute nothing; they hold smaller activations (ONNX
+# Runtime's arena grows with the call): a 3-minute job took 1.5 GB at 1 s against 3.1 GB at 12 s,
+# and 40.5 s against 48.4 s (docs/BENCHMARKS.md, "Songs of any length").
+CHUNK_SECONDS = 1.0
 AUTOMIX_CHUNK_SECONDS = 10.0  # automix: output audio per network call
 BATCH_SIZE = 1
 # neural: gradient steps that refine each reference embedding (nets/refine.py; 0 = the encoder's
