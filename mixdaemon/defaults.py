@@ -58,6 +58,10 @@ EVALUATION_SEGMENT_SECONDS = 10.0  # segment length of the raw and unpaired eval
 # or FLAC is hours of audio); a larger one is refused before it is hashed or read.
 MAX_INPUT_BYTES = 4 * 2**30
 
+# What mixes a cloner run's targets and references (train/effects.py): the paper's FXmanipulator, the
+# pedalboard mixing chains, or either by a coin
+CLONER_FX_FAMILIES = ("fxmanipulator", "mixing-chains", "both")
+
 EXECUTORS = ("local", "ray")  # where jobs run: threads in this process, or workers on a Ray cluster
 
 

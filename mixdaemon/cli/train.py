@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from mixdaemon import defaults
 from mixdaemon.cli.models import STORE_HELP
 from mixdaemon.cli.progress import ProgressBar
 
@@ -100,14 +101,19 @@ def _destination(args, run_dir: Path, default_name: str = "model.safetensors") -
     return Path(args.out) if args.out else run_dir / default_name
 
 
+def _run_or_pair(given: str) -> str:
+    """A path as an absolute path (a resumed run may start elsewhere), a store name as it is."""
+    return str(Path(given).resolve()) if Path(given).exists() else given
+
+
 def cmd_cloner(args) -> int:
     from mixdaemon.train.cloner import CLONER_PRESETS, ClonerTrainingConfig
     from mixdaemon.train.runs import train_cloner
     cfg = ClonerTrainingConfig(**_given(
-        encoder=str(Path(args.encoder).resolve()), model=_model_config(args.size, CLONER_PRESETS, args.model_config),
+        encoder=_run_or_pair(args.encoder), init=_run_or_pair(args.init) if args.init else None, model=_model_config(args.size, CLONER_PRESETS, args.model_config),
         steps=args.steps, items_per_stem=args.items, segment=args.segment, lr=args.lr, lr_final_fraction=args.lr_final,
         identity_init=False if args.no_identity_init else None, validation_items=args.validation_items,
-        precision=args.precision, seed=args.seed))
+        precision=args.precision, seed=args.seed, fx_family=args.fx_family))
     with _training_bar(args) as bar:
         path = train_cloner(cfg, args.songs_dir, _loop(args, bar), out=_destination(args, Path(args.run_dir)),
                             ir_folder=args.ir_folder, **_common(args))
@@ -233,7 +239,15 @@ def register(subparsers) -> None:
 
     p = _training_parser(sub, "cloner", "MixFXcloner training with a frozen encoder (§4.3)",
                          "train.cloner.ClonerTrainingConfig")
-    p.add_argument("--encoder", required=True, help="the encoder run (folder or checkpoint.pt)")
+    p.add_argument("--encoder", required=True,
+                   help="the encoder run (folder or checkpoint.pt), or a model pair (store name or file) whose encoder "
+                        "the cloner is trained for")
+    p.add_argument("--init", metavar="PAIR",
+                   help="start from this model pair's cloner (store name or file; its size replaces --size)")
+    p.add_argument("--fx-family", choices=defaults.CLONER_FX_FAMILIES,
+                   help="what mixes targets and references: the paper's FXmanipulator (default), pedalboard "
+                        "mixing chains (EQ, compression without make-up gain, reverb or delay, width, pan, level), "
+                        "or either by a coin")
     p.add_argument("--items", type=int, help="triplets per stem per batch")
     p.add_argument("--validation-items", type=int, help="per stem")
     p.add_argument("--no-identity-init", action="store_true", help="start from random weights instead of y = x")

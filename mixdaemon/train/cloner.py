@@ -1,7 +1,10 @@
 """MixFXcloner training (docs/ALGORITHMS.md §4) against a frozen FXencoder, and export of the pair.
 
 Each update draws §4.2 triplets per stem (`data.cloner_batch`): input A1 = normalized A, target A2
-= manipulated A, reference B2 = the same manipulation of other content B. The frozen encoder (eval
+= manipulated A, reference B2 = the same manipulation of other content B. The manipulation is the
+FXmanipulator's (the paper's), the mixing chains of train/effects.py, or either by a coin
+(`fx_family`). A run starts from the identity (`identity_init`) or from a model pair's cloner
+(`init`: fine-tuning a shipped model on another family); `encoder` is an encoder run or a pair. The frozen encoder (eval
 mode, no gradient) embeds B2; the cloner maps A1 under that embedding; the loss is
 L_MSS(L/R) + L_MSS(M/S) (§4.3 [I]), the two quantities of Table 2. One cloner serves all stems.
 
@@ -20,9 +23,10 @@ import torch
 from mixdaemon.audio.metrics import mss_loss_lr, mss_loss_ms
 from mixdaemon.errors import ConfigError
 from mixdaemon.nets.mst import ClonerConfig, MixFXcloner
-from mixdaemon.nets.store import PairInfo, save_pair, weights_sha256
+from mixdaemon.nets.store import PairInfo, load_pair, save_pair, weights_sha256
 from mixdaemon.train import loop as training_loop
 from mixdaemon.train.data import ClonerBatch, StemLibrary, cloner_batch, manipulators
+from mixdaemon.train.effects import TrainingFx
 from mixdaemon.train.encoder import load_trained_encoder
 from mixdaemon.train.loop import VALIDATION_STREAM, LoopSettings, Trainer, autocast, step_rng
 from mixdaemon.train.material import material_settings
@@ -39,7 +43,7 @@ CLONER_PRESETS = {  # cond_dim always comes from the encoder
 class ClonerTrainingConfig:
     """What a run is; a resumed run must repeat it (device, threads and workers may change)."""
 
-    encoder: str = ""                   # the encoder run (folder or checkpoint file)
+    encoder: str = ""                   # the encoder run (folder or checkpoint file), or a model pair
     encoder_sha256: str = ""            # its weights, so a retrained encoder cannot sneak into a resume
     model: dict = field(default_factory=lambda: dict(CLONER_PRESETS["small"]))
     steps: int = 2000
@@ -51,6 +55,8 @@ class ClonerTrainingConfig:
     validation_items: int = 4           # per stem
     precision: str = "fp32"
     seed: int = 0
+    fx_family: str = "fxmanipulator"    # what mixes targets and references (train/effects.py)
+    init: str = ""                      # a model pair whose cloner the run starts from (fine-tuning)
 
 
 def identity_init(model: MixFXcloner) -> None:
@@ -73,6 +79,11 @@ def identity_init(model: MixFXcloner) -> None:
         model.output.weight[1, half:, 0] = 1.0 / half
 
 
+def training_fx(family: str, ir_folder=None) -> dict[str, TrainingFx]:
+    """Per stem, what mixes a run's targets and references (train/effects.py)."""
+    return {stem: TrainingFx(fx, family) for stem, fx in manipulators(None, ir_folder).items()}
+
+
 def _loss(y: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y = y.float()
     return mss_loss_lr(y, target), mss_loss_ms(y, target)
@@ -93,15 +104,23 @@ class ClonerTrainer(Trainer):
             raise ConfigError(f"{cfg.encoder}: the encoder's weights changed since this cloner run started "
                               f"(sha256 {sha[:12]}…, the run used {cfg.encoder_sha256[:12]}…)")
         cfg.encoder_sha256 = sha
+        if cfg.init:
+            _, start, _ = load_pair(cfg.init)
+            if start.config.cond_dim != self.encoder.config.embedding_dim:
+                raise ConfigError(f"{cfg.init}: its cloner takes {start.config.cond_dim}-d embeddings, the encoder "
+                                  f"gives {self.encoder.config.embedding_dim}-d")
+            cfg.model = {k: v for k, v in start.config.to_dict().items() if k != "cond_dim"}
         model_config = ClonerConfig.from_dict({**cfg.model, "cond_dim": self.encoder.config.embedding_dim})
         self.model = MixFXcloner(model_config).to(device)
-        if cfg.identity_init:
-            identity_init(self.model)  # a resumed run then loads its checkpoint over it
+        if cfg.init:
+            self.model.load_state_dict(start.state_dict())  # a resumed run then loads its checkpoint over it
+        elif cfg.identity_init:
+            identity_init(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         if cfg.lr_final_fraction < 1.0:
             self.cosine_schedule(cfg.lr_final_fraction)
-        self.fx = manipulators(None, ir_folder)
-        self.validation_set = cloner_batch(validation, manipulators(None, ir_folder),
+        self.fx = training_fx(cfg.fx_family, ir_folder)
+        self.validation_set = cloner_batch(validation, training_fx(cfg.fx_family, ir_folder),
                                            step_rng(cfg.seed, VALIDATION_STREAM, 0), cfg.validation_items, cfg.segment)
         with torch.no_grad():
             self.validation_embedding = self._embed(self.validation_set.reference)
@@ -151,7 +170,7 @@ def export_pair(cloner_run, out: str | Path, train_library: StemLibrary | None =
     encoder, encoder_summary = load_trained_encoder(cfg["encoder"])
     cloner = MixFXcloner(ClonerConfig.from_dict(state["model_config"]))
     cloner.load_state_dict(state["model"])
-    run_dir, encoder_dir = training_loop.run_folder(cloner_run), training_loop.run_folder(cfg["encoder"])
+    run_dir = training_loop.run_folder(cloner_run)
     training = {
         **training_loop.trained_with("mixdaemon train encoder / cloner"),
         "encoder": encoder_summary,
@@ -159,7 +178,11 @@ def export_pair(cloner_run, out: str | Path, train_library: StemLibrary | None =
         "data": _material_summary(train_library) if train_library is not None else None,
         **(notes or {}),
     }
-    encoder_provenance = {"source": "trained by mixdaemon train encoder", "run": str(encoder_dir.resolve())}
+    encoder_provenance = ({"source": "trained by mixdaemon train encoder",
+                           "run": str(training_loop.run_folder(cfg["encoder"]).resolve())}
+                          if "model_pair" not in encoder_summary else
+                          {"source": f"the encoder of model pair {encoder_summary['model_pair']}",
+                           "path": encoder_summary["path"]})
     cloner_provenance = {"source": "trained by mixdaemon train cloner", "run": str(run_dir.resolve()),
                          "encoder_sha256": weights_sha256(encoder.state_dict())}
     return save_pair(out, encoder, cloner.eval(), encoder_provenance=encoder_provenance,

@@ -16,6 +16,7 @@ the FX the encoder tells apart worst fire most often.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from mixdaemon.errors import ConfigError
 from mixdaemon.fx.manipulator import FX_NAMES, FXManipulator, schedule_from_losses
 from mixdaemon.nets.mst import EncoderConfig, FXencoder
+from mixdaemon.nets.store import load_pair
 from mixdaemon.train.data import (
     STEMS,
     EncoderBatch,
@@ -153,8 +155,13 @@ class EncoderTrainer(Trainer):
 
 
 def load_trained_encoder(path, device: str | torch.device = "cpu") -> tuple[FXencoder, dict]:
-    """The FXencoder of an encoder run (its folder or checkpoint file), eval mode, and a summary of
-    its training for provenance records."""
+    """The FXencoder of an encoder run (its folder or checkpoint file), or of a model pair (a store
+    name or a .safetensors file: a cloner is then trained for a shipped encoder), eval mode, and a
+    summary of its training for provenance records."""
+    if not (Path(path).is_dir() or Path(path).suffix == ".pt"):
+        encoder, _, info = load_pair(path, device=device)
+        return encoder, {"model_pair": info.name, "path": str(info.path), "weights_sha256": info.encoder.weights_sha256,
+                         "training": (info.training or {}).get("encoder")}
     state, summary = run_summary(path, "encoder")
     model = FXencoder(EncoderConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])

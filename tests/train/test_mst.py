@@ -219,3 +219,25 @@ def test_resumed_cloner_run_follows_the_uninterrupted_loss_curve(songs, trained_
     train_cloner(cfg, songs["songs_dir"], quick_loop(tmp_path / "resumed", resume=True), **common)
     straight = read_log(tmp_path / "straight")
     assert read_log(tmp_path / "resumed") == straight and sorted(straight) == [1, 2, 3]
+
+
+def test_a_cloner_fine_tuned_from_a_pair_starts_from_its_weights_and_keeps_its_encoder(songs, trained_encoder,
+                                                                                      tmp_path):
+    common = {"val_dir": songs["val_dir"], "cache_dir": songs["cache_dir"], "threads": 1}
+    first = train_cloner(tiny_cloner_config(trained_encoder), songs["songs_dir"], quick_loop(tmp_path / "first"),
+                         out=tmp_path / "first.safetensors", **common)
+    encoder, start, _ = load_pair(first)
+    # the pair as encoder and as the start, on the pedalboard mixing chains; --size is replaced by the pair's
+    cfg = tiny_cloner_config(str(first), init=str(first), fx_family="mixing-chains", steps=2, lr=1e-9,
+                             model={"nblocks": 1, "channel_width": 2, "kernel_size": 3, "dilation_growth": 2})
+    tuned = train_cloner(cfg, songs["songs_dir"], quick_loop(tmp_path / "tuned"), out=tmp_path / "tuned.safetensors",
+                         **common)
+    encoder_after, cloner_after, info = load_pair(tuned)
+    assert info.encoder.weights_sha256 == read_pair_info(first).encoder.weights_sha256
+    assert "model pair" in read_pair_info(tuned).encoder.provenance["source"]
+    assert cloner_after.config == start.config
+    # a learning rate of 1e-9 moves no weight that can be seen: the run started from the pair's weights
+    # (BatchNorm's running statistics do move in training mode)
+    after = dict(cloner_after.named_parameters())
+    for name, weight in start.named_parameters():
+        torch.testing.assert_close(after[name], weight, atol=1e-6, rtol=0)
