@@ -6,7 +6,11 @@ Stages (each one resumes where an interrupted run stopped; rerunning a finished 
             FluidSynth + FluidR3_GM (apt-get install fluidsynth fluid-soundfont-gm), see
             mixdaemon/train/material.py
   encoder   `mixdaemon train encoder` with ENCODER_ARGS
-  cloner    `mixdaemon train cloner` with CLONER_ARGS, exported into the model store as "default"
+  cloner    `mixdaemon train cloner` with CLONER_ARGS (the paper's FXmanipulator pairs), written
+            as WORK/runs/cloner/model.safetensors
+  tune      `mixdaemon train cloner` with TUNE_ARGS: that cloner fine-tuned on pairs of both
+            families (the FXmanipulator and train/effects.py's pedalboard mixing chains), exported
+            into the model store as "default" (engines/MODEL_CARD.md)
   speed     the neural engine converting a 3-minute 4-stem song (the project's numpy synth) with a
             3-minute reference on --backend (default: auto, the fastest CPU path) with --threads
             threads: wall and CPU seconds vs real time
@@ -34,6 +38,9 @@ ENCODER_ARGS = ["--size", "small", "--steps", "300", "--items", "8", "--segment"
 CLONER_ARGS = ["--size", "small", "--steps", "600", "--items", "1", "--segment", "65536", "--lr", "1e-3",
                "--lr-final", "0.1", "--precision", "fp32", "--validation-items", "2",
                "--validate-every", "100", "--checkpoint-every", "20", "--seed", "0"]
+TUNE_ARGS = ["--fx-family", "both", "--steps", "800", "--items", "1", "--segment", "65536", "--lr", "5e-4",
+             "--lr-final", "0.1", "--validation-items", "2", "--validate-every", "100", "--checkpoint-every", "20",
+             "--seed", "1"]
 SPEED_SECONDS = 180.0
 
 
@@ -50,8 +57,8 @@ def stage_material(work: Path) -> None:
                       progress=lambda done, total, p=part: print(f"material {p}: {done}/{total}", flush=True))
 
 
-def _run(work: Path, kind: str, argv: list[str], threads: int) -> None:
-    run_dir = work / "runs" / kind
+def _run(work: Path, kind: str, argv: list[str], threads: int, run_name: str | None = None) -> None:
+    run_dir = work / "runs" / (run_name or kind)
     resume = ["--resume"] if (run_dir / "checkpoint.pt").is_file() else []
     _train([kind, str(work / "material" / "train"), "--val-dir", str(work / "material" / "val"),
             "--run-dir", str(run_dir), "--threads", str(threads), "--workers", "1", *argv, *resume])
@@ -62,7 +69,13 @@ def stage_encoder(work: Path, threads: int) -> None:
 
 
 def stage_cloner(work: Path, threads: int) -> None:
-    _run(work, "cloner", [*CLONER_ARGS, "--encoder", str(work / "runs" / "encoder"), "--name", "default"], threads)
+    _run(work, "cloner", [*CLONER_ARGS, "--encoder", str(work / "runs" / "encoder")], threads)
+
+
+def stage_tune(work: Path, threads: int) -> None:
+    _run(work, "cloner", [*TUNE_ARGS, "--encoder", str(work / "runs" / "encoder"),
+                          "--init", str(work / "runs" / "cloner" / "model.safetensors"), "--name", "default"],
+         threads, run_name="tune")
 
 
 def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> dict:
@@ -106,8 +119,8 @@ def stage_speed(threads: int, backend: str = "auto", model: str = "default") -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder for material/ and runs/ (outside the repository)")
-    parser.add_argument("--stages", nargs="+", default=["material", "encoder", "cloner", "speed"],
-                        choices=["material", "encoder", "cloner", "speed"])
+    parser.add_argument("--stages", nargs="+", default=["material", "encoder", "cloner", "tune", "speed"],
+                        choices=["material", "encoder", "cloner", "tune", "speed"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
     args = parser.parse_args()
@@ -120,6 +133,8 @@ def main() -> int:
             stage_encoder(work, args.threads)
         elif stage == "cloner":
             stage_cloner(work, args.threads)
+        elif stage == "tune":
+            stage_tune(work, args.threads)
         else:
             stage_speed(args.threads, args.backend)
         print(f"stage {stage}: {time.perf_counter() - started:.0f} s", flush=True)
