@@ -36,6 +36,12 @@ def peak(x: np.ndarray) -> float:
     return float(np.max(np.abs(x))) if x.size else 0.0
 
 
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """A draw whose logarithm is uniform between low and high: how frequencies, Qs and times of
+    randomly drawn effects are spread."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def rms_dbfs(x: np.ndarray) -> float:
     """RMS level over the whole signal and all channels, in dBFS (-inf for silence)."""
     x = np.asarray(x, dtype=np.float64).ravel()

@@ -110,7 +110,8 @@ def cmd_cloner(args) -> int:
     from mixdaemon.train.cloner import CLONER_PRESETS, ClonerTrainingConfig
     from mixdaemon.train.runs import train_cloner
     cfg = ClonerTrainingConfig(**_given(
-        encoder=_run_or_pair(args.encoder), init=_run_or_pair(args.init) if args.init else None, model=_model_config(args.size, CLONER_PRESETS, args.model_config),
+        encoder=_run_or_pair(args.encoder), init=_run_or_pair(args.init) if args.init else None,
+        model=_model_config(args.size, CLONER_PRESETS, args.model_config),
         steps=args.steps, items_per_stem=args.items, segment=args.segment, lr=args.lr, lr_final_fraction=args.lr_final,
         identity_init=False if args.no_identity_init else None, validation_items=args.validation_items,
         precision=args.precision, seed=args.seed, fx_family=args.fx_family))

@@ -21,7 +21,8 @@ def add_transfer_options(p) -> None:
                                    f"param: parameter predictor (default: {defaults.DEFAULT_PREDICTOR})")
     p.add_argument("--backend", default=defaults.BACKEND, choices=defaults.BACKENDS)
     p.add_argument("--chunk-seconds", type=float, default=defaults.CHUNK_SECONDS,
-                   help="neural: seconds of audio per MixFXcloner call (default %(default)s; memory grows with it, speed does not)")
+                   help="neural: seconds of audio per MixFXcloner call (default %(default)s; memory grows with it, "
+                        "speed does not)")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE, help="neural: chunks converted together")
     p.add_argument("--refine-steps", type=int, default=defaults.REFINE_STEPS, metavar="N",
                    help="neural: gradient steps that move each reference embedding so that the converted stem "

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pedalboard
 
-from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, from_mid_side, to_mid_side
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, from_mid_side, log_uniform, to_mid_side
 
 REVERB_PROBABILITY = 0.5
 REVERB_DRY_LEVEL = 0.5
@@ -83,19 +83,15 @@ class PedalboardChain:
         return (y * db_to_amp(self.gain_db)).astype(np.float32)
 
 
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
 def draw(rng: np.random.Generator, stem_rms_db: float) -> PedalboardChain:
     """One chain (module docstring) for a stem whose RMS level is stem_rms_db dBFS."""
     def gain() -> float:
         return float(rng.uniform(-12.0, 12.0))
 
-    low_shelf_hz, low_shelf_db = _log_uniform(rng, 60.0, 300.0), gain()
-    peak1_hz, peak1_db, peak1_q = _log_uniform(rng, 100.0, 8000.0), gain(), float(rng.uniform(0.5, 4.0))
-    peak2_hz, peak2_db, peak2_q = _log_uniform(rng, 100.0, 8000.0), gain(), float(rng.uniform(0.5, 4.0))
-    high_shelf_hz, high_shelf_db = _log_uniform(rng, 2500.0, 10000.0), gain()
+    low_shelf_hz, low_shelf_db = log_uniform(rng, 60.0, 300.0), gain()
+    peak1_hz, peak1_db, peak1_q = log_uniform(rng, 100.0, 8000.0), gain(), float(rng.uniform(0.5, 4.0))
+    peak2_hz, peak2_db, peak2_q = log_uniform(rng, 100.0, 8000.0), gain(), float(rng.uniform(0.5, 4.0))
+    high_shelf_hz, high_shelf_db = log_uniform(rng, 2500.0, 10000.0), gain()
     threshold_db = max(float(stem_rms_db), SILENT_RMS_DBFS) + float(rng.uniform(-12.0, 0.0))
     ratio, attack_ms, release_ms = (float(rng.uniform(2.0, 10.0)), float(rng.uniform(1.0, 50.0)),
                                     float(rng.uniform(30.0, 500.0)))

@@ -3,10 +3,11 @@
 Each update draws §4.2 triplets per stem (`data.cloner_batch`): input A1 = normalized A, target A2
 = manipulated A, reference B2 = the same manipulation of other content B. The manipulation is the
 FXmanipulator's (the paper's), the mixing chains of train/effects.py, or either by a coin
-(`fx_family`). A run starts from the identity (`identity_init`) or from a model pair's cloner
-(`init`: fine-tuning a shipped model on another family); `encoder` is an encoder run or a pair. The frozen encoder (eval
-mode, no gradient) embeds B2; the cloner maps A1 under that embedding; the loss is
-L_MSS(L/R) + L_MSS(M/S) (§4.3 [I]), the two quantities of Table 2. One cloner serves all stems.
+(`fx_family`). The frozen encoder (eval mode, no gradient; an encoder run or a model pair's) embeds
+B2; the cloner maps A1 under that embedding; the loss is L_MSS(L/R) + L_MSS(M/S) (§4.3 [I]), the
+two quantities of Table 2. One cloner serves all stems. A run starts from the identity
+(`identity_init`) or from a model pair's cloner (`init`: fine-tuning a shipped model on another
+family).
 
 Validation: a fixed set of triplets from held-out songs (default FX probabilities), scored with
 the same losses and as ratios to the identity (y = A1), the number `mixdaemon evaluate` reports on

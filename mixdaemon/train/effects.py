@@ -22,19 +22,11 @@ import numpy as np
 import pedalboard
 
 from mixdaemon import defaults
-from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp
+from mixdaemon.audio.dsp import WORKING_RATE, db_to_amp, from_mid_side, log_uniform, rms_dbfs, to_mid_side
 from mixdaemon.fx.manipulator import MARGIN_SAMPLES, FXManipulator
 
 MAX_PEAK = 0.98
 QUIET_RMS_DBFS = -80.0  # the level a near-silent segment's compressor threshold is measured from
-
-
-def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-
-
-def _rms_dbfs(x: np.ndarray) -> float:
-    return max(10.0 * np.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-20), QUIET_RMS_DBFS)
 
 
 class MixingChains:
@@ -45,21 +37,21 @@ class MixingChains:
         for _ in range(int(rng.integers(1, 5))):
             kind = rng.choice(["low_shelf", "high_shelf", "peak", "peak"])
             if kind == "low_shelf":
-                eq.append(("low_shelf", _log_uniform(rng, 40.0, 400.0), float(rng.uniform(-15, 15)), 0.707))
+                eq.append(("low_shelf", log_uniform(rng, 40.0, 400.0), float(rng.uniform(-15, 15)), 0.707))
             elif kind == "high_shelf":
-                eq.append(("high_shelf", _log_uniform(rng, 2000.0, 12000.0), float(rng.uniform(-15, 15)), 0.707))
+                eq.append(("high_shelf", log_uniform(rng, 2000.0, 12000.0), float(rng.uniform(-15, 15)), 0.707))
             else:
-                eq.append(("peak", _log_uniform(rng, 80.0, 10000.0), float(rng.uniform(-15, 15)),
-                           _log_uniform(rng, 0.3, 5.0)))
+                eq.append(("peak", log_uniform(rng, 80.0, 10000.0), float(rng.uniform(-15, 15)),
+                           log_uniform(rng, 0.3, 5.0)))
         if rng.random() < 0.3:
-            eq.append(("high_pass", _log_uniform(rng, 20.0, 250.0), 0.0, 0.707))
+            eq.append(("high_pass", log_uniform(rng, 20.0, 250.0), 0.0, 0.707))
         if rng.random() < 0.2:
-            eq.append(("low_pass", _log_uniform(rng, 5000.0, 18000.0), 0.0, 0.707))
+            eq.append(("low_pass", log_uniform(rng, 5000.0, 18000.0), 0.0, 0.707))
         compressor = None
         if rng.random() < 0.7:
             compressor = {"threshold_db": level_dbfs - float(rng.uniform(0.0, 18.0)),
-                          "ratio": _log_uniform(rng, 1.5, 12.0), "attack_ms": _log_uniform(rng, 0.5, 80.0),
-                          "release_ms": _log_uniform(rng, 20.0, 800.0)}
+                          "ratio": log_uniform(rng, 1.5, 12.0), "attack_ms": log_uniform(rng, 0.5, 80.0),
+                          "release_ms": log_uniform(rng, 20.0, 800.0)}
         space = None
         if rng.random() < 0.4:
             space = {"kind": "reverb", "room_size": float(rng.uniform(0.1, 0.98)),
@@ -96,10 +88,10 @@ class MixingChains:
     def apply(cls, x: np.ndarray, drawn: Mapping) -> np.ndarray:
         """The chain on (n, 2) audio at the working rate, from rest; (n, 2) float64."""
         y = cls.board(drawn)(np.ascontiguousarray(np.asarray(x, np.float32).T), WORKING_RATE).T.astype(np.float64)
-        mid, side = (y[:, 0] + y[:, 1]) / 2.0, (y[:, 0] - y[:, 1]) / 2.0 * drawn["side_gain"]
+        mid, side = to_mid_side(y)
+        y = from_mid_side(mid, drawn["side_gain"] * side)
         angle = (drawn["pan"] + 1.0) * np.pi / 4.0  # constant power, unity at the centre
-        left, right = (mid + side) * np.cos(angle) * np.sqrt(2.0), (mid - side) * np.sin(angle) * np.sqrt(2.0)
-        return np.stack([left, right], axis=1) * db_to_amp(drawn["gain_db"])
+        return y * (np.sqrt(2.0) * np.array([np.cos(angle), np.sin(angle)]) * db_to_amp(drawn["gain_db"]))
 
     def manipulate(self, signals: Sequence[np.ndarray], rng: np.random.Generator, *,
                    padded: bool = False) -> tuple[list[np.ndarray], dict]:
@@ -107,7 +99,7 @@ class MixingChains:
         carries MARGIN_SAMPLES at both ends, cropped after processing, so reverbs and compressors start
         warm). The compressor's threshold is set from the first signal's level. Float32 outputs."""
         margin = MARGIN_SAMPLES if padded else 0
-        drawn = self.draw(rng, _rms_dbfs(signals[0]))
+        drawn = self.draw(rng, max(rms_dbfs(signals[0]), QUIET_RMS_DBFS))
         outputs = [self.apply(x, drawn)[margin:len(x) - margin] for x in signals]
         peak = max(float(np.max(np.abs(y))) for y in outputs)
         scale = MAX_PEAK / peak if peak > MAX_PEAK else 1.0
