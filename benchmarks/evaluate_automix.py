@@ -1,14 +1,15 @@
 """The FxNorm-automix evaluation (docs/ALGORITHMS.md §6.5) on the held-out real songs: FxNorm feature
-distances to the original mix of the shipped automix model, the Wave-U-Net baseline and the "sum of
-normalized stems" baseline, and the automix model's CPU speed on a long song.
+distances to the original mix of automix models and of two baselines — the "sum of normalized
+stems", and that sum moved to the loudness the models' mixes are moved to (the control that shows
+what the network adds beyond the gain) — and the first model's CPU speed on a long song.
 
   .venv/bin/python benchmarks/evaluate_automix.py --model automix-default \\
       --model MODEL.safetensors --out automix_eval.json
 
 Per song (../shared/data/real_stems/song_{a,b,c}, never trained on): the four stems are
 FX-normalized once, exactly as `mixdaemon automix` does, and every system mixes those normalized
-stems; each model's output goes through the same -1 dBTP limiter as the command's (the quiet sum
-never reaches it). Target: the song's mixture.wav (resampled to 44.1 kHz), cut to the stems' length.
+stems; each model's mix is moved to the loudness of the stems' plain sum as `mixdaemon automix`
+does (its default --loudness stems) and every output goes through the command's -1 dBTP limiter. Target: the song's mixture.wav (resampled to 44.1 kHz), cut to the stems' length.
 Distances are MAPEs (0.1 = 10 %), lower is better; the original mix itself scores 0 by definition.
 Unlike FxNorm's evaluate.py there is no 30-s wrap-around intro in the scored signal and no silence
 trimming (the excerpts start and end in the music).
@@ -40,6 +41,7 @@ from mixdaemon.nets.automix import INPUT_STEMS  # noqa: E402
 
 REAL_STEMS = REPO.parent / "shared" / "data" / "real_stems"
 SUM_BASELINE = "sum of normalized stems"
+LANDED_SUM_BASELINE = "sum of normalized stems at the stems' loudness"
 REPORTED = ("d_lufs", "d_peak", "loudness", "spectral", "panning", "dynamic")
 
 
@@ -52,16 +54,18 @@ def evaluate(songs_dir: Path, models: list[str]) -> dict:
     for model in models:
         mixer = Automixer.from_settings(AutomixSettings(model=model))
         mixers[f"{mixer.model_info.name} [{mixer.model_info.architecture}]"] = mixer
-    systems = [SUM_BASELINE, *mixers]
+    systems = [SUM_BASELINE, LANDED_SUM_BASELINE, *mixers]
     report = {"songs": {}, "systems": systems}
     for song_dir in sorted(p for p in songs_dir.iterdir() if p.is_dir()):
         song = load_song([song_dir / f"{stem}.wav" for stem in INPUT_STEMS])
         target = read_audio(song_dir / "mixture.wav").samples
         n = min(len(target), song.n_samples)
-        normalized = next(iter(mixers.values())).normalize(song.stems)
-        outputs = {SUM_BASELINE: np.sum([normalized[s] for s in INPUT_STEMS], axis=0)}
+        first = next(iter(mixers.values()))
+        normalized = first.normalize(song.stems)
+        normalized_sum = np.sum([normalized[s] for s in INPUT_STEMS], axis=0)
+        outputs = {SUM_BASELINE: normalized_sum, LANDED_SUM_BASELINE: first.land(normalized_sum, song.stems)}
         for label, mixer in mixers.items():
-            outputs[label] = mixer.mix_normalized(normalized)
+            outputs[label] = mixer.land(mixer.mix_normalized(normalized), song.stems)
         report["songs"][song_dir.name] = {
             name: fxnorm_feature_distances(_limited(out)[:n], target[:n]) for name, out in outputs.items()}
         print(f"{song_dir.name}: {n / 44100:.1f} s", file=sys.stderr, flush=True)

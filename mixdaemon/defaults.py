@@ -27,6 +27,11 @@ DEFAULT_AUTOMIX_MODEL = "automix-default"
 # and 40.5 s against 48.4 s (docs/BENCHMARKS.md, "Songs of any length").
 CHUNK_SECONDS = 1.0
 AUTOMIX_CHUNK_SECONDS = 10.0  # automix: output audio per network call
+# automix: the mix's integrated loudness. "stems": that of the plain sum of the stems as given (the
+# network balances and shapes the stems; how loud the session is stays the user's, and the network's
+# own level, learnt from its training mixes, was 5–10 LU off real mixes: docs/BENCHMARKS.md,
+# "Automatic mixing"); "model": the network's level as it is; a number: that many LUFS.
+AUTOMIX_LOUDNESS = "stems"
 BATCH_SIZE = 1
 # neural: gradient steps that refine each reference embedding (nets/refine.py; 0 = the encoder's
 # embedding as it is), on REFINE_SECONDS of the input stem against REFINE_REFERENCE_SECONDS of the

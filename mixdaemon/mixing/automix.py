@@ -3,7 +3,8 @@ daemon's "automix" jobs both call.
 
     load the stems (audio/stems.py) → FX-normalize them (fx/normalization.py, order "fxnorm": eq →
     compression → panning → loudness, the shipped FxNorm statistics) → the automix network over the
-    whole song in chunks (nets/automix.py) → true-peak limiting (audio/mastering.py) → atomic write
+    whole song in chunks (nets/automix.py) → the mix moved to the loudness of the stems' plain sum
+    (settings.loudness) → true-peak limiting (audio/mastering.py) → atomic write
     (audio/io.py)
 
 Any length: the song is cut into chunks of `chunk_seconds`, each run with enough context on both
@@ -92,11 +93,11 @@ class Automixer:
     The daemon keeps one, so the model loads once."""
 
     def __init__(self, model: torch.nn.Module, info, stats, chunk_seconds: float = 10.0, seed: int = 0,
-                 reverb=None):
+                 reverb=None, loudness: str | float = "stems"):
         if chunk_seconds <= 0:
             raise ConfigError(f"chunk_seconds: {chunk_seconds} must be positive")
         self.model, self.model_info, self.stats, self.seed = model.eval(), info, stats, seed
-        self.reverb = reverb
+        self.reverb, self.loudness = reverb, loudness
         self.context, self.multiple = model_context(model)
         self.context = -(-self.context // self.multiple) * self.multiple  # keeps every chunk on the pooling grid
         self.hop = max(self.multiple, int(chunk_seconds * WORKING_RATE) // self.multiple * self.multiple)
@@ -119,7 +120,8 @@ class Automixer:
         if info.normalization.get("reverb_ir_folder") and reverb is None:
             log.warning("%s was trained on reverb-normalized stems (an IR folder); without one its inputs "
                         "differ from its training data", info.path)
-        return cls(model, info, FxStats.load(stats_path), settings.chunk_seconds, settings.seed, reverb)
+        return cls(model, info, FxStats.load(stats_path), settings.chunk_seconds, settings.seed, reverb,
+                   settings.loudness)
 
     @property
     def info(self) -> dict:
@@ -154,8 +156,16 @@ class Automixer:
             progress("mixing", _NORMALIZE_SHARE + (_MIXED - _NORMALIZE_SHARE) * (k + 1) / len(starts))
         return out
 
-    def mix(self, stems: dict[str, np.ndarray], progress: Progress = no_progress) -> np.ndarray:
-        return self.mix_normalized(self.normalize(stems, progress), progress)
+    def land(self, mix: np.ndarray, stems: dict[str, np.ndarray]) -> np.ndarray:
+        """The network's mix moved by one gain to the loudness `self.loudness` asks for: that of the
+        plain sum of `stems` (the stems as given, before normalization), a LUFS value, or, for
+        "model", left as it is. A silent mix or sum is left as it is."""
+        if self.loudness == "model":
+            return mix
+        target = (integrated_loudness(np.sum([stems[s] for s in INPUT_STEMS], axis=0))
+                  if self.loudness == "stems" else float(self.loudness))
+        gain_db = target - integrated_loudness(mix)
+        return (mix * np.float32(10.0 ** (gain_db / 20.0))) if np.isfinite(gain_db) else mix
 
 
 def check_output_file(path: Path, input_files: list[str], overwrite: bool) -> None:
@@ -197,7 +207,7 @@ def automix(stems_path, out_path: str | os.PathLike, settings: AutomixSettings |
     normalized = mixer.normalize(song.stems, progress)
     timings["normalize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mix = mixer.mix_normalized(normalized, progress)
+    mix = mixer.land(mixer.mix_normalized(normalized, progress), song.stems)
     timings["mix"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -104,6 +104,7 @@ class AutomixSettings:
     model: str = defaults.DEFAULT_AUTOMIX_MODEL  # a name in the model store, or a model file
     stats: str | None = None    # FX-normalization statistics; None = the shipped FxNorm ones
     chunk_seconds: Annotated[float, Gt(0)] = defaults.AUTOMIX_CHUNK_SECONDS
+    loudness: Literal["stems", "model"] | Annotated[float, Le(0.0)] = defaults.AUTOMIX_LOUDNESS  # LUFS of the mix
     ceiling_dbtp: Annotated[float, Le(0.0)] = defaults.CEILING_DBTP
     subtype: Literal[defaults.OUTPUT_SUBTYPES] = defaults.OUTPUT_SUBTYPE
     seed: int = defaults.SEED

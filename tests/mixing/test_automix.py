@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mixdaemon.audio.dsp import average_spectrum_db
+from mixdaemon.audio.dsp import average_spectrum_db, integrated_loudness
 from mixdaemon.audio.io import read_audio
 from mixdaemon.audio.mastering import true_peak_dbtp
 from mixdaemon.cli.main import build_parser
@@ -61,8 +61,8 @@ def _stem_files(real_stems, song):
 def test_real_stems_become_one_mix_at_their_rate_and_length_that_never_clips(engines, real_stems, tmp_path):
     stems = _stem_files(real_stems, "song_b")  # 20 s: several 3-s chunks
     stages = []
-    result = automix(stems, tmp_path / "mix.wav", AutomixSettings(model="automix-test", chunk_seconds=3.0),
-                     progress=lambda stage, fraction: stages.append((stage, fraction)), spectra=True)
+    settings = AutomixSettings(model="automix-test", chunk_seconds=3.0, loudness="model")
+    result = automix(stems, tmp_path / "mix.wav", settings, progress=lambda stage, fraction: stages.append((stage, fraction)), spectra=True)
     info, source = sf.info(str(tmp_path / "mix.wav")), sf.info(str(stems[0]))
     assert info.samplerate == source.samplerate and info.frames == source.frames and info.channels == 2
     mix, rate = sf.read(tmp_path / "mix.wav")
@@ -82,6 +82,21 @@ def test_real_stems_become_one_mix_at_their_rate_and_length_that_never_clips(eng
     np.testing.assert_allclose(result.spectra["after"]["mixture"][shown], on_disk[shown], atol=0.05)
     vocals = average_spectrum_db(read_audio(stems[3]).samples)
     np.testing.assert_allclose(result.spectra["before"]["vocals"], vocals, atol=1e-9)
+
+
+def test_the_mix_lands_at_the_loudness_of_the_stems_sum_or_the_one_asked_for(engines, real_stems, tmp_path):
+    stems = _stem_files(real_stems, "song_a")  # a quiet song (-25 LUFS): the limiter does not act
+    as_bounced = integrated_loudness(np.sum([read_audio(f).samples for f in stems], axis=0))
+    landed = automix(stems, tmp_path / "stems.wav", AutomixSettings(model="automix-test"))
+    assert landed.loudness_after["mixture"] == pytest.approx(as_bounced, abs=0.3)
+    assert integrated_loudness(read_audio(tmp_path / "stems.wav").samples) == pytest.approx(as_bounced, abs=0.3)
+    own = automix(stems, tmp_path / "model.wav", AutomixSettings(model="automix-test", loudness="model"))
+    assert own.loudness_after["mixture"] > as_bounced + 5.0  # the test network mixes loud
+    assert _cli([*map(str, stems), "--out", str(tmp_path / "lufs.wav"), "--model", "automix-test",
+                 "--loudness", "-30", "-q"]) == 0
+    assert integrated_loudness(read_audio(tmp_path / "lufs.wav").samples) == pytest.approx(-30.0, abs=0.3)
+    with pytest.raises(ConfigError, match="loudness"):
+        _cli([*map(str, stems), "--out", str(tmp_path / "x.wav"), "--model", "automix-test", "--loudness", "loud"])
 
 
 def _normalized_song(seconds, seed=0, silent_intro=0.0):
