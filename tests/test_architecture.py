@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mixdaemon"
-BOTTOM = {"mixdaemon", "mixdaemon.errors", "mixdaemon.files", "mixdaemon.progress", "mixdaemon.defaults"}
+BOTTOM = {"mixdaemon", "mixdaemon.errors", "mixdaemon.files", "mixdaemon.progress", "mixdaemon.defaults",
+          "mixdaemon.memory"}
 # room → the rooms it may import (besides itself and the bottom modules)
 ALLOWED = {
     "bottom": set(),

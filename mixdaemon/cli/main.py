@@ -11,12 +11,12 @@ and the exit status is 2.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import logging
 import sys
 
 from mixdaemon.errors import MixdaemonError
+from mixdaemon.memory import keep_freed_memory, one_malloc_arena
 
 # command name → module of this package that registers it
 COMMANDS = {
@@ -65,26 +65,11 @@ def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
 ONE_SHOT_JOBS = ("transfer", "demo", "fxnorm", "automix", "evaluate")
 
 
-def keep_freed_memory() -> None:
-    """Let glibc's malloc keep freed memory for reuse instead of mapping every large array afresh
-    and unmapping it when freed: each new mapping is zeroed page by page by the kernel, which cost
-    a 3-minute 4-stem transfer about a third of its wall time (docs/BENCHMARKS.md). The process
-    then holds its peak memory until it exits, which a one-shot job does soon; the daemon does not
-    use this. No effect where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, 2**31 - 1)
-    libc.mallopt(m_top_pad, 2**26)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    if args.command in ONE_SHOT_JOBS and sys.platform.startswith("linux"):
+    one_malloc_arena()
+    if args.command in ONE_SHOT_JOBS:
         keep_freed_memory()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

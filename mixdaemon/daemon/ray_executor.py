@@ -21,6 +21,7 @@ from pathlib import Path
 from mixdaemon.daemon.jobstore import Job
 from mixdaemon.daemon.worker import JobInterrupted, JobWork, LocalExecutor, WorkerLost
 from mixdaemon.errors import ConfigError, MixdaemonError
+from mixdaemon.memory import one_malloc_arena
 from mixdaemon.progress import Progress
 
 RAY_EXTRA = "pip install 'mixdaemon[ray]'"
@@ -70,6 +71,7 @@ class TransferWorker:
     progress, which the executor asks for while the job runs (a threaded actor: max_concurrency 2)."""
 
     def __init__(self):
+        one_malloc_arena()  # a Ray worker process starts here, not at the command line
         self._work = JobWork()
         self._progress: tuple[float, str] = (0.0, "starting")
 

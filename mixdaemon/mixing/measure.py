@@ -10,9 +10,9 @@ seconds where that stem is audible (a vocal that sings in the second half is mea
 """
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from mixdaemon.audio.dsp import WORKING_RATE, LoudnessMeter, SpectrumMeter
 from mixdaemon.audio.mastering import sum_of
 from mixdaemon.mixing.engine import Measured
 from mixdaemon.progress import Progress, no_progress
+
+Item = TypeVar("Item")
 
 MIXTURE = "mixture"
 SECOND = WORKING_RATE
@@ -71,10 +73,20 @@ class Meters:
 
     def push(self, blocks: dict[str, np.ndarray], mixture: np.ndarray | None = None) -> None:
         """The tracks' next blocks; `mixture`: their sum when the caller has it already."""
+        for metering in self.submit(blocks, mixture):
+            metering.result()
+
+    def submit(self, blocks: dict[str, np.ndarray], mixture: np.ndarray | None = None) -> list[Future]:
+        """push() without waiting: the tracks' meters running in the pool (without one, done before
+        this returns). The caller waits for them before it pushes the next blocks."""
         if mixture is None:
             mixture = sum_of(list(blocks.values())) if len(blocks) > 1 else next(iter(blocks.values()))
         tracks = [*blocks.items(), (MIXTURE, mixture)]
-        list(self.pool.map(self._push_track, tracks)) if self.pool else [self._push_track(t) for t in tracks]
+        if self.pool is None:
+            for track in tracks:
+                self._push_track(track)
+            return []
+        return [self.pool.submit(self._push_track, track) for track in tracks]
 
     def _push_track(self, track: tuple[str, np.ndarray]) -> None:
         name, block = track
@@ -105,6 +117,17 @@ class Measurement:
         return max(self.meters.peaks.values(), default=0.0)
 
 
+def read_ahead(items: Iterator[Item]) -> Iterator[Item]:
+    """`items` with the next one fetched in a thread of its own while the caller works on the
+    current one: the files' blocks are decoded (libsndfile releases the GIL) while the last ones
+    are filtered, limited and written. One item is held ahead, so memory grows by one block."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = reader.submit(next, items, None)
+            yield item
+
+
 def measured_whole(stems: dict[str, np.ndarray]) -> Measured:
     """Whole stems in memory as what a plan fits on (their loudness measured where it is needed)."""
     return Measured({name: np.asarray(x, dtype=np.float32) for name, x in stems.items()}, {}, whole=True)
@@ -132,6 +155,19 @@ def analysis_spans(second_levels_db: np.ndarray, n_samples: int) -> list[tuple[i
     return spans
 
 
+def _second_energies(x: np.ndarray) -> np.ndarray:
+    """The energy of each second of a (m, channels) block that starts on a second (the render
+    blocks are whole seconds), the last second possibly short: one dot product per second over
+    its contiguous samples, not one per sample row."""
+    whole = x.shape[0] // SECOND * SECOND
+    seconds = x[:whole].reshape(-1, SECOND * x.shape[1])
+    energies = np.einsum("ij,ij->i", seconds, seconds, dtype=np.float64)
+    if whole < x.shape[0]:
+        rest = x[whole:].ravel()
+        energies = np.append(energies, np.dot(rest, rest))
+    return energies
+
+
 def measure(tracks: Tracks, spectra: bool = False, progress: Progress = no_progress,
             pool: Executor | None = None) -> Measurement:
     """The song measured: whole when short, else in one pass of blocks and then excerpts; the
@@ -147,13 +183,13 @@ def measure(tracks: Tracks, spectra: bool = False, progress: Progress = no_progr
     block = int(defaults.RENDER_BLOCK_SECONDS * WORKING_RATE)
     meters, energy = None, {}
     n_seconds = -(-n // SECOND)
-    for start, blocks in tracks.blocks(block):
+    for start, blocks in read_ahead(tracks.blocks(block)):
         meters = meters or Meters(list(blocks), spectra, pool)
         meters.push(blocks)
+        first = start // SECOND
         for name, x in blocks.items():
-            second = (start + np.arange(x.shape[0])) // SECOND
-            energy[name] = energy.get(name, 0.0) + np.bincount(second, np.einsum("ij,ij->i", x, x),
-                                                               minlength=n_seconds)[:n_seconds]
+            per_second = _second_energies(x)
+            energy.setdefault(name, np.zeros(n_seconds))[first:first + per_second.size] += per_second
         progress("measuring", min(1.0, (start + block) / n) * 0.8)
     seconds = {name: 10.0 * np.log10(np.maximum(e / SECOND, 1e-20)) for name, e in energy.items()}
     spans = {name: analysis_spans(levels, n) for name, levels in seconds.items()}

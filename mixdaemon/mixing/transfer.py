@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from mixdaemon.errors import MixdaemonError
 from mixdaemon.fx.chain import FX_PARAMS_NAME, write_fx_params
 from mixdaemon.mixing.engine import PLANS, REFERENCE_B
 from mixdaemon.mixing.factory import make_engine
-from mixdaemon.mixing.measure import InMemory, Measurement, Meters, Tracks, measure
+from mixdaemon.mixing.measure import InMemory, Measurement, Meters, Tracks, measure, read_ahead
 from mixdaemon.mixing.settings import TransferSettings
 from mixdaemon.progress import Progress, no_progress, span
 
@@ -153,10 +153,12 @@ def _transfer(input_path, reference_path, out_dir, settings: TransferSettings, p
     measuring_from = 0.4 * bool(mixtures)
 
     t0 = time.perf_counter()
-    measured = measure(input_tracks, spectra, span(progress, measuring_from, 0.03, "reading input"), pool)
+    # Input and reference side by side (their meters share the pool); the bar follows the input.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        measuring_reference = side.submit(measure, reference_tracks, spectra, no_progress, pool)
+        measured = measure(input_tracks, spectra, span(progress, measuring_from, 0.05, "reading"), pool)
+        reference_measured = measuring_reference.result()
     _refuse_silence(measured.peak, song, "input")
-    reference_measured = measure(reference_tracks, spectra, span(progress, measuring_from + 0.03, 0.02,
-                                                                 "reading reference"), pool)
     _refuse_silence(reference_measured.peak, reference, "reference")
     timings["measure"] = time.perf_counter() - t0
 
@@ -223,11 +225,15 @@ def _render(tracks: Tracks, effects: dict[str, Streamable | None], song: SongSou
     # limiter takes the stems in step, so what runs ahead waits here.
     waiting: dict[str, list[np.ndarray]] = {name: [] for name in names}
     block = int(defaults.RENDER_BLOCK_SECONDS * WORKING_RATE)
+    # The last block's writes and meters run while the next block is read, converted and limited;
+    # they are waited for before the next block's, so every file and meter gets its blocks in order.
+    finishing: list[Future] = []
     with ExitStack() as files:
         writers = {name: files.enter_context(AudioWriter(out_dir / f"{name}.wav", **song.output_format(name),
                                                          subtype=settings.subtype, protected=protected))
                    for name in (*names, "mixture")}
-        for start, blocks in tracks.blocks(block):
+        files.callback(_wait_for, finishing)  # also when the job fails: no write outlives its file
+        for start, blocks in read_ahead(tracks.blocks(block)):
             last = start + block >= n
             # the stems side by side, then the writers (resampling, encoding) and the meters: the
             # filters, FFTs and libsndfile release the GIL
@@ -238,13 +244,22 @@ def _render(tracks: Tracks, effects: dict[str, Streamable | None], song: SongSou
             ready = min(sum(part.shape[0] for part in parts) for parts in waiting.values())
             in_step = {name: _take(waiting[name], ready) for name in names}
             limited, mixture = limiter.push(in_step, last)
-            written = pool.map(lambda item: writers[item[0]].write(item[1]), [*limited.items(), ("mixture", mixture)])
-            after.push(limited, mixture)
-            list(written)
+            _wait_for(finishing)
+            finishing[:] = [*(pool.submit(writers[name].write, y) for name, y in [*limited.items(), ("mixture", mixture)]),
+                            *after.submit(limited, mixture)]
             progress("rendering" if not last else "writing", min(1.0, (start + block) / max(n, 1)))
     outputs = {name: str(writer.path) for name, writer in writers.items()}
     widened = [name for name, writer in writers.items() if writer.widened]
     return outputs, widened, limiter.true_peak_dbtp
+
+
+def _wait_for(running: list[Future]) -> None:
+    """Wait for every one of `running`, then raise the first error among them."""
+    errors = [f.exception() for f in running]
+    running.clear()
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def _take(parts: list[np.ndarray], count: int) -> np.ndarray:
